@@ -1,0 +1,152 @@
+"""Every PetSage setting in one place: its default, what it accepts, what it means.
+
+Each setting is read from the environment variable ``PETSAGE_<KEY>``; the Flask app
+sees it as ``app.config[KEY]`` and ``gunicorn.conf.py`` reads the server settings from
+the same table, so the service and its server never disagree about a value.
+"""
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ENV_PREFIX = "PETSAGE_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A setting has a value PetSage cannot use; its message is one line."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its key, default, parser, accepted values and meaning."""
+
+    key: str
+    default: Any
+    parse: Callable[[str], Any]
+    accepts: str
+    meaning: str
+
+    @property
+    def env_var(self) -> str:
+        """The environment variable that sets it."""
+        return ENV_PREFIX + self.key
+
+    def read(self, environ: Mapping[str, str]) -> Any:
+        """The value from ``environ``, or the default when the variable is unset."""
+        raw = environ.get(self.env_var)
+        if raw is None:
+            return self.default
+        try:
+            return self.parse(raw.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{self.env_var}={raw!r} is not valid: expected {self.accepts}"
+            ) from None
+
+
+def parse_log_level(raw: str) -> str:
+    """A logging level name, case-insensitive."""
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(raw)
+    return level
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """A parser for whole numbers from ``low`` to ``high`` inclusive."""
+
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def parse_bind(raw: str) -> str:
+    """``HOST:PORT`` with a port from 0 to 65535, or ``unix:PATH``."""
+    if raw.startswith("unix:") and len(raw) > len("unix:"):
+        return raw
+    host, separator, port = raw.rpartition(":")
+    if not separator or not host or not 0 <= int(port) <= 65535:
+        raise ValueError(raw)
+    return raw
+
+
+def default_workers() -> int:
+    """gunicorn's rule of thumb: two workers per usable CPU core, plus one."""
+    return 2 * len(os.sched_getaffinity(0)) + 1
+
+
+SETTINGS = (
+    Setting(
+        "LOG_LEVEL",
+        "INFO",
+        parse_log_level,
+        "one of " + ", ".join(LOG_LEVELS),
+        "Least severe level logged, by PetSage and by gunicorn.",
+    ),
+    Setting(
+        "BIND",
+        "127.0.0.1:8000",
+        parse_bind,
+        "HOST:PORT (port 0 to 65535) or unix:PATH",
+        "Address gunicorn listens on; use 0.0.0.0:8000 in a container.",
+    ),
+    Setting(
+        "WORKERS",
+        default_workers(),
+        whole_number(1, 256),
+        "a whole number from 1 to 256",
+        "gunicorn worker processes; default 2 x usable CPU cores + 1.",
+    ),
+    Setting(
+        "THREADS",
+        4,
+        whole_number(1, 256),
+        "a whole number from 1 to 256",
+        "Threads per worker (gthread): requests one worker serves at once.",
+    ),
+    Setting(
+        "TIMEOUT",
+        30,
+        whole_number(1, 3600),
+        "a whole number of seconds from 1 to 3600",
+        "Seconds a silent worker may stay silent before gunicorn replaces it.",
+    ),
+    Setting(
+        "GRACEFUL_TIMEOUT",
+        30,
+        whole_number(1, 3600),
+        "a whole number of seconds from 1 to 3600",
+        "Seconds in-flight requests get to finish after a stop or reload.",
+    ),
+    Setting(
+        "KEEPALIVE",
+        75,
+        whole_number(0, 3600),
+        "a whole number of seconds from 0 to 3600",
+        "Seconds an idle keep-alive connection stays open; longer than a load"
+        " balancer's idle timeout (AWS ALB: 60 s) so the server never closes first.",
+    ),
+)
+
+
+def load_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Every setting's value: the default, or the environment's when it is set.
+
+    Raises ``ConfigError`` naming the first variable with a value PetSage cannot use.
+    An unknown ``PETSAGE_*`` variable is only warned about, so that rolling back to a
+    release that lacks a newer setting still starts.
+    """
+    known = {setting.env_var for setting in SETTINGS}
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            logger.warning("%s is not a PetSage setting and is ignored", name)
+    return {setting.key: setting.read(environ) for setting in SETTINGS}

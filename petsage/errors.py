@@ -1,0 +1,79 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``)."""
+
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, current_app
+from werkzeug.exceptions import HTTPException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class ProblemSchema(ma.Schema):
+    """An RFC 9457 problem details object."""
+
+    type = ma.fields.String(
+        required=True,
+        metadata={
+            "description": "A URI reference that identifies the problem type;"
+            " about:blank means the HTTP status says it all.",
+            "example": "about:blank",
+        },
+    )
+    title = ma.fields.String(
+        required=True,
+        metadata={
+            "description": "The HTTP status phrase.",
+            "example": "Method Not Allowed",
+        },
+    )
+    status = ma.fields.Integer(
+        required=True,
+        metadata={"description": "The HTTP status code.", "example": 405},
+    )
+    detail = ma.fields.String(
+        required=True,
+        metadata={
+            "description": "What went wrong, for a human; never internal details.",
+            "example": "The method is not allowed for the requested URL.",
+        },
+    )
+    errors = ma.fields.Dict(
+        metadata={
+            "description": "Validation errors by location and field, when the"
+            " request's input was invalid.",
+        },
+    )
+
+
+def problem_response(error: HTTPException) -> Response:
+    """Render an HTTP error as problem JSON, keeping headers such as Allow.
+
+    Werkzeug's descriptions are fixed texts, so a 500 made from an unhandled exception
+    says nothing about that exception.
+    """
+    status = error.code or 500
+    problem: dict[str, Any] = {
+        "type": "about:blank",
+        "title": error.name,
+        "status": status,
+        "detail": error.description,
+    }
+    # flask-smorest's abort and webargs' validation put their details in error.data.
+    data = getattr(error, "data", None) or {}
+    if "message" in data:
+        problem["detail"] = str(data["message"])
+    if "messages" in data:
+        problem["errors"] = data["messages"]
+    headers = [
+        (name, value)
+        for name, value in error.get_headers()
+        if name.lower() != "content-type"
+    ]
+    headers.extend(data.get("headers", {}).items())
+    return current_app.response_class(
+        current_app.json.dumps(problem) + "\n",
+        status,
+        headers=headers,
+        mimetype=PROBLEM_MEDIA_TYPE,
+    )

@@ -1,0 +1,50 @@
+"""Fixtures: the app, its test client and CLI runner, real gunicorn on 127.0.0.1."""
+
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from petsage import create_app
+from tests.gunicorn_process import GunicornFactory, GunicornServer
+
+
+@pytest.fixture
+def app() -> Flask:
+    """A PetSage app configured for tests."""
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client for the app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    """A runner for the app's CLI commands."""
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def start_gunicorn() -> Iterator[GunicornFactory]:
+    """Start real gunicorn servers with the project's config; all are stopped after."""
+    servers: list[GunicornServer] = []
+
+    def start(env: dict[str, str] | None = None) -> GunicornServer:
+        server = GunicornServer.start(env or {})
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+        server.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def gunicorn(start_gunicorn: GunicornFactory) -> GunicornServer:
+    """One real gunicorn serving PetSage on a free 127.0.0.1 port."""
+    return start_gunicorn()

@@ -1,0 +1,115 @@
+"""A real gunicorn process serving PetSage with ``gunicorn.conf.py``, and HTTP to it."""
+
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 40.0
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    """An HTTP response, read whole."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
+) -> HttpResult:
+    """Send one request to 127.0.0.1:``port`` on a new connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        return HttpResult(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+@dataclass
+class GunicornServer:
+    """gunicorn started as an operator starts it: ``gunicorn`` in the project root."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @classmethod
+    def start(cls, env: dict[str, str]) -> "GunicornServer":
+        """Start gunicorn on a free port and wait until its workers answer."""
+        log_path = Path(tempfile.mkstemp(prefix="petsage-gunicorn-", suffix=".log")[1])
+        environment = {
+            **os.environ,
+            "PETSAGE_BIND": "127.0.0.1:0",
+            "PETSAGE_WORKERS": "2",
+            **env,
+        }
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn"],
+                cwd=REPO_ROOT,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = cls(process, 0, log_path)
+        server.port = server._wait_for_port()
+        server.request("GET", "/", timeout=START_TIMEOUT)
+        return server
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            match = LISTENING.search(self.log())
+            if match:
+                return int(match.group(1))
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        """Everything gunicorn and PetSage wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> HttpResult:
+        """Send one request to this server."""
+        return http_request(self.port, method, path, headers, timeout)
+
+    def stop(self) -> None:
+        """Stop gunicorn gracefully (SIGTERM); kill it if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+GunicornFactory = Callable[..., GunicornServer]

@@ -1,0 +1,43 @@
+"""The ``petsage`` console script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PETSAGE = Path(sys.executable).with_name("petsage")
+
+
+def run_petsage(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``petsage`` command."""
+    return subprocess.run(
+        [str(PETSAGE), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _require_installed_script() -> None:
+    assert PETSAGE.exists(), "install the package: pip install -e ."
+
+
+def test_openapi_print_writes_the_document() -> None:
+    result = run_petsage("openapi", "print")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["info"]["title"] == "PetSage Backend API"
+
+
+def test_bad_setting_ends_the_command_with_one_line() -> None:
+    result = run_petsage("openapi", "print", env={"PETSAGE_LOG_LEVEL": "LOUD"})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "petsage: PETSAGE_LOG_LEVEL='LOUD' is not valid: expected one of "
+        "DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    ]

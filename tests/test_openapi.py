@@ -1,0 +1,120 @@
+"""GET /openapi.json: the contract OpenAPI consumers read."""
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from openapi_spec_validator import validate
+
+SMOKE_TEST_DESCRIPTION = (
+    "This endpoint verifies that the PetSage API is running and able to process"
+    " requests. It serves as a basic health check and confirms the end-to-end pipeline"
+    " is operational."
+)
+
+
+@pytest.fixture
+def document(client: FlaskClient) -> dict[str, Any]:
+    """The OpenAPI document as the service serves it."""
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert isinstance(response.json, dict)
+    return response.json
+
+
+@pytest.fixture
+def smoke_test_operation(document: dict[str, Any]) -> dict[str, Any]:
+    """The smoke-test operation."""
+    operation: dict[str, Any] = document["paths"]["/api/v1/smoke-test"]["get"]
+    return operation
+
+
+def test_document_passes_openapi_spec_validator(document: dict[str, Any]) -> None:
+    validate(document)
+
+
+def test_document_is_openapi_3_0_3(document: dict[str, Any]) -> None:
+    assert document["openapi"] == "3.0.3"
+
+
+def test_info_names_the_service(document: dict[str, Any]) -> None:
+    assert document["info"] == {
+        "title": "PetSage Backend API",
+        "version": "1.0.0",
+        "description": "Intelligent assistance for modern pet care.",
+    }
+
+
+def test_smoke_test_path_has_its_summary_and_tag(
+    smoke_test_operation: dict[str, Any],
+) -> None:
+    assert smoke_test_operation["summary"] == "Perform a system smoke test"
+    assert smoke_test_operation["tags"] == ["System Health & Smoke Tests"]
+
+
+def test_smoke_test_operation_has_the_specified_description(
+    smoke_test_operation: dict[str, Any],
+) -> None:
+    assert smoke_test_operation["description"] == SMOKE_TEST_DESCRIPTION
+
+
+def test_smoke_test_answers_the_smoke_test_response_schema(
+    smoke_test_operation: dict[str, Any],
+) -> None:
+    content = smoke_test_operation["responses"]["200"]["content"]
+    assert content == {
+        "application/json": {
+            "schema": {"$ref": "#/components/schemas/SmokeTestResponse"}
+        }
+    }
+
+
+def test_smoke_test_response_schema_is_as_specified(document: dict[str, Any]) -> None:
+    schema = document["components"]["schemas"]["SmokeTestResponse"]
+    assert sorted(schema["required"]) == ["message", "status"]
+    assert schema["properties"] == {
+        "status": {
+            "type": "string",
+            "description": "The operational status of the service.",
+            "example": "ok",
+        },
+        "message": {
+            "type": "string",
+            "description": "A confirmation message indicating the test passed.",
+            "example": "PetSage smoke test successful!",
+        },
+    }
+
+
+def test_every_tag_used_is_listed_with_a_description(document: dict[str, Any]) -> None:
+    used = {
+        tag
+        for path in document["paths"].values()
+        for operation in path.values()
+        for tag in operation["tags"]
+    }
+    listed = {tag["name"]: tag["description"] for tag in document["tags"]}
+    assert used == set(listed)
+    assert all(listed.values())
+
+
+def test_errors_are_documented_as_problem_json(document: dict[str, Any]) -> None:
+    default_error = document["components"]["responses"]["DEFAULT_ERROR"]
+    assert default_error["content"] == {
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+    }
+    assert sorted(document["components"]["schemas"]["Problem"]["required"]) == [
+        "detail",
+        "status",
+        "title",
+        "type",
+    ]
+
+
+def test_every_operation_documents_its_errors(document: dict[str, Any]) -> None:
+    for path in document["paths"].values():
+        for operation in path.values():
+            assert operation["responses"]["default"] == {
+                "$ref": "#/components/responses/DEFAULT_ERROR"
+            }

@@ -10,6 +10,9 @@ from petsage import welcome
 from petsage.api import PetSageApi
 from petsage.config import load_settings
 from petsage.features import FEATURES
+from petsage.health import init_health
+from petsage.health.openapi import TAG as HEALTH_TAG
+from petsage.health.openapi import document_health
 
 API_PREFIX = "/api/v1"
 
@@ -27,7 +30,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # apispec replaces the tag list it builds from blueprint names with this one.
         API_SPEC_OPTIONS={
             "info": {"description": "Intelligent assistance for modern pet care."},
-            "tags": [welcome.TAG, *(feature.TAG for feature in FEATURES)],
+            "tags": [
+                welcome.TAG,
+                HEALTH_TAG,
+                *(feature.TAG for feature in FEATURES),
+            ],
         },
     )
     if config is not None:
@@ -37,7 +44,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.logger.setLevel(app.config["LOG_LEVEL"])
 
+    init_health(app)
     api = PetSageApi(app)
+    document_health(api.spec)
     api.register_blueprint(welcome.bp)
     for feature in FEATURES:
         api.register_blueprint(feature.bp, url_prefix=API_PREFIX)

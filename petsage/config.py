@@ -7,9 +7,12 @@ the same table, so the service and its server never disagree about a value.
 
 import logging
 import os
+import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "PETSAGE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -30,6 +33,8 @@ class Setting:
     parse: Callable[[str], Any]
     accepts: str
     meaning: str
+    # A secret's value, which may hold credentials, never appears in a message.
+    secret: bool = False
 
     @property
     def env_var(self) -> str:
@@ -44,8 +49,9 @@ class Setting:
         try:
             return self.parse(raw.strip())
         except ValueError:
+            shown = self.env_var if self.secret else f"{self.env_var}={raw!r}"
             raise ConfigError(
-                f"{self.env_var}={raw!r} is not valid: expected {self.accepts}"
+                f"{shown} is not valid: expected {self.accepts}"
             ) from None
 
 
@@ -77,6 +83,61 @@ def parse_bind(raw: str) -> str:
     if not separator or not host or not 0 <= int(port) <= 65535:
         raise ValueError(raw)
     return raw
+
+
+def seconds(low: float, high: float) -> Callable[[str], float]:
+    """A parser for a number of seconds from ``low`` to ``high`` inclusive."""
+
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not low <= value <= high:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def text(raw: str) -> str:
+    """Any text, surrounding blanks removed."""
+    return raw
+
+
+CHECK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """Another system PetSage needs: checked at ``url``, tcp://HOST:PORT or http(s)."""
+
+    name: str
+    url: str
+
+
+def parse_dependencies(raw: str) -> tuple[Dependency, ...]:
+    """``name=URL`` entries, comma-separated; unique names, tcp or http(s) URLs."""
+    dependencies: list[Dependency] = []
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        name, separator, url = entry.partition("=")
+        name, url = name.strip(), url.strip()
+        if not separator or not CHECK_NAME.fullmatch(name):
+            raise ValueError(entry)
+        if name in {dependency.name for dependency in dependencies}:
+            raise ValueError(entry)
+        parts = urlsplit(url)
+        if parts.scheme not in ("tcp", "http", "https") or not parts.hostname:
+            raise ValueError(entry)
+        if parts.scheme == "tcp" and parts.port is None:
+            raise ValueError(entry)
+        dependencies.append(Dependency(name, url))
+    return tuple(dependencies)
+
+
+def default_drain_file(bind: str) -> str:
+    """The drain marker's default path: one per listening address, in shared memory."""
+    directory = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    return os.path.join(
+        directory, "petsage-" + re.sub(r"[^A-Za-z0-9.-]", "_", bind) + ".drain"
+    )
 
 
 def default_workers() -> int:
@@ -135,6 +196,68 @@ SETTINGS = (
         "Seconds an idle keep-alive connection stays open; longer than a load"
         " balancer's idle timeout (AWS ALB: 60 s) so the server never closes first.",
     ),
+    Setting(
+        "RELEASE_ID",
+        "1.0.0",
+        text,
+        "any text, e.g. a git commit or image tag",
+        "The release this instance runs, reported as releaseId by /health.",
+    ),
+    Setting(
+        "HEALTH_TOKEN",
+        "",
+        text,
+        "any text; empty means no token",
+        "Bearer token that reveals check details on the health endpoints;"
+        " without one, details stay hidden from everybody.",
+        secret=True,
+    ),
+    Setting(
+        "SHUTDOWN_DELAY",
+        15.0,
+        seconds(0, 3600),
+        "a number of seconds from 0 to 3600",
+        "Seconds PetSage keeps serving, with readiness 503, after SIGTERM and"
+        " before gunicorn's graceful shutdown, so load balancers take it out first.",
+    ),
+    Setting(
+        "DRAIN_FILE",
+        None,
+        text,
+        "a file path",
+        "Marker file that makes every worker's readiness 503 while it exists;"
+        " default petsage-<BIND> in /dev/shm (or the temporary directory).",
+    ),
+    Setting(
+        "CHECK_PERIOD",
+        10.0,
+        seconds(0.05, 3600),
+        "a number of seconds from 0.05 to 3600",
+        "Seconds between background check cycles (half that after a failure).",
+    ),
+    Setting(
+        "CHECK_TIMEOUT",
+        2.0,
+        seconds(0.01, 600),
+        "a number of seconds from 0.01 to 600",
+        "How long a dependency check may take before it counts as failed.",
+    ),
+    Setting(
+        "CRITICAL_DEPENDENCIES",
+        (),
+        parse_dependencies,
+        "comma-separated name=URL entries, URL tcp://HOST:PORT or http(s)://...",
+        "Dependencies that readiness requires: a failing one makes /readyz 503.",
+        secret=True,
+    ),
+    Setting(
+        "OPTIONAL_DEPENDENCIES",
+        (),
+        parse_dependencies,
+        "comma-separated name=URL entries, URL tcp://HOST:PORT or http(s)://...",
+        "Dependencies whose failure only makes health warn (still 200).",
+        secret=True,
+    ),
 )
 
 
@@ -149,4 +272,19 @@ def load_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and name not in known:
             logger.warning("%s is not a PetSage setting and is ignored", name)
-    return {setting.key: setting.read(environ) for setting in SETTINGS}
+    settings = {setting.key: setting.read(environ) for setting in SETTINGS}
+    if settings["DRAIN_FILE"] is None:
+        settings["DRAIN_FILE"] = default_drain_file(settings["BIND"])
+    names = [
+        dependency.name
+        for dependency in (
+            *settings["CRITICAL_DEPENDENCIES"],
+            *settings["OPTIONAL_DEPENDENCIES"],
+        )
+    ]
+    if len(names) != len(set(names)):
+        raise ConfigError(
+            "PETSAGE_CRITICAL_DEPENDENCIES and PETSAGE_OPTIONAL_DEPENDENCIES"
+            " name the same dependency twice: expected unique names"
+        )
+    return settings

@@ -1,9 +1,10 @@
 """Errors as RFC 9457 problem details (``application/problem+json``)."""
 
+import json
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, current_app
+from flask import Response
 from werkzeug.exceptions import HTTPException
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -71,8 +72,9 @@ def problem_response(error: HTTPException) -> Response:
         if name.lower() != "content-type"
     ]
     headers.extend(data.get("headers", {}).items())
-    return current_app.response_class(
-        current_app.json.dumps(problem) + "\n",
+    # Built without an app context: the health endpoints in front of Flask use it too.
+    return Response(
+        json.dumps(problem, separators=(",", ":")) + "\n",
         status,
         headers=headers,
         mimetype=PROBLEM_MEDIA_TYPE,

@@ -1,19 +1,23 @@
 """Fixtures: the app, its test client and CLI runner, real gunicorn on 127.0.0.1."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from petsage import create_app
+from petsage.health import health_of
 from tests.gunicorn_process import GunicornFactory, GunicornServer
 
 
 @pytest.fixture
-def app() -> Flask:
-    """A PetSage app configured for tests."""
-    return create_app({"TESTING": True})
+def app(tmp_path: Path) -> Iterator[Flask]:
+    """A PetSage app configured for tests; its health refresher stops after."""
+    app = create_app({"TESTING": True, "DRAIN_FILE": str(tmp_path / "drain")})
+    yield app
+    health_of(app).refresher.stop()
 
 
 @pytest.fixture

@@ -60,6 +60,9 @@ class GunicornServer:
             **os.environ,
             "PETSAGE_BIND": "127.0.0.1:0",
             "PETSAGE_WORKERS": "2",
+            # Tests that are not about draining should not wait for it at the end.
+            "PETSAGE_SHUTDOWN_DELAY": "0",
+            "PETSAGE_DRAIN_FILE": str(log_path.with_suffix(".drain")),
             **env,
         }
         with log_path.open("wb") as log:

@@ -6,13 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from petsage.config import SETTINGS, ConfigError, load_settings
+from petsage.config import SETTINGS, ConfigError, Dependency, load_settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_defaults_apply_when_the_environment_is_silent() -> None:
-    assert load_settings({}) == {setting.key: setting.default for setting in SETTINGS}
+    settings = load_settings({})
+    for setting in SETTINGS:
+        if setting.key != "DRAIN_FILE":
+            assert settings[setting.key] == setting.default, setting.key
+
+
+def test_drain_file_defaults_to_one_per_listening_address() -> None:
+    assert load_settings({"PETSAGE_BIND": "0.0.0.0:9000"})["DRAIN_FILE"].endswith(
+        "/petsage-0.0.0.0_9000.drain"
+    )
 
 
 def test_documented_defaults() -> None:
@@ -24,6 +33,13 @@ def test_documented_defaults() -> None:
     assert settings["GRACEFUL_TIMEOUT"] == 30
     assert settings["KEEPALIVE"] == 75
     assert settings["WORKERS"] >= 3
+    assert settings["RELEASE_ID"] == "1.0.0"
+    assert settings["HEALTH_TOKEN"] == ""
+    assert settings["SHUTDOWN_DELAY"] == 15.0
+    assert settings["CHECK_PERIOD"] == 10.0
+    assert settings["CHECK_TIMEOUT"] == 2.0
+    assert settings["CRITICAL_DEPENDENCIES"] == ()
+    assert settings["OPTIONAL_DEPENDENCIES"] == ()
 
 
 @pytest.mark.parametrize(
@@ -38,6 +54,21 @@ def test_documented_defaults() -> None:
         ("PETSAGE_TIMEOUT", "60", 60),
         ("PETSAGE_GRACEFUL_TIMEOUT", "20", 20),
         ("PETSAGE_KEEPALIVE", "0", 0),
+        ("PETSAGE_RELEASE_ID", "git-4f2a9c1", "git-4f2a9c1"),
+        ("PETSAGE_HEALTH_TOKEN", "s3cret", "s3cret"),
+        ("PETSAGE_SHUTDOWN_DELAY", "2.5", 2.5),
+        ("PETSAGE_DRAIN_FILE", "/run/petsage.drain", "/run/petsage.drain"),
+        ("PETSAGE_CHECK_PERIOD", "0.5", 0.5),
+        ("PETSAGE_CHECK_TIMEOUT", "1", 1.0),
+        (
+            "PETSAGE_CRITICAL_DEPENDENCIES",
+            "db=tcp://db:5432, api=https://u:p@api.example/health",
+            (
+                Dependency("db", "tcp://db:5432"),
+                Dependency("api", "https://u:p@api.example/health"),
+            ),
+        ),
+        ("PETSAGE_OPTIONAL_DEPENDENCIES", "", ()),
     ],
 )
 def test_environment_sets_a_value(variable: str, raw: str, value: object) -> None:
@@ -57,6 +88,9 @@ def test_environment_sets_a_value(variable: str, raw: str, value: object) -> Non
         ("PETSAGE_TIMEOUT", "", "a whole number of seconds"),
         ("PETSAGE_GRACEFUL_TIMEOUT", "-1", "a whole number of seconds"),
         ("PETSAGE_KEEPALIVE", "forever", "a whole number of seconds"),
+        ("PETSAGE_SHUTDOWN_DELAY", "soon", "a number of seconds from 0 to 3600"),
+        ("PETSAGE_CHECK_PERIOD", "0", "a number of seconds from 0.05 to 3600"),
+        ("PETSAGE_CHECK_TIMEOUT", "nan", "a number of seconds from 0.01 to 600"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable_and_what_it_accepts(
@@ -68,6 +102,35 @@ def test_bad_value_is_one_line_naming_the_variable_and_what_it_accepts(
     assert "\n" not in message
     assert message.startswith(f"{variable}={raw!r} is not valid: expected ")
     assert accepts in message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "db",
+        "db=",
+        "Bad Name=tcp://db:5432",
+        "db=tcp://db",
+        "db=ftp://db/x",
+        "db=tcp://db:5432,db=tcp://db:5433",
+    ],
+)
+def test_bad_dependency_list_is_refused_without_echoing_it(raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"PETSAGE_CRITICAL_DEPENDENCIES": raw + ",x=http://u:pw@x/"})
+    message = str(caught.value)
+    assert message.startswith("PETSAGE_CRITICAL_DEPENDENCIES is not valid: expected")
+    assert "pw" not in message
+
+
+def test_one_dependency_name_in_both_lists_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unique names"):
+        load_settings(
+            {
+                "PETSAGE_CRITICAL_DEPENDENCIES": "db=tcp://db:5432",
+                "PETSAGE_OPTIONAL_DEPENDENCIES": "db=tcp://db:5433",
+            }
+        )
 
 
 def test_unknown_petsage_variable_is_warned_about_not_fatal(

@@ -87,13 +87,19 @@ def test_smoke_test_response_schema_is_as_specified(document: dict[str, Any]) ->
     }
 
 
-def test_every_tag_used_is_listed_with_a_description(document: dict[str, Any]) -> None:
-    used = {
-        tag
+def operations(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every operation in the document."""
+    methods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+    return [
+        operation
         for path in document["paths"].values()
-        for operation in path.values()
-        for tag in operation["tags"]
-    }
+        for method, operation in path.items()
+        if method in methods
+    ]
+
+
+def test_every_tag_used_is_listed_with_a_description(document: dict[str, Any]) -> None:
+    used = {tag for operation in operations(document) for tag in operation["tags"]}
     listed = {tag["name"]: tag["description"] for tag in document["tags"]}
     assert used == set(listed)
     assert all(listed.values())
@@ -113,8 +119,30 @@ def test_errors_are_documented_as_problem_json(document: dict[str, Any]) -> None
 
 
 def test_every_operation_documents_its_errors(document: dict[str, Any]) -> None:
-    for path in document["paths"].values():
-        for operation in path.values():
-            assert operation["responses"]["default"] == {
-                "$ref": "#/components/responses/DEFAULT_ERROR"
-            }
+    for operation in operations(document):
+        assert operation["responses"]["default"] == {
+            "$ref": "#/components/responses/DEFAULT_ERROR"
+        }
+
+
+@pytest.mark.parametrize(
+    "path", ["/livez", "/readyz", "/livez/{check}", "/readyz/{check}", "/health"]
+)
+def test_health_endpoints_document_pass_and_fail(
+    document: dict[str, Any], path: str
+) -> None:
+    responses = document["paths"][path]["get"]["responses"]
+    for status in ("200", "503"):
+        assert "application/health+json" in responses[status]["content"]
+    assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_probes_document_their_verbose_text(document: dict[str, Any]) -> None:
+    for path in ("/livez", "/readyz"):
+        content = document["paths"][path]["get"]["responses"]["200"]["content"]
+        assert content["text/plain"]["example"].startswith("[+]")
+
+
+def test_operation_ids_are_unique(document: dict[str, Any]) -> None:
+    ids = [op["operationId"] for op in operations(document) if "operationId" in op]
+    assert len(ids) == len(set(ids))

@@ -1,0 +1,62 @@
+"""The health subsystem: checks refreshed in the background, and the probe endpoints.
+
+A feature adds a check from its blueprint, so that the factory needs no change::
+
+    bp.record_once(lambda state: register_check(state.app, Check(...)))
+"""
+
+import time
+
+from flask import Flask
+
+from petsage.health.checks import (
+    Check,
+    CheckFailed,
+    Observation,
+    dependency_check,
+    process_uptime_check,
+)
+from petsage.health.endpoints import HealthEndpoints
+from petsage.health.state import Health
+
+__all__ = [
+    "Check",
+    "CheckFailed",
+    "Health",
+    "Observation",
+    "health_of",
+    "init_health",
+    "register_check",
+]
+
+EXTENSION = "petsage.health"
+
+
+def init_health(app: Flask) -> Health:
+    """Give ``app`` its health state, the built-in checks and the probe endpoints."""
+    config = app.config
+    health = Health([], config["CHECK_PERIOD"], config["DRAIN_FILE"])
+    health.add_check(process_uptime_check(started=time.monotonic()))
+    for setting, critical in (
+        ("CRITICAL_DEPENDENCIES", True),
+        ("OPTIONAL_DEPENDENCIES", False),
+    ):
+        for dependency in config[setting]:
+            check = dependency_check(dependency, critical, config["CHECK_TIMEOUT"])
+            health.add_check(check)
+    app.extensions[EXTENSION] = health
+    app.wsgi_app = HealthEndpoints(  # type: ignore[method-assign]
+        app.wsgi_app, health, config["RELEASE_ID"], config["HEALTH_TOKEN"]
+    )
+    return health
+
+
+def health_of(app: Flask) -> Health:
+    """The health state of ``app``."""
+    health: Health = app.extensions[EXTENSION]
+    return health
+
+
+def register_check(app: Flask, check: Check) -> None:
+    """Add ``check`` to the checks ``app`` refreshes in the background."""
+    health_of(app).add_check(check)

@@ -1,0 +1,224 @@
+"""The health endpoints, answered in front of Flask: /livez, /readyz and /health.
+
+Probes arrive constantly from every load balancer and kubelet, so they are answered by
+this small WSGI layer from in-memory state, before Flask's request machinery runs, and
+they keep answering whatever the application's own routes are doing.
+"""
+
+import hmac
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from werkzeug.exceptions import (
+    HTTPException,
+    InternalServerError,
+    MethodNotAllowed,
+    NotFound,
+)
+
+from petsage.errors import problem_response
+from petsage.health.checks import Check, Status
+from petsage.health.refresher import FAILURE_PERIOD_FACTOR, CheckResult
+from petsage.health.state import Health, Item, Verdict
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+logger = logging.getLogger(__name__)
+
+HEALTH_MEDIA_TYPE = "application/health+json"
+VERBOSE_MEDIA_TYPE = "text/plain; charset=utf-8"
+PROBE_METHODS = ("GET", "HEAD", "OPTIONS")
+SERVICE_ID = "petsage-backend"
+# The health document's "version" is the API's public major version.
+PUBLIC_VERSION = "1"
+
+
+class HealthEndpoints:
+    """WSGI middleware that answers the health endpoints and passes the rest on."""
+
+    def __init__(
+        self,
+        app: "WSGIApplication",
+        health: Health,
+        release_id: str,
+        token: str,
+    ) -> None:
+        self.app = app
+        self.health = health
+        self.release_id = release_id
+        self._authorization = f"Bearer {token}".encode() if token else None
+        retry = health.refresher.period * FAILURE_PERIOD_FACTOR
+        self._retry_after = str(max(1, math.ceil(retry)))
+        self._probes: dict[str, tuple[str, Callable[[], Verdict]]] = {
+            "/livez": ("livez", health.liveness),
+            "/readyz": ("readyz", health.readiness),
+        }
+
+    def __call__(
+        self, environ: "WSGIEnvironment", start_response: "StartResponse"
+    ) -> Iterable[bytes]:
+        if not self.health.refresher.started:
+            self.health.start()
+        path: str = environ.get("PATH_INFO", "")
+        if (
+            path in self._probes
+            or path == "/health"
+            or path.startswith(("/livez/", "/readyz/"))
+        ):
+            try:
+                return self._answer(path, environ, start_response)
+            except HTTPException as error:
+                return problem_response(error)(environ, start_response)
+            except Exception:
+                logger.exception("health endpoint %s failed", path)
+                return problem_response(InternalServerError())(environ, start_response)
+        return self.app(environ, start_response)
+
+    def _answer(
+        self, path: str, environ: "WSGIEnvironment", start_response: "StartResponse"
+    ) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") not in PROBE_METHODS:
+            raise MethodNotAllowed(valid_methods=list(PROBE_METHODS))
+        authorized = self._authorized(environ)
+        if path == "/health":
+            status, body = self._health_document(authorized)
+            return self._respond(environ, start_response, status, body)
+        probe, slash, check_name = path.removeprefix("/").partition("/")
+        name, verdict_of = self._probes["/" + probe]
+        verdict = verdict_of()
+        if slash:
+            verdict = Verdict((item_named(verdict, check_name),))
+        verbose, excluded = parse_query(environ.get("QUERY_STRING", ""))
+        if excluded:
+            verdict = Verdict(tuple(i for i in verdict.items if i.name not in excluded))
+        if verbose and authorized:
+            text = verbose_text(name, verdict, excluded)
+            return self._respond(
+                environ, start_response, verdict.status, text, VERBOSE_MEDIA_TYPE
+            )
+        document: dict[str, Any] = {"status": verdict.status}
+        if authorized and verdict.status != "pass":
+            document["output"] = verdict.output
+        return self._respond(environ, start_response, verdict.status, dump(document))
+
+    def _authorized(self, environ: "WSGIEnvironment") -> bool:
+        """Whether the caller sent the health token; constant-time comparison."""
+        if self._authorization is None:
+            return False
+        sent = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        return hmac.compare_digest(sent, self._authorization)
+
+    def _health_document(self, authorized: bool) -> tuple[Status, bytes]:
+        health = self.health
+        verdict = Verdict(health.liveness().items + health.readiness().items)
+        document: dict[str, Any] = {
+            "status": verdict.status,
+            "version": PUBLIC_VERSION,
+            "releaseId": self.release_id,
+            "serviceId": SERVICE_ID,
+            "description": "PetSage Backend API",
+        }
+        if authorized:
+            if verdict.status != "pass":
+                document["output"] = verdict.output
+            snapshot = health.refresher.snapshot
+            results = snapshot.results if snapshot else {}
+            document["checks"] = {
+                check.key: [check_document(check, results.get(check.name))]
+                for check in health.checks
+            }
+        return verdict.status, dump(document)
+
+    def _respond(
+        self,
+        environ: "WSGIEnvironment",
+        start_response: "StartResponse",
+        status: Status,
+        body: bytes,
+        content_type: str = HEALTH_MEDIA_TYPE,
+    ) -> Iterable[bytes]:
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+        if status == "fail":
+            headers.append(("Retry-After", self._retry_after))
+        method = environ.get("REQUEST_METHOD")
+        if method == "OPTIONS":
+            headers.append(("Allow", ", ".join(PROBE_METHODS)))
+        start_response(
+            "503 Service Unavailable" if status == "fail" else "200 OK", headers
+        )
+        return [] if method == "HEAD" else [body]
+
+
+def dump(document: dict[str, Any]) -> bytes:
+    """A JSON body."""
+    return json.dumps(document, separators=(",", ":")).encode() + b"\n"
+
+
+def parse_query(query: str) -> tuple[bool, frozenset[str]]:
+    """``?verbose`` and ``?exclude=a&exclude=b`` (or ``exclude=a,b``)."""
+    if not query:
+        return False, frozenset()
+    params = parse_qs(query, keep_blank_values=True)
+    excluded = frozenset(
+        name for value in params.get("exclude", ()) for name in value.split(",") if name
+    )
+    return "verbose" in params, excluded
+
+
+def item_named(verdict: Verdict, name: str) -> Item:
+    """The item called ``name``; 404 when the probe has none."""
+    for item in verdict.items:
+        if item.name == name:
+            return item
+    raise NotFound()
+
+
+def verbose_text(probe: str, verdict: Verdict, excluded: frozenset[str]) -> bytes:
+    """The kube-apiserver's ``?verbose`` format: one ``[+]name ok`` line per item."""
+    lines = []
+    for item in verdict.items:
+        mark = "-" if item.status == "fail" else "+"
+        state = {"pass": "ok", "warn": "warn", "fail": "failed"}[item.status]
+        lines.append(
+            f"[{mark}]{item.name} {state}"
+            + (f": {item.output}" if item.status != "pass" else "")
+        )
+    lines.extend(f"[+]{name} excluded: ok" for name in sorted(excluded))
+    lines.append(f"{probe} check {'failed' if verdict.status == 'fail' else 'passed'}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def check_document(check: Check, result: CheckResult | None) -> dict[str, Any]:
+    """One check in the IETF health document's ``checks`` member."""
+    document: dict[str, Any] = {
+        "componentId": check.name,
+        "componentType": check.component_type,
+        "critical": check.critical,
+    }
+    if check.target:
+        document["links"] = {"about": check.target}
+    if result is None:
+        document.update(status="fail" if check.critical else "warn", output="not run")
+        return document
+    if result.value is not None:
+        document["observedValue"] = result.value
+    if result.unit is not None:
+        document["observedUnit"] = result.unit
+    document.update(
+        status=result.status,
+        time=result.time,
+        durationMs=result.duration_ms,
+        consecutiveFailures=result.consecutive_failures,
+    )
+    if result.output:
+        document["output"] = result.output
+    return document

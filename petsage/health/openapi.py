@@ -1,0 +1,266 @@
+"""The health endpoints in the OpenAPI document, with their schemas and examples."""
+
+from typing import Any
+
+import marshmallow as ma
+from apispec import APISpec
+from werkzeug.routing import Map, Rule
+
+from petsage.health.endpoints import HEALTH_MEDIA_TYPE
+
+TAG = {
+    "name": "Health",
+    "description": "Liveness, readiness and the health document: for load balancers,"
+    " the kubelet, deploy pipelines and dashboards. Answers come from state cached in"
+    " memory; no check runs inside a request.",
+}
+
+STATUS = ma.fields.String(
+    required=True,
+    validate=ma.validate.OneOf(["pass", "warn", "fail"]),
+    metadata={
+        "description": "pass or warn: healthy (HTTP 200); fail: unhealthy (HTTP 503).",
+        "example": "pass",
+    },
+)
+
+
+class ProbeStatusSchema(ma.Schema):
+    """A probe's verdict (IETF draft-inadarei-api-health-check)."""
+
+    status = STATUS
+    output = ma.fields.String(
+        metadata={
+            "description": "Why the status is not pass, item by item; only for callers"
+            " with the health token.",
+            "example": "shutdown: draining",
+        }
+    )
+
+
+class HealthCheckSchema(ma.Schema):
+    """One check's latest result."""
+
+    componentId = ma.fields.String(  # noqa: N815 (IETF member name)
+        required=True, metadata={"description": "The check's name.", "example": "db"}
+    )
+    componentType = ma.fields.String(  # noqa: N815
+        required=True,
+        metadata={
+            "description": "system, datastore or component.",
+            "example": "system",
+        },
+    )
+    critical = ma.fields.Boolean(
+        required=True,
+        metadata={"description": "Whether its failure fails readiness (else warns)."},
+    )
+    observedValue = ma.fields.Raw(  # noqa: N815
+        metadata={"description": "What the check measured.", "example": 3.2}
+    )
+    observedUnit = ma.fields.String(  # noqa: N815
+        metadata={"description": "The unit of observedValue.", "example": "ms"}
+    )
+    status = STATUS
+    time = ma.fields.String(
+        metadata={
+            "description": "When the result was observed (ISO 8601).",
+            "example": "2026-11-25T19:00:00.000+00:00",
+        }
+    )
+    durationMs = ma.fields.Float(  # noqa: N815
+        metadata={"description": "How long the check took, in milliseconds."}
+    )
+    consecutiveFailures = ma.fields.Integer(  # noqa: N815
+        metadata={"description": "Results in a row that were not pass."}
+    )
+    output = ma.fields.String(
+        metadata={"description": "Why the check did not pass.", "example": "HTTP 503"}
+    )
+    links = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.String(),
+        metadata={"description": "about: where the check looks, without credentials."},
+    )
+
+
+class HealthSchema(ma.Schema):
+    """The health document (IETF draft-inadarei-api-health-check)."""
+
+    status = STATUS
+    version = ma.fields.String(
+        required=True,
+        metadata={"description": "The API's public major version.", "example": "1"},
+    )
+    releaseId = ma.fields.String(  # noqa: N815
+        required=True,
+        metadata={
+            "description": "The release this instance runs (PETSAGE_RELEASE_ID).",
+            "example": "1.0.0",
+        },
+    )
+    serviceId = ma.fields.String(  # noqa: N815
+        required=True,
+        metadata={"description": "The service.", "example": "petsage-backend"},
+    )
+    description = ma.fields.String(
+        required=True,
+        metadata={
+            "description": "What the service is.",
+            "example": "PetSage Backend API",
+        },
+    )
+    output = ma.fields.String(
+        metadata={"description": "Why the status is not pass; with the health token."}
+    )
+    checks = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.List(ma.fields.Nested(HealthCheckSchema)),
+        metadata={
+            "description": "Checks keyed component:measurement; with the health token.",
+        },
+    )
+
+
+VERBOSE = {
+    "name": "verbose",
+    "in": "query",
+    "required": False,
+    "allowEmptyValue": True,
+    "schema": {"type": "string"},
+    "description": "With the health token: answer text/plain, one [+]name ok line"
+    " per item. Without it the parameter is ignored.",
+}
+EXCLUDE = {
+    "name": "exclude",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "array", "items": {"type": "string"}},
+    "style": "form",
+    "explode": True,
+    "description": "Items to leave out of the verdict.",
+}
+CHECK = {
+    "name": "check",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "One item of the probe, e.g. startup, shutdown, refresher, or a"
+    " check's name.",
+}
+NO_STORE = {
+    "Cache-Control": {
+        "description": "Always no-store: a probe answer must never be cached.",
+        "schema": {"type": "string", "example": "no-store"},
+    }
+}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds after which the answer may have changed.",
+        "schema": {"type": "integer", "example": 5},
+    }
+}
+VERBOSE_EXAMPLE = "[+]startup ok\n[-]shutdown failed: draining\nreadyz check failed\n"
+
+
+def probe_operation(
+    operation_id: str, summary: str, description: str
+) -> dict[str, Any]:
+    """A GET operation answering a ProbeStatus, or text with ?verbose."""
+
+    def content(example: dict[str, str]) -> dict[str, Any]:
+        return {
+            HEALTH_MEDIA_TYPE: {"schema": ProbeStatusSchema, "example": example},
+            "text/plain": {"schema": {"type": "string"}, "example": VERBOSE_EXAMPLE},
+        }
+
+    return {
+        "tags": [TAG["name"]],
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description,
+        "responses": {
+            "200": {
+                "description": "pass or warn.",
+                "headers": NO_STORE,
+                "content": content({"status": "pass"}),
+            },
+            "503": {
+                "description": "fail.",
+                "headers": {**NO_STORE, **RETRY_AFTER},
+                "content": content({"status": "fail"}),
+            },
+            "default": "DEFAULT_ERROR",
+        },
+    }
+
+
+def document_health(spec: APISpec) -> None:
+    """Add the health endpoints to ``spec``."""
+    for probe, operation_id, summary, description in (
+        (
+            "livez",
+            "getLiveness",
+            "Liveness: is the process fit to keep running?",
+            "No I/O and no dependency checks: fails only when the process itself is"
+            " broken (an application-set broken state, or its check refresher wedged)."
+            " For livenessProbe and startupProbe.",
+        ),
+        (
+            "readyz",
+            "getReadiness",
+            "Readiness: should this instance get traffic?",
+            "Fails while starting, from the moment draining begins, when a critical"
+            " check fails, and when the cached check results are stale. A failing"
+            " non-critical check only warns. For readinessProbe and load balancers.",
+        ),
+    ):
+        operation = probe_operation(operation_id, summary, description)
+        operation["parameters"] = [VERBOSE, EXCLUDE]
+        add_path(spec, f"/{probe}", operation)
+        item = probe_operation(
+            operation_id + "Item",
+            f"{summary.split(':')[0]} of one item",
+            f"The verdict of one item of /{probe}; 404 for an unknown name.",
+        )
+        item["parameters"] = [VERBOSE]
+        add_path(spec, f"/{probe}/<check>", item, [CHECK])
+    add_path(
+        spec,
+        "/health",
+        {
+            "tags": [TAG["name"]],
+            "operationId": "getHealth",
+            "summary": "The health document",
+            "description": "Liveness and readiness together, with the release this"
+            " instance runs; with the health token (Authorization: Bearer), every"
+            " check's latest result.",
+            "responses": {
+                "200": {
+                    "description": "pass or warn.",
+                    "headers": NO_STORE,
+                    "content": {HEALTH_MEDIA_TYPE: {"schema": HealthSchema}},
+                },
+                "503": {
+                    "description": "fail.",
+                    "headers": {**NO_STORE, **RETRY_AFTER},
+                    "content": {HEALTH_MEDIA_TYPE: {"schema": HealthSchema}},
+                },
+                "default": "DEFAULT_ERROR",
+            },
+        },
+    )
+
+
+def add_path(
+    spec: APISpec,
+    rule: str,
+    operation: dict[str, Any],
+    parameters: list[dict[str, Any]] | None = None,
+) -> None:
+    """Document a GET answered in front of Flask, as flask-smorest documents a route."""
+    # flask-smorest's FlaskPlugin takes paths as Werkzeug rules, bound to a map.
+    (flask_rule,) = Map([Rule(rule, defaults={})]).iter_rules()
+    spec.path(
+        rule=flask_rule, operations={"get": operation}, parameters=parameters or []
+    )

@@ -1,0 +1,214 @@
+"""The background refresher: runs every check on a period and caches the results.
+
+Probes only ever read the cached snapshot, so a probe costs the same whatever the checks
+do, and a storm of probes causes no check to run.
+"""
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from petsage.health.checks import (
+    Check,
+    CheckFailed,
+    Observation,
+    Status,
+    describe_error,
+    worst,
+)
+
+logger = logging.getLogger(__name__)
+
+# After a failure the next cycle comes sooner, to notice recovery quickly.
+FAILURE_PERIOD_FACTOR = 0.5
+# Workers (and instances) spread their cycles over +-10% of the period.
+JITTER = 0.1
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The latest outcome of one check."""
+
+    status: Status
+    value: float | int | str | None
+    unit: str | None
+    output: str
+    time: str
+    duration_ms: float
+    consecutive_failures: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The results of one complete cycle, and when it completed (monotonic clock)."""
+
+    results: Mapping[str, CheckResult]
+    completed_at: float
+
+    @property
+    def status(self) -> Status:
+        """The worst status among the results."""
+        return worst([result.status for result in self.results.values()])
+
+
+class CheckRun:
+    """One run of one check, on a thread of its own, so that it can hang alone."""
+
+    def __init__(self, check: Check) -> None:
+        self.check = check
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.observation: Observation | None = None
+        self.error: BaseException | None = None
+        self.ended: float | None = None
+        threading.Thread(
+            target=self._run, name=f"petsage-check-{check.name}", daemon=True
+        ).start()
+
+    def _run(self) -> None:
+        try:
+            self.observation = self.check.run()
+        except BaseException as error:  # a check's failure is its result
+            self.error = error
+        finally:
+            self.ended = time.monotonic()
+            self.done.set()
+
+    def wait(self) -> bool:
+        """Wait until the run ends or its timeout passes; True when it ended."""
+        remaining = self.started + self.check.timeout - time.monotonic()
+        return self.done.wait(max(0.0, remaining))
+
+
+class CheckRefresher:
+    """Runs the checks in the background, concurrently, each within its timeout."""
+
+    def __init__(self, checks: Sequence[Check], period: float) -> None:
+        self.checks = list(checks)
+        self.period = period
+        self.snapshot: Snapshot | None = None
+        self._runs: dict[str, CheckRun] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def started(self) -> bool:
+        """Whether the background thread was started."""
+        return self._thread is not None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the background thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stale_after(self) -> float:
+        """Age after which the snapshot can no longer be trusted."""
+        longest = max((check.timeout for check in self.checks), default=0.0)
+        return 3 * self.period + longest
+
+    def start(self) -> None:
+        """Start the background thread, once."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="petsage-health-refresher", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread after its current cycle."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                snapshot: Snapshot | None = self.run_cycle()
+            except Exception:
+                logger.exception("health check cycle failed")
+                snapshot = None
+            self._stopping.wait(self.next_delay(snapshot))
+
+    def next_delay(self, snapshot: Snapshot | None) -> float:
+        """Seconds to the next cycle: the period, halved after a failure, jittered."""
+        healthy = snapshot is not None and snapshot.status == "pass"
+        delay = self.period * (1 if healthy else FAILURE_PERIOD_FACTOR)
+        return delay * random.uniform(1 - JITTER, 1 + JITTER)
+
+    def run_cycle(self) -> Snapshot:
+        """Run every check once, concurrently, and publish the new snapshot.
+
+        A check still running from an earlier cycle is not started again; it is
+        reported as timed out until it returns.
+        """
+        for check in self.checks:
+            run = self._runs.get(check.name)
+            if run is None or run.done.is_set():
+                self._runs[check.name] = CheckRun(check)
+        previous = self.snapshot
+        results = {
+            name: self._result(run, previous) for name, run in self._runs.items()
+        }
+        snapshot = Snapshot(results, time.monotonic())
+        log_transitions(previous, snapshot)
+        self.snapshot = snapshot
+        return snapshot
+
+    def _result(self, run: CheckRun, previous: Snapshot | None) -> CheckResult:
+        check = run.check
+        finished = run.wait()
+        value: float | int | str | None = None
+        unit: str | None = None
+        if not finished:
+            status: Status = "fail"
+            output = f"timed out after {check.timeout:g} s"
+        elif run.error is not None:
+            status = "fail"
+            output = (
+                str(run.error)
+                if isinstance(run.error, CheckFailed)
+                else describe_error(run.error)
+            )
+        else:
+            assert run.observation is not None
+            status = run.observation.status
+            value, unit = run.observation.value, run.observation.unit
+            output = run.observation.output
+        if status == "fail" and not check.critical:
+            status = "warn"
+        ended = run.ended if run.ended is not None else time.monotonic()
+        earlier = previous.results.get(check.name) if previous else None
+        failures = 0 if status == "pass" else 1
+        if earlier is not None and status != "pass":
+            failures += earlier.consecutive_failures
+        return CheckResult(
+            status=status,
+            value=value,
+            unit=unit,
+            output=output,
+            time=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            duration_ms=round((ended - run.started) * 1000, 3),
+            consecutive_failures=failures,
+        )
+
+
+def log_transitions(previous: Snapshot | None, current: Snapshot) -> None:
+    """Log each check's change of status once: fail at ERROR, warn at WARNING, pass."""
+    for name, result in current.results.items():
+        earlier = previous.results.get(name) if previous else None
+        before = earlier.status if earlier else None
+        if result.status == before or (before is None and result.status == "pass"):
+            continue
+        if result.status == "fail":
+            logger.error("health check %s failed: %s", name, result.output)
+        elif result.status == "warn":
+            logger.warning("health check %s warns: %s", name, result.output or "warn")
+        else:
+            logger.info("health check %s passes again", name)

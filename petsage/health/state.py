@@ -1,0 +1,152 @@
+"""One worker's health: its availability state, its checks, and what probes conclude."""
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from petsage.health.checks import Check, Status, worst
+from petsage.health.refresher import CheckRefresher
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of a probe's verdict: a name, its status, and why when not pass."""
+
+    name: str
+    status: Status
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A probe's answer: the worst status of the items it weighed."""
+
+    items: tuple[Item, ...]
+
+    @property
+    def status(self) -> Status:
+        """The worst status among the items."""
+        return worst([item.status for item in self.items])
+
+    @property
+    def output(self) -> str:
+        """Why the verdict is not pass, item by item."""
+        return "; ".join(
+            f"{item.name}: {item.output}"
+            for item in self.items
+            if item.status != "pass"
+        )
+
+
+class DrainMarker:
+    """A file whose existence tells every worker of an instance to fail readiness.
+
+    A file, because the master (on SIGTERM) and ``petsage drain`` (a separate process)
+    both start draining, and every worker must see it at once.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def active(self) -> bool:
+        """Whether draining has begun."""
+        return os.path.exists(self.path)
+
+    def begin(self) -> float:
+        """Begin draining, unless it has begun; return when it began (epoch seconds)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        return os.stat(self.path).st_mtime
+
+    def end(self) -> None:
+        """Stop draining: readiness follows the checks again."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class Health:
+    """Availability state and cached check results of this worker process."""
+
+    def __init__(self, checks: Sequence[Check], period: float, drain_file: str) -> None:
+        self.refresher = CheckRefresher(checks, period)
+        self.drain = DrainMarker(drain_file)
+        self.broken_reason: str | None = None
+
+    @property
+    def checks(self) -> list[Check]:
+        """The registered checks."""
+        return self.refresher.checks
+
+    def add_check(self, check: Check) -> None:
+        """Register a check; names are unique and fixed before the refresher starts."""
+        if self.refresher.started:
+            raise RuntimeError("checks must be registered before health checks start")
+        taken = {item.name for item in self.liveness().items + self.readiness().items}
+        if check.name in taken:
+            raise ValueError(f"a health check is already named {check.name!r}")
+        self.refresher.checks.append(check)
+
+    def start(self) -> None:
+        """Start refreshing checks in the background (idempotent)."""
+        self.refresher.start()
+
+    def mark_broken(self, reason: str) -> None:
+        """Fail liveness from now on: for a state only a restart can mend."""
+        self.broken_reason = reason
+
+    def liveness(self) -> Verdict:
+        """Is this process fit to keep running? In-memory state only, no I/O."""
+        refresher = self.refresher
+        wedged = refresher.started and (
+            not refresher.alive or self._snapshot_age() > refresher.stale_after
+        )
+        return Verdict(
+            (
+                Item("process", "fail", "broken")
+                if self.broken_reason
+                else Item("process", "pass"),
+                Item("refresher", "fail", "wedged")
+                if wedged
+                else Item("refresher", "pass"),
+            )
+        )
+
+    def readiness(self) -> Verdict:
+        """Should this process get traffic? Reads the cached snapshot only."""
+        refresher = self.refresher
+        snapshot = refresher.snapshot
+        items = [
+            Item("startup", "fail", "starting")
+            if snapshot is None
+            else Item("startup", "pass"),
+            Item("shutdown", "fail", "draining")
+            if self.drain.active()
+            else Item("shutdown", "pass"),
+        ]
+        if snapshot is not None and (
+            (refresher.started and not refresher.alive)
+            or self._snapshot_age() > refresher.stale_after
+        ):
+            items.append(Item("refresher", "fail", "stale"))
+        else:
+            items.append(Item("refresher", "pass"))
+        results = snapshot.results if snapshot else {}
+        for check in self.checks:
+            result = results.get(check.name)
+            if result is None:
+                status: Status = "fail" if check.critical else "warn"
+                items.append(Item(check.name, status, "not run yet"))
+            else:
+                items.append(Item(check.name, result.status, result.output))
+        return Verdict(tuple(items))
+
+    def _snapshot_age(self) -> float:
+        snapshot = self.refresher.snapshot
+        if snapshot is None:
+            return 0.0
+        return time.monotonic() - snapshot.completed_at

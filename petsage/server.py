@@ -1,0 +1,77 @@
+"""PetSage inside gunicorn: drain on SIGTERM, start checks at boot, quiet probe logs.
+
+``gunicorn.conf.py`` wires these in; nothing here runs outside gunicorn.
+"""
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+from petsage.health import health_of
+from petsage.health.state import DrainMarker
+
+logger = logging.getLogger(__name__)
+
+PROBE_PATHS = ("/livez", "/readyz")
+
+
+def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> None:
+    """Make the master's first SIGTERM drain for ``delay`` seconds before stopping.
+
+    gunicorn closes its listeners as soon as it handles SIGTERM, so connections a load
+    balancer still sends are reset rather than answered. Instead, the first SIGTERM
+    creates the drain marker (readiness 503 in every worker while they keep serving)
+    and schedules the real SIGTERM for when the delay, counted from when draining
+    began (``petsage drain`` may have begun it earlier), has passed. A second SIGTERM
+    stops at once, gracefully; SIGINT and SIGQUIT keep their quick shutdown.
+    """
+    graceful_stop = arbiter.handle_term
+    draining = threading.Event()
+
+    def handle_term() -> None:
+        if draining.is_set():
+            graceful_stop()
+            return
+        draining.set()
+        remaining = marker.begin() + delay - time.time()
+        if remaining <= 0:
+            graceful_stop()
+            return
+        arbiter.log.info(
+            "Draining: readiness fails now; shutting down in %.1f s", remaining
+        )
+        timer = threading.Timer(remaining, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.daemon = True
+        timer.start()
+
+    arbiter.handle_term = handle_term
+
+
+def start_health_checks(worker: Any) -> None:
+    """Run the first check cycle as the worker boots, not at its first request."""
+    health_of(worker.wsgi).start()
+
+
+class ProbeQuietLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, leaving successful liveness and readiness probes unlogged.
+
+    Probes arrive every few seconds from every load balancer and kubelet; a failing
+    probe, and every other request, is still logged.
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        """Log the request unless it is a probe that succeeded."""
+        status = getattr(resp, "status_code", None)
+        path = environ.get("PATH_INFO", "")
+        if (
+            status is not None
+            and status < 400
+            and (path in PROBE_PATHS or path.startswith(("/livez/", "/readyz/")))
+        ):
+            return
+        super().access(resp, req, environ, request_time)

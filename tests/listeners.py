@@ -1,0 +1,79 @@
+"""Real listeners on 127.0.0.1 for dependency checks: accept, refuse, hang, answer."""
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Listener:
+    """A TCP listener on 127.0.0.1 and the connections it accepted."""
+
+    port: int
+    accepted: int = 0
+    connections: list[socket.socket] = field(default_factory=list)
+
+
+def _serve(server: socket.socket, listener: Listener, reply: bytes | None) -> None:
+    while True:
+        try:
+            connection, _ = server.accept()
+        except OSError:
+            return
+        listener.accepted += 1
+        if reply is None:
+            # Hold the connection open and never answer.
+            listener.connections.append(connection)
+            continue
+        with connection:
+            try:
+                connection.recv(65536)
+                connection.sendall(reply)
+            except OSError:
+                pass
+
+
+@contextmanager
+def serving(reply: bytes | None) -> Iterator[Listener]:
+    """Accept connections; answer each with ``reply``, or hold it silent if None."""
+    server = socket.create_server(("127.0.0.1", 0))
+    listener = Listener(server.getsockname()[1])
+    thread = threading.Thread(
+        target=_serve, args=(server, listener, reply), daemon=True
+    )
+    thread.start()
+    try:
+        yield listener
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(timeout=5)
+        for connection in listener.connections:
+            connection.close()
+
+
+@contextmanager
+def refusing() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections (bound, never listening)."""
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        yield placeholder.getsockname()[1]
+
+
+def http_reply(status: int) -> bytes:
+    """A whole HTTP/1.1 response with ``status`` and an empty body."""
+    head = f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    return head.encode()
+
+
+@contextmanager
+def hanging_tcp() -> Iterator[int]:
+    """A port on 127.0.0.1 whose connects hang: a full backlog, never accepted."""
+    with socket.socket() as server, socket.socket() as filler:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        filler.connect(("127.0.0.1", port))
+        yield port

@@ -1,0 +1,209 @@
+"""The health subsystem in a real gunicorn on 127.0.0.1: drain, storms, hangs, logs."""
+
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.gunicorn_process import GunicornFactory, GunicornServer, http_request
+from tests.listeners import refusing, serving
+
+SMOKE_TEST = "/api/v1/smoke-test"
+BODY = {"status": "ok", "message": "PetSage smoke test successful!"}
+PETSAGE = Path(sys.executable).with_name("petsage")
+
+
+def wait_for_status(
+    server: GunicornServer, path: str, status: int, timeout: float = 10.0
+) -> float:
+    """Probe ``path`` until it answers ``status``; the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if server.request("GET", path, timeout=2).status == status:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not answer {status} within {timeout} s")
+
+
+class ClientLoad:
+    """Threads sending smoke-test requests, each on a new connection, until stopped."""
+
+    def __init__(self, port: int, threads: int = 4) -> None:
+        self.port = port
+        self.sent = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(threads)
+        ]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                response = http_request(self.port, "GET", SMOKE_TEST, timeout=5)
+                failure = (
+                    None
+                    if response.status == 200 and json.loads(response.body) == BODY
+                    else f"HTTP {response.status}"
+                )
+            except OSError as error:
+                failure = repr(error)
+            with self._lock:
+                self.sent += 1
+                if failure:
+                    self.failed.append(failure)
+
+    def __enter__(self) -> "ClientLoad":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+def test_sigterm_drains_under_load_then_exits_cleanly(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    delay = 3.0
+    server = start_gunicorn({"PETSAGE_SHUTDOWN_DELAY": str(delay)})
+    wait_for_status(server, "/readyz", 200)
+    with ClientLoad(server.port) as load:
+        time.sleep(0.5)
+        terminated = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        to_503 = wait_for_status(server, "/readyz", 503, timeout=1.0)
+        time.sleep(max(0.0, terminated + delay - 0.5 - time.monotonic()))
+    exit_code = server.process.wait(timeout=delay + 30)
+    stopped_after = time.monotonic() - terminated
+    print(
+        f"\nSIGTERM: readiness 503 after {to_503 * 1000:.0f} ms; "
+        f"{load.sent} requests during the drain, {len(load.failed)} failed; "
+        f"exit {exit_code} after {stopped_after:.1f} s"
+    )
+    assert to_503 < 1.0
+    assert load.sent > 50
+    assert load.failed == []
+    assert exit_code == 0
+    assert stopped_after >= delay - 0.2
+    assert "Shutting down: Master" in server.log()
+
+
+def test_drain_command_fails_readiness_in_every_worker(
+    start_gunicorn: GunicornFactory, tmp_path: Path
+) -> None:
+    drain_file = str(tmp_path / "petsage.drain")
+    server = start_gunicorn({"PETSAGE_DRAIN_FILE": drain_file, "PETSAGE_WORKERS": "3"})
+    wait_for_status(server, "/readyz", 200)
+    env = {"PETSAGE_DRAIN_FILE": drain_file, "PATH": ""}
+    subprocess.run([str(PETSAGE), "drain"], env=env, check=True, timeout=30)
+    answers = {server.request("GET", "/readyz").status for _ in range(30)}
+    smoke = {server.request("GET", SMOKE_TEST).status for _ in range(10)}
+    subprocess.run([str(PETSAGE), "drain", "--cancel"], env=env, check=True, timeout=30)
+    after = {server.request("GET", "/readyz").status for _ in range(30)}
+    assert answers == {503}
+    assert smoke == {200}
+    assert after == {200}
+
+
+def test_a_burst_of_probes_runs_no_check(start_gunicorn: GunicornFactory) -> None:
+    with serving(b"") as dependency:
+        server = start_gunicorn(
+            {
+                "PETSAGE_CRITICAL_DEPENDENCIES": f"db=tcp://127.0.0.1:{dependency.port}",
+                "PETSAGE_CHECK_PERIOD": "600",
+            }
+        )
+        wait_for_status(server, "/readyz", 200)
+        deadline = time.monotonic() + 10
+        while dependency.accepted < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        before = dependency.accepted
+        statuses = [
+            server.request("GET", path).status
+            for path in ("/livez", "/readyz", "/health", "/readyz/db") * 250
+        ]
+        print(
+            f"\n1000 probes; dependency connections before {before}, "
+            f"after {dependency.accepted}"
+        )
+        assert set(statuses) == {200}
+        assert before == 2  # one first cycle per worker
+        assert dependency.accepted == before
+
+
+def test_a_hung_dependency_never_delays_a_probe(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    with serving(None) as hanging:
+        server = start_gunicorn(
+            {
+                "PETSAGE_CRITICAL_DEPENDENCIES": f"api=http://127.0.0.1:{hanging.port}/",
+                "PETSAGE_CHECK_TIMEOUT": "1",
+                "PETSAGE_CHECK_PERIOD": "0.5",
+            }
+        )
+        wait_for_status(server, "/readyz/startup", 200)
+        latencies = []
+        for _ in range(100):
+            started = time.perf_counter()
+            status = server.request("GET", "/readyz").status
+            latencies.append(time.perf_counter() - started)
+            assert status == 503
+        print(
+            f"\nprobes while a check hangs: median "
+            f"{statistics.median(latencies) * 1000:.1f} ms, "
+            f"max {max(latencies) * 1000:.1f} ms"
+        )
+        # A probe that waited for the check would take its whole 1 s timeout.
+        assert max(latencies) < 0.5
+
+
+def test_successful_probes_stay_out_of_the_access_log(
+    start_gunicorn: GunicornFactory, tmp_path: Path
+) -> None:
+    drain_file = tmp_path / "petsage.drain"
+    server = start_gunicorn({"PETSAGE_DRAIN_FILE": str(drain_file)})
+    wait_for_status(server, "/readyz", 200)
+    for path in ("/livez", "/readyz", "/readyz/uptime", "/livez?verbose"):
+        assert server.request("GET", path).status == 200
+    server.request("GET", SMOKE_TEST)
+    server.request("GET", "/health")
+    drain_file.touch()
+    assert server.request("GET", "/readyz?failing").status == 503
+    server.stop()
+    log = server.log()
+    assert '"GET /livez' not in log
+    assert '"GET /readyz HTTP' not in log
+    assert '"GET /readyz/uptime' not in log
+    assert f'"GET {SMOKE_TEST} HTTP/1.1" 200' in log
+    assert '"GET /health HTTP/1.1" 200' in log
+    assert '"GET /readyz?failing HTTP/1.1" 503' in log
+
+
+def test_a_failing_dependency_is_logged_once_per_worker(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    with refusing() as port:
+        server = start_gunicorn(
+            {
+                "PETSAGE_CRITICAL_DEPENDENCIES": f"db=tcp://127.0.0.1:{port}",
+                "PETSAGE_CHECK_PERIOD": "0.1",
+            }
+        )
+        wait_for_status(server, "/readyz/startup", 200)
+        time.sleep(1.0)  # several more failing cycles in each worker
+        server.stop()
+    failures = [
+        line
+        for line in server.log().splitlines()
+        if "health check db failed: ConnectionRefusedError" in line
+    ]
+    assert len(failures) == 2  # PETSAGE_WORKERS=2

@@ -160,6 +160,13 @@ RETRY_AFTER = {
         "schema": {"type": "integer", "example": 5},
     }
 }
+HEALTH_EXAMPLE = {
+    "status": "pass",
+    "version": "1",
+    "releaseId": "1.0.0",
+    "serviceId": "petsage-backend",
+    "description": "PetSage Backend API",
+}
 VERBOSE_EXAMPLE = "[+]startup ok\n[-]shutdown failed: draining\nreadyz check failed\n"
 
 
@@ -239,12 +246,22 @@ def document_health(spec: APISpec) -> None:
                 "200": {
                     "description": "pass or warn.",
                     "headers": NO_STORE,
-                    "content": {HEALTH_MEDIA_TYPE: {"schema": HealthSchema}},
+                    "content": {
+                        HEALTH_MEDIA_TYPE: {
+                            "schema": HealthSchema,
+                            "example": HEALTH_EXAMPLE,
+                        }
+                    },
                 },
                 "503": {
                     "description": "fail.",
                     "headers": {**NO_STORE, **RETRY_AFTER},
-                    "content": {HEALTH_MEDIA_TYPE: {"schema": HealthSchema}},
+                    "content": {
+                        HEALTH_MEDIA_TYPE: {
+                            "schema": HealthSchema,
+                            "example": {**HEALTH_EXAMPLE, "status": "fail"},
+                        }
+                    },
                 },
                 "default": "DEFAULT_ERROR",
             },

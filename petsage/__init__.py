@@ -9,6 +9,7 @@ from flask import Flask
 from petsage import welcome
 from petsage.api import PetSageApi
 from petsage.config import load_settings
+from petsage.docs import init_docs
 from petsage.features import FEATURES
 from petsage.health import init_health
 from petsage.health.openapi import TAG as HEALTH_TAG
@@ -29,7 +30,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         # apispec replaces the tag list it builds from blueprint names with this one.
         API_SPEC_OPTIONS={
-            "info": {"description": "Intelligent assistance for modern pet care."},
+            "info": {
+                "description": "Intelligent assistance for modern pet care.",
+                "contact": {"name": "PetSage Backend developers"},
+            },
+            # Relative: the API is where the document was fetched from.
+            "servers": [{"url": "/", "description": "This PetSage instance"}],
             "tags": [
                 welcome.TAG,
                 HEALTH_TAG,
@@ -44,10 +50,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.logger.setLevel(app.config["LOG_LEVEL"])
 
-    init_health(app)
+    health = init_health(app)
     api = PetSageApi(app)
-    document_health(api.spec)
     api.register_blueprint(welcome.bp)
     for feature in FEATURES:
         api.register_blueprint(feature.bp, url_prefix=API_PREFIX)
+    # After the features, whose blueprints may have registered checks.
+    document_health(api.spec, health)
+    if app.config["DOCS"]:
+        init_docs(app, openapi_url="/openapi.json")
     return app

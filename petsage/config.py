@@ -97,6 +97,16 @@ def seconds(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def boolean(raw: str) -> bool:
+    """true/false, yes/no, on/off or 1/0, case-insensitive."""
+    value = raw.lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(raw)
+
+
 def text(raw: str) -> str:
     """Any text, surrounding blanks removed."""
     return raw
@@ -195,6 +205,13 @@ SETTINGS = (
         "a whole number of seconds from 0 to 3600",
         "Seconds an idle keep-alive connection stays open; longer than a load"
         " balancer's idle timeout (AWS ALB: 60 s) so the server never closes first.",
+    ),
+    Setting(
+        "DOCS",
+        True,
+        boolean,
+        "true or false (also yes/no, on/off, 1/0)",
+        "Serve Swagger UI at /docs, entirely from PetSage (no CDN).",
     ),
     Setting(
         "RELEASE_ID",

@@ -10,9 +10,10 @@ import threading
 import time
 from typing import Any
 
+from flask import Flask
 from gunicorn.glogging import Logger
 
-from petsage.health import health_of
+from petsage.health import EXTENSION, health_of
 from petsage.health.state import DrainMarker
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,14 @@ def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> No
 
 
 def start_health_checks(worker: Any) -> None:
-    """Run the first check cycle as the worker boots, not at its first request."""
-    health_of(worker.wsgi).start()
+    """Run the first check cycle as the worker boots, not at its first request.
+
+    Another application served with this config (a benchmark baseline) has no health
+    state, and is left alone.
+    """
+    app = worker.wsgi
+    if isinstance(app, Flask) and EXTENSION in app.extensions:
+        health_of(app).start()
 
 
 class ProbeQuietLogger(Logger):  # type: ignore[misc]

@@ -177,7 +177,7 @@ def test_successful_probes_stay_out_of_the_access_log(
     server.request("GET", SMOKE_TEST)
     server.request("GET", "/health")
     drain_file.touch()
-    assert server.request("GET", "/readyz?failing").status == 503
+    assert server.request("GET", "/readyz?verbose").status == 503
     server.stop()
     log = server.log()
     assert '"GET /livez' not in log
@@ -185,7 +185,7 @@ def test_successful_probes_stay_out_of_the_access_log(
     assert '"GET /readyz/uptime' not in log
     assert f'"GET {SMOKE_TEST} HTTP/1.1" 200' in log
     assert '"GET /health HTTP/1.1" 200' in log
-    assert '"GET /readyz?failing HTTP/1.1" 503' in log
+    assert '"GET /readyz?verbose HTTP/1.1" 503' in log
 
 
 def test_a_failing_dependency_is_logged_once_per_worker(

@@ -20,6 +20,7 @@ from petsage.health.endpoints import HealthEndpoints
 from petsage.health.state import Health
 
 __all__ = [
+    "EXTENSION",
     "Check",
     "CheckFailed",
     "Health",

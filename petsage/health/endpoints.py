@@ -10,10 +10,12 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from werkzeug.exceptions import (
+    BadRequest,
     HTTPException,
     InternalServerError,
     MethodNotAllowed,
@@ -84,8 +86,10 @@ class HealthEndpoints:
     ) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") not in PROBE_METHODS:
             raise MethodNotAllowed(valid_methods=list(PROBE_METHODS))
+        query = environ.get("QUERY_STRING", "")
         authorized = self._authorized(environ)
         if path == "/health":
+            parse_query(query, accepted=())
             status, body = self._health_document(authorized)
             return self._respond(environ, start_response, status, body)
         probe, slash, check_name = path.removeprefix("/").partition("/")
@@ -93,11 +97,13 @@ class HealthEndpoints:
         verdict = verdict_of()
         if slash:
             verdict = Verdict((item_named(verdict, check_name),))
-        verbose, excluded = parse_query(environ.get("QUERY_STRING", ""))
-        if excluded:
-            verdict = Verdict(tuple(i for i in verdict.items if i.name not in excluded))
-        if verbose and authorized:
-            text = verbose_text(name, verdict, excluded)
+        options = parse_query(query, accepted=() if slash else verdict.names)
+        if options.excluded:
+            verdict = Verdict(
+                tuple(i for i in verdict.items if i.name not in options.excluded)
+            )
+        if options.verbose and authorized:
+            text = verbose_text(name, verdict, options.excluded)
             return self._respond(
                 environ, start_response, verdict.status, text, VERBOSE_MEDIA_TYPE
             )
@@ -163,15 +169,39 @@ def dump(document: dict[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode() + b"\n"
 
 
-def parse_query(query: str) -> tuple[bool, frozenset[str]]:
-    """``?verbose`` and ``?exclude=a&exclude=b`` (or ``exclude=a,b``)."""
+@dataclass(frozen=True)
+class ProbeOptions:
+    """What the query asks of a probe."""
+
+    verbose: bool = False
+    excluded: frozenset[str] = frozenset()
+
+
+NO_OPTIONS = ProbeOptions()
+
+
+def parse_query(
+    query: str, accepted: "tuple[str, ...] | frozenset[str]"
+) -> ProbeOptions:
+    """``?verbose`` and ``?exclude=<item>`` (repeatable); anything else is a 400.
+
+    Strict, so that a typo such as ``?exlude=db`` fails loudly instead of probing
+    something other than what the operator meant. ``accepted`` are the items that
+    may be excluded; with none, ``exclude`` is not accepted either.
+    """
     if not query:
-        return False, frozenset()
+        return NO_OPTIONS
     params = parse_qs(query, keep_blank_values=True)
-    excluded = frozenset(
-        name for value in params.get("exclude", ()) for name in value.split(",") if name
-    )
-    return "verbose" in params, excluded
+    names = {"verbose", "exclude"} if accepted else {"verbose"}
+    if set(params) - names:
+        raise BadRequest(f"This endpoint accepts only {' and '.join(sorted(names))}.")
+    verbose = params.get("verbose", [])
+    if len(verbose) > 1 or (verbose and verbose[0] not in ("", "true")):
+        raise BadRequest("verbose takes no value, or true.")
+    excluded = frozenset(params.get("exclude", ()))
+    if not excluded <= set(accepted):
+        raise BadRequest("exclude names an item this endpoint does not have.")
+    return ProbeOptions(bool(verbose), excluded)
 
 
 def item_named(verdict: Verdict, name: str) -> Item:

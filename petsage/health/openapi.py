@@ -7,6 +7,7 @@ from apispec import APISpec
 from werkzeug.routing import Map, Rule
 
 from petsage.health.endpoints import HEALTH_MEDIA_TYPE
+from petsage.health.state import Health
 
 TAG = {
     "name": "Health",
@@ -127,27 +128,36 @@ VERBOSE = {
     "in": "query",
     "required": False,
     "allowEmptyValue": True,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "enum": ["", "true"]},
     "description": "With the health token: answer text/plain, one [+]name ok line"
     " per item. Without it the parameter is ignored.",
 }
-EXCLUDE = {
-    "name": "exclude",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "array", "items": {"type": "string"}},
-    "style": "form",
-    "explode": True,
-    "description": "Items to leave out of the verdict.",
-}
-CHECK = {
-    "name": "check",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "One item of the probe, e.g. startup, shutdown, refresher, or a"
-    " check's name.",
-}
+
+
+def exclude_parameter(items: list[str]) -> dict[str, Any]:
+    """``?exclude=<item>``, repeatable, for a probe with ``items``."""
+    return {
+        "name": "exclude",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "array", "items": {"type": "string", "enum": items}},
+        "style": "form",
+        "explode": True,
+        "description": "Items to leave out of the verdict; an unknown name is a 400.",
+    }
+
+
+def item_parameter(items: list[str]) -> dict[str, Any]:
+    """The ``{check}`` path parameter of a probe with ``items``."""
+    return {
+        "name": "check",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": items},
+        "description": "One item of the probe; an unknown name is a 404.",
+    }
+
+
 NO_STORE = {
     "Cache-Control": {
         "description": "Always no-store: a probe answer must never be cached.",
@@ -197,13 +207,18 @@ def probe_operation(
                 "headers": {**NO_STORE, **RETRY_AFTER},
                 "content": content({"status": "fail"}),
             },
+            "400": "BAD_REQUEST",
             "default": "DEFAULT_ERROR",
         },
     }
 
 
-def document_health(spec: APISpec) -> None:
-    """Add the health endpoints to ``spec``."""
+def document_health(spec: APISpec, health: Health) -> None:
+    """Add the health endpoints of ``health`` to ``spec``."""
+    items = {
+        "livez": sorted(health.liveness().names),
+        "readyz": sorted(health.readiness().names),
+    }
     for probe, operation_id, summary, description in (
         (
             "livez",
@@ -223,7 +238,7 @@ def document_health(spec: APISpec) -> None:
         ),
     ):
         operation = probe_operation(operation_id, summary, description)
-        operation["parameters"] = [VERBOSE, EXCLUDE]
+        operation["parameters"] = [VERBOSE, exclude_parameter(items[probe])]
         add_path(spec, f"/{probe}", operation)
         item = probe_operation(
             operation_id + "Item",
@@ -231,7 +246,8 @@ def document_health(spec: APISpec) -> None:
             f"The verdict of one item of /{probe}; 404 for an unknown name.",
         )
         item["parameters"] = [VERBOSE]
-        add_path(spec, f"/{probe}/<check>", item, [CHECK])
+        item["responses"]["404"] = "NOT_FOUND"
+        add_path(spec, f"/{probe}/<check>", item, [item_parameter(items[probe])])
     add_path(
         spec,
         "/health",
@@ -263,6 +279,7 @@ def document_health(spec: APISpec) -> None:
                         }
                     },
                 },
+                "400": "BAD_REQUEST",
                 "default": "DEFAULT_ERROR",
             },
         },

@@ -95,6 +95,8 @@ class CheckRefresher:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        # Its own generator: jitter must not draw from, or disturb, the global one.
+        self._random = random.Random()
 
     @property
     def started(self) -> bool:
@@ -140,7 +142,7 @@ class CheckRefresher:
         """Seconds to the next cycle: the period, halved after a failure, jittered."""
         healthy = snapshot is not None and snapshot.status == "pass"
         delay = self.period * (1 if healthy else FAILURE_PERIOD_FACTOR)
-        return delay * random.uniform(1 - JITTER, 1 + JITTER)
+        return delay * self._random.uniform(1 - JITTER, 1 + JITTER)
 
     def run_cycle(self) -> Snapshot:
         """Run every check once, concurrently, and publish the new snapshot.

@@ -31,6 +31,11 @@ class Verdict:
         return worst([item.status for item in self.items])
 
     @property
+    def names(self) -> frozenset[str]:
+        """The items' names."""
+        return frozenset(item.name for item in self.items)
+
+    @property
     def output(self) -> str:
         """Why the verdict is not pass, item by item."""
         return "; ".join(

@@ -16,6 +16,12 @@ DESCRIPTION = (
     " is operational."
 )
 
+NO_STORE = {
+    "description": "Always no-store: a cached answer would hide an instance that"
+    " stopped answering.",
+    "schema": {"type": "string", "example": "no-store"},
+}
+
 bp = Blueprint("smoke_test", __name__, description=TAG["description"])
 
 
@@ -24,9 +30,9 @@ bp = Blueprint("smoke_test", __name__, description=TAG["description"])
     200,
     SmokeTestResponseSchema,
     description="The service is running and processed the request end to end.",
+    headers={"Cache-Control": NO_STORE},
 )
-@bp.doc(description=DESCRIPTION)
+@bp.doc(operationId="runSmokeTest", description=DESCRIPTION)
 def smoke_test() -> tuple[SmokeTestResult, dict[str, str]]:
     """Perform a system smoke test"""
-    # A cached "ok" would hide an instance that stopped answering.
     return run_smoke_test(), {"Cache-Control": "no-store"}

@@ -1,0 +1,83 @@
+"""The OpenAPI document is complete and true, checked by schemathesis and by routes."""
+
+import json
+from typing import Any
+
+import schemathesis
+from flask import Flask
+from hypothesis import HealthCheck, settings
+
+from petsage import create_app
+from tests.gunicorn_process import REPO_ROOT
+
+# The token makes ?verbose answer text/plain, so that media type is exercised too.
+APP = create_app({"HEALTH_TOKEN": "contract-token", "CHECK_PERIOD": 60})
+SCHEMA = schemathesis.openapi.from_wsgi("/openapi.json", APP)
+METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+# Served, but not operations of the API: the document itself and the docs pages.
+UNDOCUMENTED = {
+    "/openapi.json",
+    "/docs/",
+    "/docs/<path:path>",
+    "/static/<path:filename>",
+}
+
+
+@SCHEMA.parametrize()
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_every_response_conforms_to_the_document(case: schemathesis.Case[Any]) -> None:
+    case.call_and_validate(headers={"Authorization": "Bearer contract-token"})
+
+
+@SCHEMA.parametrize()
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_public_response_conforms_to_the_document(
+    case: schemathesis.Case[Any],
+) -> None:
+    case.call_and_validate()
+
+
+def documented_paths(app: Flask) -> set[str]:
+    """The paths of the document, in Flask's rule syntax."""
+    document = app.test_client().get("/openapi.json").json
+    assert isinstance(document, dict)
+    return {
+        path.replace("{", "<").replace("}", ">")
+        for path, item in document["paths"].items()
+        if METHODS & set(item)
+    }
+
+
+def test_every_flask_route_is_documented() -> None:
+    served = {rule.rule for rule in APP.url_map.iter_rules()} - UNDOCUMENTED
+    assert served - documented_paths(APP) == set()
+
+
+def test_every_health_endpoint_is_documented() -> None:
+    health = {"/livez", "/readyz", "/livez/<check>", "/readyz/<check>", "/health"}
+    assert health <= documented_paths(APP)
+
+
+def test_every_operation_is_complete() -> None:
+    document = APP.test_client().get("/openapi.json").json
+    assert isinstance(document, dict)
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method not in METHODS:
+                continue
+            where = f"{method.upper()} {path}"
+            for member in ("operationId", "summary", "description", "tags"):
+                assert operation.get(member), f"{where} lacks {member}"
+            assert {"200", "405", "500"} <= set(operation["responses"]), where
+
+
+def test_committed_document_matches_the_served_one() -> None:
+    committed = json.loads((REPO_ROOT / "openapi.json").read_text())
+    served: Any = create_app().test_client().get("/openapi.json").json
+    assert committed == served, (
+        "openapi.json is out of date: run `petsage openapi write openapi.json`"
+    )

@@ -1,5 +1,6 @@
 """Real listeners on 127.0.0.1 for dependency checks: accept, refuse, hang, answer."""
 
+import http.server
 import socket
 import threading
 from collections.abc import Iterator
@@ -77,3 +78,35 @@ def hanging_tcp() -> Iterator[int]:
         port = server.getsockname()[1]
         filler.connect(("127.0.0.1", port))
         yield port
+
+
+Route = tuple[int, str, bytes]
+
+
+@contextmanager
+def answering(routes: dict[str, Route]) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 answering GET ``path`` with (status, type, body)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, content_type, body = routes.get(
+                self.path, (404, "text/plain", b"not here")
+            )
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Keep test output quiet."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

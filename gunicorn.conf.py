@@ -2,11 +2,28 @@
 
 import os
 import sys
+import tempfile
 from typing import Any
+
+# prometheus_client picks its multiprocess mode when first imported, and importing
+# petsage imports it: the directory must be set before, so that every worker forked
+# from this master writes its metrics where a scrape of any worker finds them.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    shared_memory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix="petsage-metrics-", dir=shared_memory
+    )
 
 from petsage.config import ConfigError, load_settings
 from petsage.health.state import DrainMarker
-from petsage.server import ProbeQuietLogger, drain_before_stopping, start_health_checks
+from petsage.logs import ACCESS_LOG_FORMAT, logging_config
+from petsage.server import (
+    ProbeQuietLogger,
+    clear_metrics_directory,
+    drain_before_stopping,
+    forget_worker_metrics,
+    start_health_checks,
+)
 
 try:
     settings = load_settings(os.environ)
@@ -27,6 +44,8 @@ keepalive = settings["KEEPALIVE"]
 loglevel = settings["LOG_LEVEL"].lower()
 accesslog = "-"
 errorlog = "-"
+access_log_format = ACCESS_LOG_FORMAT
+logconfig_dict = logging_config(settings["LOG_FORMAT"], settings["LOG_LEVEL"])
 proc_name = "petsage"
 # The heartbeat file on tmpfs, so a stalled disk cannot get healthy workers killed.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -40,8 +59,9 @@ logger_class = ProbeQuietLogger
 
 
 def on_starting(server: Any) -> None:
-    """Clear a drain marker left by an instance that did not stop cleanly."""
+    """Clear what an instance that did not stop cleanly left behind."""
     drain_marker.end()
+    clear_metrics_directory()
 
 
 def when_ready(server: Any) -> None:
@@ -54,6 +74,12 @@ def post_worker_init(worker: Any) -> None:
     start_health_checks(worker)
 
 
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's in-flight and health gauges from the metrics."""
+    forget_worker_metrics(worker.pid)
+
+
 def on_exit(server: Any) -> None:
-    """Leave no drain marker behind."""
+    """Leave no drain marker and no metrics files behind."""
     drain_marker.end()
+    clear_metrics_directory(remove=True)

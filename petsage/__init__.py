@@ -2,18 +2,26 @@
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from petsage import welcome
+from petsage.access import Access
 from petsage.api import PetSageApi
 from petsage.config import load_settings
 from petsage.docs import init_docs
 from petsage.features import FEATURES
-from petsage.health import init_health
+from petsage.health import Health, HealthEndpoints, init_health
 from petsage.health.openapi import TAG as HEALTH_TAG
 from petsage.health.openapi import document_health
+from petsage.metrics import Metrics, RequestMetrics, document_metrics
+from petsage.request_ids import RequestIds
+from petsage.routes import note_flask_route
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 API_PREFIX = "/api/v1"
 
@@ -49,8 +57,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Bodies keep the order their schemas declare, as the OpenAPI document shows it.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.logger.setLevel(app.config["LOG_LEVEL"])
+    app.before_request(note_flask_route)
 
     health = init_health(app)
+    app.wsgi_app = wrap_in_middleware(app, health)  # type: ignore[method-assign,assignment]
     api = PetSageApi(app)
     api.register_blueprint(welcome.bp)
     for feature in FEATURES:
@@ -59,4 +69,27 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     document_health(api.spec, health)
     if app.config["DOCS"]:
         init_docs(app, openapi_url="/openapi.json")
+    if app.config["METRICS"]:
+        document_metrics(api.spec)
     return app
+
+
+def wrap_in_middleware(app: Flask, health: Health) -> "WSGIApplication":
+    """The WSGI layers in front of Flask, outermost first.
+
+    Request ids come first, so every response carries one, errors included; metrics
+    next, so every request is counted, probes included; then the health endpoints,
+    answered before Flask's request machinery.
+    """
+    config = app.config
+    access = Access(config["HEALTH_TOKEN"], config["TRUSTED_NETWORKS"])
+    layers: WSGIApplication = HealthEndpoints(
+        app.wsgi_app, health, config["RELEASE_ID"], access
+    )
+    if config["METRICS"]:
+        metrics = Metrics(
+            version=config["API_VERSION"], release_id=config["RELEASE_ID"]
+        )
+        health.refresher.listeners.append(partial(metrics.observe_cycle, health))
+        layers = RequestMetrics(layers, metrics, health, access)
+    return RequestIds(layers)

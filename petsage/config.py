@@ -5,6 +5,7 @@ sees it as ``app.config[KEY]`` and ``gunicorn.conf.py`` reads the server setting
 the same table, so the service and its server never disagree about a value.
 """
 
+import ipaddress
 import logging
 import os
 import re
@@ -107,6 +108,25 @@ def boolean(raw: str) -> bool:
     raise ValueError(raw)
 
 
+def parse_log_format(raw: str) -> str:
+    """json or text, case-insensitive."""
+    value = raw.lower()
+    if value not in ("json", "text"):
+        raise ValueError(raw)
+    return value
+
+
+def parse_networks(
+    raw: str,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated addresses or CIDR networks."""
+    return tuple(
+        ipaddress.ip_network(part.strip(), strict=False)
+        for part in raw.split(",")
+        if part.strip()
+    )
+
+
 def text(raw: str) -> str:
     """Any text, surrounding blanks removed."""
     return raw
@@ -164,6 +184,14 @@ SETTINGS = (
         "Least severe level logged, by PetSage and by gunicorn.",
     ),
     Setting(
+        "LOG_FORMAT",
+        "json",
+        parse_log_format,
+        "json or text",
+        "json: one JSON object per line on stdout, for log aggregation; text: lines"
+        " for people, for local use.",
+    ),
+    Setting(
         "BIND",
         "127.0.0.1:8000",
         parse_bind,
@@ -212,6 +240,21 @@ SETTINGS = (
         boolean,
         "true or false (also yes/no, on/off, 1/0)",
         "Serve Swagger UI at /docs, entirely from PetSage (no CDN).",
+    ),
+    Setting(
+        "METRICS",
+        True,
+        boolean,
+        "true or false (also yes/no, on/off, 1/0)",
+        "Record request and health metrics and serve them at /metrics.",
+    ),
+    Setting(
+        "TRUSTED_NETWORKS",
+        (),
+        parse_networks,
+        "comma-separated addresses or CIDR networks, e.g. 10.0.0.0/8",
+        "Callers from these networks see /metrics and health check details without"
+        " the token.",
     ),
     Setting(
         "RELEASE_ID",

@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask
 from gunicorn.glogging import Logger
+from prometheus_client import multiprocess
 
 from petsage.health import EXTENSION, health_of
 from petsage.health.state import DrainMarker
@@ -51,6 +52,31 @@ def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> No
         timer.start()
 
     arbiter.handle_term = handle_term
+
+
+METRICS_DIRECTORY_PREFIX = "petsage-metrics-"
+
+
+def clear_metrics_directory(remove: bool = False) -> None:
+    """Delete the metrics files of an earlier run, and the directory if ours and asked.
+
+    prometheus_client's multiprocess files must not outlive a run: counts of a dead
+    run would be summed into the new one.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory or not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(directory, name))
+    if remove and os.path.basename(directory).startswith(METRICS_DIRECTORY_PREFIX):
+        os.rmdir(directory)
+
+
+def forget_worker_metrics(pid: int) -> None:
+    """Drop a dead worker's live gauges (in flight, health, readiness)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def start_health_checks(worker: Any) -> None:

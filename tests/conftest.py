@@ -37,8 +37,10 @@ def start_gunicorn() -> Iterator[GunicornFactory]:
     """Start real gunicorn servers with the project's config; all are stopped after."""
     servers: list[GunicornServer] = []
 
-    def start(env: dict[str, str] | None = None) -> GunicornServer:
-        server = GunicornServer.start(env or {})
+    def start(
+        env: dict[str, str] | None = None, app: str | None = None
+    ) -> GunicornServer:
+        server = GunicornServer.start(env or {}, app)
         servers.append(server)
         return server
 

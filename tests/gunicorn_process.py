@@ -53,8 +53,11 @@ class GunicornServer:
     log_path: Path
 
     @classmethod
-    def start(cls, env: dict[str, str]) -> "GunicornServer":
-        """Start gunicorn on a free port and wait until its workers answer."""
+    def start(cls, env: dict[str, str], app: str | None = None) -> "GunicornServer":
+        """Start gunicorn on a free port and wait until its workers answer.
+
+        ``app`` replaces the config's ``wsgi:app``, e.g. with a test module's app.
+        """
         log_path = Path(tempfile.mkstemp(prefix="petsage-gunicorn-", suffix=".log")[1])
         environment = {
             **os.environ,
@@ -67,7 +70,7 @@ class GunicornServer:
         }
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn"],
+                [sys.executable, "-m", "gunicorn", *([app] if app else [])],
                 cwd=REPO_ROOT,
                 env=environment,
                 stdout=log,

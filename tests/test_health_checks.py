@@ -46,6 +46,10 @@ class TestDependencyChecks:
                 Dependency("db", f"tcp://127.0.0.1:{listener.port}"), True, 1.0
             )
             result = CheckRefresher([check], 10).run_cycle().results["db"]
+            # The listener accepts on its own thread, maybe after the check returned.
+            deadline = time.monotonic() + 5
+            while listener.accepted == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
         assert result.status == "pass"
         assert result.unit == "ms"
         assert isinstance(result.value, float)

@@ -166,28 +166,6 @@ def test_a_hung_dependency_never_delays_a_probe(
         assert max(latencies) < 0.5
 
 
-def test_successful_probes_stay_out_of_the_access_log(
-    start_gunicorn: GunicornFactory, tmp_path: Path
-) -> None:
-    drain_file = tmp_path / "petsage.drain"
-    server = start_gunicorn({"PETSAGE_DRAIN_FILE": str(drain_file)})
-    wait_for_status(server, "/readyz", 200)
-    for path in ("/livez", "/readyz", "/readyz/uptime", "/livez?verbose"):
-        assert server.request("GET", path).status == 200
-    server.request("GET", SMOKE_TEST)
-    server.request("GET", "/health")
-    drain_file.touch()
-    assert server.request("GET", "/readyz?verbose").status == 503
-    server.stop()
-    log = server.log()
-    assert '"GET /livez' not in log
-    assert '"GET /readyz HTTP' not in log
-    assert '"GET /readyz/uptime' not in log
-    assert f'"GET {SMOKE_TEST} HTTP/1.1" 200' in log
-    assert '"GET /health HTTP/1.1" 200' in log
-    assert '"GET /readyz?verbose HTTP/1.1" 503' in log
-
-
 def test_a_failing_dependency_is_logged_once_per_worker(
     start_gunicorn: GunicornFactory,
 ) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "Check",
     "CheckFailed",
     "Health",
+    "HealthEndpoints",
     "Observation",
     "health_of",
     "init_health",
@@ -34,7 +35,7 @@ EXTENSION = "petsage.health"
 
 
 def init_health(app: Flask) -> Health:
-    """Give ``app`` its health state, the built-in checks and the probe endpoints."""
+    """Give ``app`` its health state with the built-in checks."""
     config = app.config
     health = Health([], config["CHECK_PERIOD"], config["DRAIN_FILE"])
     health.add_check(process_uptime_check(started=time.monotonic()))
@@ -46,9 +47,6 @@ def init_health(app: Flask) -> Health:
             check = dependency_check(dependency, critical, config["CHECK_TIMEOUT"])
             health.add_check(check)
     app.extensions[EXTENSION] = health
-    app.wsgi_app = HealthEndpoints(  # type: ignore[method-assign]
-        app.wsgi_app, health, config["RELEASE_ID"], config["HEALTH_TOKEN"]
-    )
     return health
 
 

@@ -5,7 +5,6 @@ this small WSGI layer from in-memory state, before Flask's request machinery run
 they keep answering whatever the application's own routes are doing.
 """
 
-import hmac
 import json
 import logging
 import math
@@ -22,10 +21,12 @@ from werkzeug.exceptions import (
     NotFound,
 )
 
+from petsage.access import Access
 from petsage.errors import problem_response
 from petsage.health.checks import Check, Status
 from petsage.health.refresher import FAILURE_PERIOD_FACTOR, CheckResult
 from petsage.health.state import Health, Item, Verdict
+from petsage.routes import ROUTE_KEY
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -48,12 +49,12 @@ class HealthEndpoints:
         app: "WSGIApplication",
         health: Health,
         release_id: str,
-        token: str,
+        access: Access,
     ) -> None:
         self.app = app
         self.health = health
         self.release_id = release_id
-        self._authorization = f"Bearer {token}".encode() if token else None
+        self.access = access
         retry = health.refresher.period * FAILURE_PERIOD_FACTOR
         self._retry_after = str(max(1, math.ceil(retry)))
         self._probes: dict[str, tuple[str, Callable[[], Verdict]]] = {
@@ -67,19 +68,19 @@ class HealthEndpoints:
         if not self.health.refresher.started:
             self.health.start()
         path: str = environ.get("PATH_INFO", "")
-        if (
-            path in self._probes
-            or path == "/health"
-            or path.startswith(("/livez/", "/readyz/"))
-        ):
-            try:
-                return self._answer(path, environ, start_response)
-            except HTTPException as error:
-                return problem_response(error)(environ, start_response)
-            except Exception:
-                logger.exception("health endpoint %s failed", path)
-                return problem_response(InternalServerError())(environ, start_response)
-        return self.app(environ, start_response)
+        if path in self._probes or path == "/health":
+            environ[ROUTE_KEY] = path
+        elif path.startswith(("/livez/", "/readyz/")):
+            environ[ROUTE_KEY] = path[: path.index("/", 1)] + "/<check>"
+        else:
+            return self.app(environ, start_response)
+        try:
+            return self._answer(path, environ, start_response)
+        except HTTPException as error:
+            return problem_response(error)(environ, start_response)
+        except Exception:
+            logger.exception("health endpoint %s failed", path)
+            return problem_response(InternalServerError())(environ, start_response)
 
     def _answer(
         self, path: str, environ: "WSGIEnvironment", start_response: "StartResponse"
@@ -87,7 +88,7 @@ class HealthEndpoints:
         if environ.get("REQUEST_METHOD") not in PROBE_METHODS:
             raise MethodNotAllowed(valid_methods=list(PROBE_METHODS))
         query = environ.get("QUERY_STRING", "")
-        authorized = self._authorized(environ)
+        authorized = self.access.allows(environ)
         if path == "/health":
             parse_query(query, accepted=())
             status, body = self._health_document(authorized)
@@ -111,13 +112,6 @@ class HealthEndpoints:
         if authorized and verdict.status != "pass":
             document["output"] = verdict.output
         return self._respond(environ, start_response, verdict.status, dump(document))
-
-    def _authorized(self, environ: "WSGIEnvironment") -> bool:
-        """Whether the caller sent the health token; constant-time comparison."""
-        if self._authorization is None:
-            return False
-        sent = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
-        return hmac.compare_digest(sent, self._authorization)
 
     def _health_document(self, authorized: bool) -> tuple[Status, bytes]:
         health = self.health

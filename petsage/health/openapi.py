@@ -11,9 +11,9 @@ from petsage.health.state import Health
 
 TAG = {
     "name": "Health",
-    "description": "Liveness, readiness and the health document: for load balancers,"
-    " the kubelet, deploy pipelines and dashboards. Answers come from state cached in"
-    " memory; no check runs inside a request.",
+    "description": "Liveness, readiness, the health document and metrics: for load"
+    " balancers, the kubelet, deploy pipelines, dashboards and Prometheus. Answers come"
+    " from state cached in memory; no check runs inside a request.",
 }
 
 STATUS = ma.fields.String(

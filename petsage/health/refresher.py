@@ -8,7 +8,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -91,6 +91,8 @@ class CheckRefresher:
         self.checks = list(checks)
         self.period = period
         self.snapshot: Snapshot | None = None
+        # Called with each new snapshot, on the refresher's thread.
+        self.listeners: list[Callable[[Snapshot], None]] = []
         self._runs: dict[str, CheckRun] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -161,6 +163,8 @@ class CheckRefresher:
         snapshot = Snapshot(results, time.monotonic())
         log_transitions(previous, snapshot)
         self.snapshot = snapshot
+        for listener in self.listeners:
+            listener(snapshot)
         return snapshot
 
     def _result(self, run: CheckRun, previous: Snapshot | None) -> CheckResult:

@@ -1,0 +1,236 @@
+"""Prometheus metrics: requests, their duration, health, readiness, and the build.
+
+Under gunicorn every worker is a process of its own, so prometheus_client runs in its
+multiprocess mode: ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh
+directory before anything imports prometheus_client, and a scrape of any worker sums
+the files of all of them. Without that variable (tests, ``flask run``) the metrics live
+in the process.
+"""
+
+import os
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from apispec import APISpec
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import Forbidden, MethodNotAllowed, Unauthorized
+from werkzeug.routing import Map, Rule
+
+from petsage.access import Access
+from petsage.errors import problem_response
+from petsage.health.checks import SEVERITY
+from petsage.health.openapi import TAG as HEALTH_TAG
+from petsage.health.refresher import Snapshot
+from petsage.health.state import Health
+from petsage.routes import ROUTE_KEY
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+METRICS_PATH = "/metrics"
+UNMATCHED = "unmatched"
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+# Methods outside this set share one label value, so label values stay bounded.
+METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    """The metrics of one PetSage app, and the recording of them."""
+
+    def __init__(self, version: str, release_id: str) -> None:
+        # A registry of its own: several apps in one process (tests) never collide.
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.requests = Counter(
+            "petsage_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "petsage_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template and method.",
+            ["route", "method"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "petsage_http_requests_in_flight",
+            "HTTP requests being answered now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.check_status = Gauge(
+            "petsage_health_check_status",
+            "Latest status of each health check: 0 pass, 1 warn, 2 fail"
+            " (worst across workers).",
+            ["check"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.check_duration = Gauge(
+            "petsage_health_check_duration_seconds",
+            "How long each health check's latest run took (longest across workers).",
+            ["check"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.ready = Gauge(
+            "petsage_ready",
+            "1 when every worker is ready for traffic, else 0.",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.draining = Gauge(
+            "petsage_draining",
+            "1 once draining has begun, else 0.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        Gauge(
+            "petsage_build_info",
+            "The running build: always 1, labelled with version and releaseId.",
+            ["version", "release_id"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        ).labels(version, release_id).set(1)
+
+    def observe_cycle(self, health: Health, snapshot: Snapshot) -> None:
+        """Record a check cycle's results and this worker's availability after it."""
+        for name, result in snapshot.results.items():
+            self.check_status.labels(name).set(SEVERITY[result.status])
+            self.check_duration.labels(name).set(result.duration_ms / 1000)
+        self.observe_availability(health)
+
+    def observe_availability(self, health: Health) -> None:
+        """Record this worker's readiness and draining state."""
+        self.ready.set(1 if health.readiness().status != "fail" else 0)
+        self.draining.set(1 if health.drain.active() else 0)
+
+    def exposition(self) -> bytes:
+        """The metrics in the Prometheus text format, summed over all workers."""
+        if MULTIPROCESS:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """WSGI middleware: records every request, and answers GET /metrics."""
+
+    def __init__(
+        self, app: "WSGIApplication", metrics: Metrics, health: Health, access: Access
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.health = health
+        self.access = access
+
+    def __call__(
+        self, environ: "WSGIEnvironment", start_response: "StartResponse"
+    ) -> Iterable[bytes]:
+        metrics = self.metrics
+        started = time.perf_counter()
+        status = "500"
+
+        def recording_start(
+            line: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            nonlocal status
+            status = line[:3]
+            return start_response(line, headers, exc_info)
+
+        metrics.in_flight.inc()
+        try:
+            if environ.get("PATH_INFO") == METRICS_PATH:
+                environ[ROUTE_KEY] = METRICS_PATH
+                return self._scrape(environ, recording_start)
+            return self.app(environ, recording_start)
+        finally:
+            metrics.in_flight.dec()
+            method = environ.get("REQUEST_METHOD", "")
+            route = environ.get(ROUTE_KEY) or UNMATCHED
+            method = method if method in METHODS else "other"
+            metrics.requests.labels(route, method, status).inc()
+            metrics.duration.labels(route, method).observe(
+                time.perf_counter() - started
+            )
+
+    def _scrape(
+        self, environ: "WSGIEnvironment", start_response: "StartResponse"
+    ) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            error: Any = MethodNotAllowed(valid_methods=["GET", "HEAD"])
+            return problem_response(error)(environ, start_response)
+        if self.access.restricted and not self.access.allows(environ):
+            error = (
+                Unauthorized(
+                    www_authenticate=WWWAuthenticate("bearer", {"realm": "petsage"})
+                )
+                if self.access.has_token
+                else Forbidden()
+            )
+            return problem_response(error)(environ, start_response)
+        self.metrics.observe_availability(self.health)
+        body = self.metrics.exposition()
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", CONTENT_TYPE_LATEST),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+def document_metrics(spec: APISpec) -> None:
+    """Add GET /metrics to ``spec``."""
+    (rule,) = Map([Rule(METRICS_PATH)]).iter_rules()
+    text = {"text/plain": {"schema": {"type": "string"}, "example": METRICS_EXAMPLE}}
+    spec.path(
+        rule=rule,
+        parameters=[],
+        operations={
+            "get": {
+                "tags": [HEALTH_TAG["name"]],
+                "operationId": "getMetrics",
+                "summary": "Metrics for Prometheus",
+                "description": "Requests by route template, method and status; request"
+                " durations; requests in flight; each health check's status and"
+                " duration; readiness, draining and the build, summed over all"
+                " gunicorn workers. With PETSAGE_HEALTH_TOKEN or"
+                " PETSAGE_TRUSTED_NETWORKS set, only for the token or those networks.",
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text format.",
+                        "content": text,
+                    },
+                    "401": "UNAUTHORIZED",
+                    "403": "FORBIDDEN",
+                    "default": "DEFAULT_ERROR",
+                },
+            }
+        },
+    )
+
+
+METRICS_EXAMPLE = (
+    "# HELP petsage_http_requests_total HTTP requests answered, by route template,"
+    " method and status.\n"
+    "# TYPE petsage_http_requests_total counter\n"
+    'petsage_http_requests_total{method="GET",route="/api/v1/smoke-test",'
+    'status="200"} 42.0\n'
+)

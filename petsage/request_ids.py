@@ -1,0 +1,42 @@
+"""Request ids: kept from X-Request-ID when safe, made otherwise, echoed, logged."""
+
+import re
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+HEADER = "X-Request-ID"
+ENVIRON_KEY = "petsage.request_id"
+# Bounded and plain, so that an id written into a log line can never forge or break one.
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def request_id_for(environ: "WSGIEnvironment") -> str:
+    """The caller's X-Request-ID when it is safe to log, else a new one."""
+    sent: str | None = environ.get("HTTP_X_REQUEST_ID")
+    if sent is not None and SAFE_REQUEST_ID.fullmatch(sent):
+        return sent
+    return uuid.uuid4().hex
+
+
+class RequestIds:
+    """WSGI middleware: every request gets an id, and every response carries it."""
+
+    def __init__(self, app: "WSGIApplication") -> None:
+        self.app = app
+
+    def __call__(
+        self, environ: "WSGIEnvironment", start_response: "StartResponse"
+    ) -> Iterable[bytes]:
+        request_id = environ[ENVIRON_KEY] = request_id_for(environ)
+
+        def start_with_id(
+            status: str, headers: list[tuple[str, str]], exc_info: object = None
+        ) -> object:
+            headers.append((HEADER, request_id))
+            return start_response(status, headers, exc_info)  # type: ignore[arg-type]
+
+        return self.app(environ, start_with_id)  # type: ignore[arg-type]

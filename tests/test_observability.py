@@ -1,0 +1,313 @@
+"""Logs, request ids and metrics, read from a real gunicorn as operators read them."""
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.gunicorn_process import GunicornFactory, GunicornServer
+
+SMOKE_TEST = "/api/v1/smoke-test"
+
+
+def records(server: GunicornServer) -> list[dict[str, Any]]:
+    """Every JSON log line the server wrote so far."""
+    return [
+        json.loads(line) for line in server.log().splitlines() if line.startswith("{")
+    ]
+
+
+def access_records(server: GunicornServer, path: str) -> list[dict[str, Any]]:
+    """The access-log records of requests to ``path``."""
+    return [
+        record
+        for record in records(server)
+        if record["logger"] == "gunicorn.access" and record["path"] == path
+    ]
+
+
+def worker_pids(metrics_dir: Path, kind: str) -> set[int]:
+    """The pids of the workers with ``kind`` metrics files (counter, gauge_livesum)."""
+    return {int(path.stem.rsplit("_", 1)[1]) for path in metrics_dir.glob(f"{kind}_*")}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``condition`` holds; fail the test if it does not in time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.05)
+
+
+def wait_for_log(server: GunicornServer, text: str, timeout: float = 5.0) -> None:
+    """Wait until the server has logged ``text`` (it logs after replying)."""
+    deadline = time.monotonic() + timeout
+    while text not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    """Send bytes as they are and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(request)
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def scrape(
+    server: GunicornServer, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """/metrics parsed by prometheus_client's own parser, samples by name and labels."""
+    response = server.request("GET", "/metrics", headers=headers)
+    assert response.status == 200
+    samples: dict[str, Any] = {}
+    for family in text_string_to_metric_families(response.body.decode()):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            samples[str(key)] = sample.value
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+class TestLogs:
+    def test_every_line_is_json(self, gunicorn: GunicornServer) -> None:
+        gunicorn.request("GET", SMOKE_TEST)
+        wait_for_log(gunicorn, SMOKE_TEST)
+        lines = [line for line in gunicorn.log().splitlines() if line.strip()]
+        assert lines
+        for line in lines:
+            record = json.loads(line)
+            assert {"timestamp", "level", "logger", "message"} <= set(record)
+
+    def test_access_line_fields(self, gunicorn: GunicornServer) -> None:
+        gunicorn.request(
+            "GET", SMOKE_TEST + "?pet=cat", headers={"X-Request-ID": "deploy-42"}
+        )
+        wait_for_log(gunicorn, "deploy-42")
+        [record] = access_records(gunicorn, SMOKE_TEST)
+        assert datetime.fromisoformat(record["timestamp"]).tzinfo is not None
+        assert record["level"] == "INFO"
+        assert record["logger"] == "gunicorn.access"
+        assert record["request_id"] == "deploy-42"
+        assert record["method"] == "GET"
+        assert record["path"] == SMOKE_TEST
+        assert record["query"] == "pet=cat"
+        assert record["status"] == 200
+        assert isinstance(record["duration_ms"], float) and record["duration_ms"] > 0
+        assert record["remote_addr"] == "127.0.0.1"
+        assert record["response_bytes"] == 59
+        assert "deploy-42" in record["message"]
+
+    def test_records_inside_a_request_carry_its_id(
+        self, start_gunicorn: GunicornFactory
+    ) -> None:
+        server = start_gunicorn(app="tests.apps.crashing:app")
+        response = server.request("GET", "/crash", headers={"X-Request-ID": "crash-1"})
+        assert response.status == 500
+        assert "hunter2" not in response.body.decode()
+        wait_for_log(server, '"path": "/crash", "query"')
+        app_records = [r for r in records(server) if r.get("request_id") == "crash-1"]
+        by_logger = {record["logger"]: record for record in app_records}
+        warning = by_logger["petsage.tests"]
+        assert (warning["level"], warning["method"], warning["path"]) == (
+            "WARNING",
+            "GET",
+            "/crash",
+        )
+        error = by_logger["petsage"]
+        assert error["level"] == "ERROR"
+        assert "RuntimeError" in error["exc_info"]
+        assert by_logger["gunicorn.access"]["status"] == 500
+
+    def test_text_format_for_local_use(self, start_gunicorn: GunicornFactory) -> None:
+        server = start_gunicorn({"PETSAGE_LOG_FORMAT": "text"})
+        server.request("GET", SMOKE_TEST, headers={"X-Request-ID": "local-1"})
+        wait_for_log(server, "local-1")
+        [line] = [line for line in server.log().splitlines() if "local-1" in line]
+        assert not line.startswith("{")
+        assert (
+            ' INFO gunicorn.access: 127.0.0.1 "GET /api/v1/smoke-test HTTP/1.1" 200'
+            in line
+        )
+
+    def test_successful_probes_are_not_logged_failures_are(
+        self, start_gunicorn: GunicornFactory, tmp_path: Path
+    ) -> None:
+        drain_file = tmp_path / "drain"
+        server = start_gunicorn({"PETSAGE_DRAIN_FILE": str(drain_file)})
+        for path in ("/livez", "/readyz", "/readyz/uptime"):
+            assert server.request("GET", path).status == 200
+        drain_file.touch()
+        assert server.request("GET", "/readyz").status == 503
+        server.request("GET", SMOKE_TEST)
+        wait_for_log(server, SMOKE_TEST)
+        assert access_records(server, "/livez") == []
+        assert access_records(server, "/readyz/uptime") == []
+        assert [r["status"] for r in access_records(server, "/readyz")] == [503]
+
+
+HOSTILE_IDS = [
+    "line\r\nbreak",
+    "escape\x1b[31mred",
+    "x" * 10_000,
+    'quote" injected="1',
+    "",
+]
+
+
+class TestRequestIds:
+    def test_a_safe_id_is_kept_and_echoed(self, gunicorn: GunicornServer) -> None:
+        response = gunicorn.request(
+            "GET", SMOKE_TEST, headers={"X-Request-ID": "a1b2-c3.d4:e5_f6"}
+        )
+        assert response.headers["X-Request-ID"] == "a1b2-c3.d4:e5_f6"
+
+    def test_without_an_id_one_is_made(self, gunicorn: GunicornServer) -> None:
+        first = gunicorn.request("GET", SMOKE_TEST).headers["X-Request-ID"]
+        second = gunicorn.request("GET", "/livez").headers["X-Request-ID"]
+        assert len(first) == 32 and int(first, 16) >= 0
+        assert first != second
+
+    def test_errors_carry_the_id_too(self, gunicorn: GunicornServer) -> None:
+        response = gunicorn.request(
+            "DELETE", SMOKE_TEST, headers={"X-Request-ID": "e-1"}
+        )
+        assert response.status == 405
+        assert response.headers["X-Request-ID"] == "e-1"
+
+    @pytest.mark.parametrize("hostile", HOSTILE_IDS, ids=range(len(HOSTILE_IDS)))
+    def test_a_hostile_id_is_replaced_and_never_logged(
+        self, gunicorn: GunicornServer, hostile: str
+    ) -> None:
+        request = (
+            f"GET {SMOKE_TEST} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"X-Request-ID: {hostile}\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+        answer = raw_request(gunicorn.port, request)
+        head = answer.split(b"\r\n\r\n")[0].decode("latin-1")
+        if head.startswith("HTTP/1.1 200"):
+            echoed = [
+                line.split(": ", 1)[1]
+                for line in head.split("\r\n")
+                if line.lower().startswith("x-request-id:")
+            ]
+            assert len(echoed) == 1 and len(echoed[0]) == 32
+        else:
+            # gunicorn refuses some of them before PetSage sees the request.
+            assert head.startswith(("HTTP/1.1 400", "HTTP/1.1 431"))
+        assert gunicorn.request("GET", SMOKE_TEST).status == 200
+        log = gunicorn.log()
+        if hostile:
+            assert hostile not in log
+        for line in log.splitlines():
+            json.loads(line)
+
+
+class TestMetrics:
+    def test_counts_are_summed_over_workers(
+        self, start_gunicorn: GunicornFactory, tmp_path: Path
+    ) -> None:
+        metrics_dir = tmp_path / "metrics"
+        metrics_dir.mkdir()
+        # One worker at a time, so that which worker answers is certain: the first
+        # serves 30 requests and is killed; its replacement serves 30 more.
+        server = start_gunicorn(
+            {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "PETSAGE_WORKERS": "1"}
+        )
+        for _ in range(30):
+            assert server.request("GET", SMOKE_TEST).status == 200
+        [first] = worker_pids(metrics_dir, "counter")
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: worker_pids(metrics_dir, "gauge_livesum") != {first})
+        for _ in range(30):
+            assert server.request("GET", SMOKE_TEST).status == 200
+        assert len(worker_pids(metrics_dir, "counter")) == 2
+        samples = scrape(server)
+        smoke_200 = [
+            value
+            for labels, value in samples["petsage_http_requests_total"]
+            if labels == {"method": "GET", "route": SMOKE_TEST, "status": "200"}
+        ]
+        assert smoke_200 == [60.0]
+        assert samples["petsage_build_info"][0][0] == {
+            "version": "1.0.0",
+            "release_id": "1.0.0",
+        }
+        wait_until(lambda: scrape(server)["petsage_ready"][0][1] == 1.0)
+        samples = scrape(server)
+        assert [value for _, value in samples["petsage_draining"]] == [0.0]
+        status = {
+            labels["check"]: value
+            for labels, value in samples["petsage_health_check_status"]
+        }
+        assert status == {"uptime": 0.0}
+        assert "petsage_http_request_duration_seconds_bucket" in samples
+        assert "petsage_http_requests_in_flight" in samples
+
+    def test_label_values_stay_bounded(self, gunicorn: GunicornServer) -> None:
+        for index in range(1000):
+            assert gunicorn.request("GET", f"/unknown/{index}").status == 404
+        gunicorn.request("BREW", "/pot")
+        series = scrape(gunicorn)["petsage_http_requests_total"]
+        routes = {labels["route"] for labels, _ in series}
+        assert "unmatched" in routes
+        assert not any(route.startswith("/unknown/") for route in routes)
+        assert {labels["method"] for labels, _ in series} <= {"GET", "HEAD", "other"}
+        assert len(series) < 10
+
+    def test_a_dead_workers_live_gauges_are_dropped(
+        self, start_gunicorn: GunicornFactory, tmp_path: Path
+    ) -> None:
+        metrics_dir = tmp_path / "metrics"
+        metrics_dir.mkdir()
+        server = start_gunicorn(
+            {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "PETSAGE_WORKERS": "1"}
+        )
+        scrape(server)
+        [victim] = worker_pids(metrics_dir, "counter")
+        assert victim in worker_pids(metrics_dir, "gauge_livesum")
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: victim not in worker_pids(metrics_dir, "gauge_livesum"))
+        assert victim in worker_pids(metrics_dir, "counter")  # its counts still count
+        assert server.request("GET", SMOKE_TEST).status == 200
+
+    def test_metrics_need_the_token_when_one_is_set(
+        self, start_gunicorn: GunicornFactory
+    ) -> None:
+        server = start_gunicorn({"PETSAGE_HEALTH_TOKEN": "s3cret"})
+        refused = server.request("GET", "/metrics")
+        assert refused.status == 401
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        assert "Bearer" in refused.headers["WWW-Authenticate"]
+        scrape(server, headers={"Authorization": "Bearer s3cret"})
+
+    def test_a_trusted_network_needs_no_token(
+        self, start_gunicorn: GunicornFactory
+    ) -> None:
+        server = start_gunicorn(
+            {
+                "PETSAGE_HEALTH_TOKEN": "s3cret",
+                "PETSAGE_TRUSTED_NETWORKS": "127.0.0.0/8",
+            }
+        )
+        scrape(server)
+
+    def test_an_untrusted_network_is_refused(
+        self, start_gunicorn: GunicornFactory
+    ) -> None:
+        server = start_gunicorn({"PETSAGE_TRUSTED_NETWORKS": "10.0.0.0/8"})
+        assert server.request("GET", "/metrics").status == 403
+
+    def test_metrics_can_be_switched_off(self, start_gunicorn: GunicornFactory) -> None:
+        server = start_gunicorn({"PETSAGE_METRICS": "false"})
+        assert server.request("GET", "/metrics").status == 404

@@ -19,10 +19,11 @@ from petsage.health.state import DrainMarker
 from petsage.logs import ACCESS_LOG_FORMAT, logging_config
 from petsage.server import (
     ProbeQuietLogger,
+    answer_gunicorn_errors_with_problems,
     clear_metrics_directory,
     drain_before_stopping,
     forget_worker_metrics,
-    start_health_checks,
+    start_worker_services,
 )
 
 try:
@@ -30,6 +31,8 @@ try:
 except ConfigError as error:
     # One line for the operator instead of gunicorn's "Failed to read config" traceback.
     sys.exit(f"petsage: {error}")
+
+answer_gunicorn_errors_with_problems()
 
 wsgi_app = "wsgi:app"
 bind = [settings["BIND"]]
@@ -70,8 +73,8 @@ def when_ready(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Run the first health check cycle as the worker boots."""
-    start_health_checks(worker)
+    """Run the first health check cycle as the worker boots; open the probe listener."""
+    start_worker_services(worker, settings["PROBE_BIND"])
 
 
 def child_exit(server: Any, worker: Any) -> None:

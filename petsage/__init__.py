@@ -17,13 +17,16 @@ from petsage.health import Health, HealthEndpoints, init_health
 from petsage.health.openapi import TAG as HEALTH_TAG
 from petsage.health.openapi import document_health
 from petsage.metrics import Metrics, RequestMetrics, document_metrics
+from petsage.probe_listener import not_found
 from petsage.request_ids import RequestIds
 from petsage.routes import note_flask_route
+from petsage.security import SecurityHeaders
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
 API_PREFIX = "/api/v1"
+PROBE_APP = "petsage.probe_app"
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -77,14 +80,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 def wrap_in_middleware(app: Flask, health: Health) -> "WSGIApplication":
     """The WSGI layers in front of Flask, outermost first.
 
-    Request ids come first, so every response carries one, errors included; metrics
-    next, so every request is counted, probes included; then the health endpoints,
-    answered before Flask's request machinery.
+    Security headers and request ids come first, so every response carries them,
+    errors included; metrics next, so every request is counted, probes included; then
+    the health endpoints, answered before Flask's request machinery.
     """
     config = app.config
     access = Access(config["HEALTH_TOKEN"], config["TRUSTED_NETWORKS"])
     layers: WSGIApplication = HealthEndpoints(
         app.wsgi_app, health, config["RELEASE_ID"], access
+    )
+    # The same health endpoints, alone, for the probe listener (PETSAGE_PROBE_BIND).
+    app.extensions[PROBE_APP] = SecurityHeaders(
+        RequestIds(HealthEndpoints(not_found, health, config["RELEASE_ID"], access))
     )
     if config["METRICS"]:
         metrics = Metrics(
@@ -92,4 +99,4 @@ def wrap_in_middleware(app: Flask, health: Health) -> "WSGIApplication":
         )
         health.refresher.listeners.append(partial(metrics.observe_cycle, health))
         layers = RequestMetrics(layers, metrics, health, access)
-    return RequestIds(layers)
+    return SecurityHeaders(RequestIds(layers))

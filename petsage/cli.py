@@ -105,9 +105,11 @@ def probe(path: str, timeout: float) -> None:
     """Exit 0 when this instance answers PATH (default /livez) with 200, else 1.
 
     For a Docker HEALTHCHECK: it reaches the service on 127.0.0.1 at the port of
-    PETSAGE_BIND, with PetSage's own code, since slim images have no curl.
+    PETSAGE_PROBE_BIND, or else of PETSAGE_BIND, with PetSage's own code, since slim
+    images have no curl.
     """
-    bind = load_settings(os.environ)["BIND"]
+    settings = load_settings(os.environ)
+    bind = settings["PROBE_BIND"] or settings["BIND"]
     if bind.startswith("unix:"):
         raise click.UsageError("PETSAGE_BIND is a unix socket; probe needs HOST:PORT")
     port = bind.rpartition(":")[2]

@@ -162,9 +162,19 @@ def parse_dependencies(raw: str) -> tuple[Dependency, ...]:
     return tuple(dependencies)
 
 
+def parse_probe_bind(raw: str) -> str:
+    """Empty (no probe listener), or HOST:PORT."""
+    if raw and (raw.startswith("unix:") or parse_bind(raw) != raw):
+        raise ValueError(raw)
+    return raw
+
+
 def default_drain_file(bind: str) -> str:
     """The drain marker's default path: one per listening address, in shared memory."""
-    directory = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    # A predictable path on purpose: `petsage drain` must find it. It holds no data;
+    # on a host shared with other users, point PETSAGE_DRAIN_FILE at a private place.
+    shared = "/dev/shm"  # nosec B108
+    directory = shared if os.path.isdir(shared) else tempfile.gettempdir()
     return os.path.join(
         directory, "petsage-" + re.sub(r"[^A-Za-z0-9.-]", "_", bind) + ".drain"
     )
@@ -197,6 +207,14 @@ SETTINGS = (
         parse_bind,
         "HOST:PORT (port 0 to 65535) or unix:PATH",
         "Address gunicorn listens on; use 0.0.0.0:8000 in a container.",
+    ),
+    Setting(
+        "PROBE_BIND",
+        "",
+        parse_probe_bind,
+        "empty, or HOST:PORT (port 1 to 65535), e.g. 0.0.0.0:8001",
+        "A second address where each worker answers the health endpoints from a"
+        " thread of its own, so probes are answered while every worker thread is busy.",
     ),
     Setting(
         "WORKERS",

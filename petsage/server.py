@@ -10,12 +10,16 @@ import threading
 import time
 from typing import Any
 
+import gunicorn.util
 from flask import Flask
 from gunicorn.glogging import Logger
 from prometheus_client import multiprocess
 
+from petsage import PROBE_APP
 from petsage.health import EXTENSION, health_of
 from petsage.health.state import DrainMarker
+from petsage.probe_listener import start_probe_listener
+from petsage.security import problem_error_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,21 @@ def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> No
 METRICS_DIRECTORY_PREFIX = "petsage-metrics-"
 
 
+def answer_gunicorn_errors_with_problems() -> None:
+    """Make the errors gunicorn answers itself (a bad request line, headers over its
+    limits) problem JSON like PetSage's, instead of its HTML page.
+
+    gunicorn writes them through ``gunicorn.util.write_error`` and offers no setting
+    for it, so PetSage replaces that one function, in the master before it forks.
+    """
+
+    def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+        # ``mesg`` may quote the request; the problem says nothing of it.
+        gunicorn.util.write_nonblock(sock, problem_error_bytes(status_int, reason))
+
+    gunicorn.util.write_error = write_problem
+
+
 def clear_metrics_directory(remove: bool = False) -> None:
     """Delete the metrics files of an earlier run, and the directory if ours and asked.
 
@@ -79,8 +98,9 @@ def forget_worker_metrics(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def start_health_checks(worker: Any) -> None:
-    """Run the first check cycle as the worker boots, not at its first request.
+def start_worker_services(worker: Any, probe_bind: str) -> None:
+    """Run the first check cycle as the worker boots, not at its first request, and
+    open the probe listener when ``probe_bind`` is set.
 
     Another application served with this config (a benchmark baseline) has no health
     state, and is left alone.
@@ -88,6 +108,8 @@ def start_health_checks(worker: Any) -> None:
     app = worker.wsgi
     if isinstance(app, Flask) and EXTENSION in app.extensions:
         health_of(app).start()
+        if probe_bind:
+            start_probe_listener(probe_bind, app.extensions[PROBE_APP])
 
 
 class ProbeQuietLogger(Logger):  # type: ignore[misc]

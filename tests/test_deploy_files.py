@@ -103,6 +103,14 @@ def test_every_probe_path_is_in_the_openapi_document() -> None:
         "readinessProbe": "/readyz",
     }
     assert set(probes.values()) <= set(document["paths"])
+    ports = {
+        container()[name]["httpGet"]["port"]
+        for name in ("startupProbe", "livenessProbe", "readinessProbe")
+    }
+    environment = {env["name"]: env.get("value", "") for env in container()["env"]}
+    probe_port = load_settings(environment)["PROBE_BIND"].rpartition(":")[2]
+    named = {port["name"]: str(port["containerPort"]) for port in container()["ports"]}
+    assert {named[port] for port in ports} == {probe_port}
 
 
 def test_probe_timings_are_the_recommended_ones() -> None:

@@ -98,7 +98,8 @@ class CheckRefresher:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         # Its own generator: jitter must not draw from, or disturb, the global one.
-        self._random = random.Random()
+        # Jitter spreads load; nothing about it needs to be unpredictable.
+        self._random = random.Random()  # nosec B311
 
     @property
     def started(self) -> bool:
@@ -182,8 +183,10 @@ class CheckRefresher:
                 if isinstance(run.error, CheckFailed)
                 else describe_error(run.error)
             )
+        elif run.observation is None:
+            status = "fail"
+            output = "returned no observation"
         else:
-            assert run.observation is not None
             status = run.observation.status
             value, unit = run.observation.value, run.observation.unit
             output = run.observation.output

@@ -1,19 +1,16 @@
 """The health subsystem in a real gunicorn on 127.0.0.1: drain, storms, hangs, logs."""
 
-import json
 import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from tests.gunicorn_process import GunicornFactory, GunicornServer, http_request
+from tests.gunicorn_process import GunicornFactory, GunicornServer
 from tests.listeners import refusing, serving
+from tests.load import SMOKE_TEST, ClientLoad
 
-SMOKE_TEST = "/api/v1/smoke-test"
-BODY = {"status": "ok", "message": "PetSage smoke test successful!"}
 PETSAGE = Path(sys.executable).with_name("petsage")
 
 
@@ -27,46 +24,6 @@ def wait_for_status(
             return time.monotonic() - started
         time.sleep(0.02)
     raise AssertionError(f"{path} did not answer {status} within {timeout} s")
-
-
-class ClientLoad:
-    """Threads sending smoke-test requests, each on a new connection, until stopped."""
-
-    def __init__(self, port: int, threads: int = 4) -> None:
-        self.port = port
-        self.sent = 0
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, daemon=True) for _ in range(threads)
-        ]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                response = http_request(self.port, "GET", SMOKE_TEST, timeout=5)
-                failure = (
-                    None
-                    if response.status == 200 and json.loads(response.body) == BODY
-                    else f"HTTP {response.status}"
-                )
-            except OSError as error:
-                failure = repr(error)
-            with self._lock:
-                self.sent += 1
-                if failure:
-                    self.failed.append(failure)
-
-    def __enter__(self) -> "ClientLoad":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
 
 
 def test_sigterm_drains_under_load_then_exits_cleanly(

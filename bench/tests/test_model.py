@@ -1,0 +1,99 @@
+"""Medians, ratios and the targets' verdicts, on made-up measurements."""
+
+from dataclasses import replace
+
+import pytest
+
+from bench.apps import SMOKE_TEST_PATH
+from bench.model import (
+    Launch,
+    LoadRun,
+    Target,
+    pooled_cpu,
+    summarize,
+    summarize_launches,
+    targets,
+)
+
+
+def run(candidate: str, path: str, cpu_us: float, round_number: int = 0) -> LoadRun:
+    """A wrk run of 1000 requests that cost ``cpu_us`` each."""
+    return LoadRun(
+        round=round_number,
+        candidate=candidate,
+        path=path,
+        connections=16,
+        requests=1000,
+        duration_s=1.0,
+        requests_per_s=1000.0,
+        p50_ms=1.0,
+        p99_ms=cpu_us / 100,
+        non_2xx=0,
+        socket_errors=0,
+        cpu_s=cpu_us * 1000 / 1e6,
+        workers_replaced=False,
+    )
+
+
+def test_summary_takes_medians_and_keeps_the_spread() -> None:
+    runs = [
+        run("bare_flask", SMOKE_TEST_PATH, cpu, n) for n, cpu in enumerate([3, 1, 2])
+    ]
+    summary = summarize(runs)[("bare_flask", SMOKE_TEST_PATH, 16)]
+    assert summary.rounds == 3
+    assert summary.cpu_us == pytest.approx(2.0)
+    assert (summary.cpu_us_min, summary.cpu_us_max) == pytest.approx((1.0, 3.0))
+
+
+def test_verdicts_give_the_margin() -> None:
+    assert Target("g", "w", 0.6, 0.75).verdict == "PASS, 20% under the limit"
+    assert Target("g", "w", 0.825, 0.75).verdict == "MISS by 10%"
+    assert Target("g", "w", None, 0.75).passed is None
+
+
+def test_targets_are_ratios_against_the_baselines() -> None:
+    runs = [
+        run("petsage", "/livez", 150),
+        run("petsage", "/readyz", 300),
+        run("petsage", SMOKE_TEST_PATH, 330),
+        run("bare_flask", SMOKE_TEST_PATH, 300),
+        run("bare_wsgi", SMOKE_TEST_PATH, 200),
+        run("fastapi", SMOKE_TEST_PATH, 200),
+    ]
+    launches = summarize_launches(
+        [
+            Launch(0, "petsage", 0.3, 36.0),
+            Launch(0, "bare_flask", 0.2, 30.0),
+            Launch(0, "fastapi", 1.0, 40.0),
+        ]
+    )
+    found = {
+        f"{t.group}: {t.what}": t
+        for t in targets(
+            summarize(runs), pooled_cpu(runs), launches, [16], ["/livez", "/readyz"]
+        )
+    }
+    livez = found["CPU per request (16 connections): /livez / bare Flask"]
+    assert livez.ratio == pytest.approx(0.5)
+    assert livez.passed is True
+    readyz = found["CPU per request (16 connections): /readyz / bare WSGI"]
+    assert readyz.ratio == pytest.approx(1.5)
+    assert readyz.passed is False
+    assert found["RSS per worker: PetSage / FastAPI (uvicorn defaults)"].passed is False
+    startup = found["Start-up to first 200: PetSage / bare Flask"]
+    assert startup.ratio == pytest.approx(1.5)
+    assert startup.passed is True
+    off = found[
+        "CPU per request (16 connections): /api/v1/smoke-test / bare Flask, metrics off"
+    ]
+    assert off.ratio is None
+    assert off.verdict == "n/a (not measured)"
+
+
+def test_a_run_whose_workers_changed_is_left_out() -> None:
+    broken = replace(run("bare_flask", SMOKE_TEST_PATH, 9999, 1), workers_replaced=True)
+    runs = [run("bare_flask", SMOKE_TEST_PATH, 300), broken]
+    summary = summarize(runs)[("bare_flask", SMOKE_TEST_PATH, 16)]
+    assert summary.rounds == 1
+    assert summary.cpu_us == pytest.approx(300.0)
+    assert pooled_cpu(runs)[("bare_flask", SMOKE_TEST_PATH)] == pytest.approx(300.0)

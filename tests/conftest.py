@@ -1,6 +1,6 @@
 """Fixtures: the app, its test client and CLI runner, real gunicorn on 127.0.0.1."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +9,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from petsage import create_app
 from petsage.health import health_of
+from tests.fault_record import FaultRow, record_fault
 from tests.gunicorn_process import GunicornFactory, GunicornServer
 
 
@@ -54,3 +55,19 @@ def start_gunicorn() -> Iterator[GunicornFactory]:
 def gunicorn(start_gunicorn: GunicornFactory) -> GunicornServer:
     """One real gunicorn serving PetSage on a free 127.0.0.1 port."""
     return start_gunicorn()
+
+
+FaultRecorder = Callable[..., None]
+
+
+@pytest.fixture
+def fault_record(request: pytest.FixtureRequest) -> FaultRecorder:
+    """Record a row of the fault record for this test (see tests/fault_record.py).
+
+    Call it with the fields of ``FaultRow`` but ``test``, which it fills in.
+    """
+
+    def record(**fields: object) -> None:
+        record_fault(FaultRow(test=request.node.nodeid, **fields))  # type: ignore[arg-type]
+
+    return record

@@ -1,34 +1,69 @@
 """gunicorn settings for PetSage, read from PETSAGE_* variables (petsage/config.py)."""
 
 import os
+import re
 import sys
 import tempfile
 from typing import Any
 
-# prometheus_client picks its multiprocess mode when first imported, and importing
-# petsage imports it: the directory must be set before, so that every worker forked
-# from this master writes its metrics where a scrape of any worker finds them.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    shared_memory = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
-        prefix="petsage-metrics-", dir=shared_memory
-    )
 
-from petsage.config import ConfigError, load_settings
-from petsage.health.state import DrainMarker
-from petsage.logs import ACCESS_LOG_FORMAT, logging_config
-from petsage.server import (
+def metrics_directory_of_this_master() -> str:
+    """Where this master's workers keep their metrics files: a directory of its own.
+
+    PROMETHEUS_MULTIPROC_DIR, when the operator sets it, is the parent of one
+    ``petsage-<pid>`` directory per instance; unset, the metrics live in the
+    instance's directory under PETSAGE_STATE_DIR (petsage/instance.py). A value that
+    PetSage set itself (this master before a reload, or the master that re-executed
+    this one on SIGUSR2) is recognised by its name and not taken for the operator's.
+    """
+    pid = os.getpid()
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    named = re.fullmatch(r"(.+)/petsage-\d+(/metrics)?", given)
+    parent = (
+        (named.group(1) if named and not named.group(2) else None) if named else given
+    )
+    if parent:
+        return os.path.join(parent, f"petsage-{pid}")
+    state = os.environ.get("PETSAGE_STATE_DIR", "").strip() or (
+        "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    )
+    return os.path.join(state, f"petsage-{pid}", "metrics")
+
+
+# prometheus_client picks its multiprocess mode when first imported, and importing
+# petsage imports it: the directory must be named before, so that every worker forked
+# from this master writes its metrics where a scrape of any worker finds them.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_directory_of_this_master()
+
+from petsage.config import (  # noqa: E402
+    ConfigError,
+    load_settings,
+    warn_about_unknown_settings,
+    worker_count,
+)
+from petsage.health.state import DrainMarker  # noqa: E402
+from petsage.instance import InstanceError, this_instance  # noqa: E402
+from petsage.logs import ACCESS_LOG_FORMAT, logging_config  # noqa: E402
+from petsage.server import (  # noqa: E402
     ProbeQuietLogger,
     answer_gunicorn_errors_with_problems,
-    clear_metrics_directory,
     drain_before_stopping,
     forget_worker_metrics,
+    record_listeners,
     start_worker_services,
 )
 
 try:
-    settings = load_settings(os.environ)
-except ConfigError as error:
+    settings = load_settings(os.environ, warn_unknown=False)
+    # This master's directory: its record, drain marker and metrics. It is removed
+    # when the master exits, also after a start that failed.
+    instance = this_instance(
+        settings["STATE_DIR"],
+        drain_file=os.environ.get("PETSAGE_DRAIN_FILE") and settings["DRAIN_FILE"],
+        metrics_directory=os.environ["PROMETHEUS_MULTIPROC_DIR"],
+        management_bind=settings["MANAGEMENT_BIND"],
+    )
+except (ConfigError, InstanceError) as error:
     # One line for the operator instead of gunicorn's "Failed to read config" traceback.
     sys.exit(f"petsage: {error}")
 
@@ -57,32 +92,34 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 control_socket_disable = True
 
 # Drain on SIGTERM, start checks at boot, keep successful probes out of the access log.
-drain_marker = DrainMarker(settings["DRAIN_FILE"])
+drain_marker = DrainMarker(instance.drain_file)
 logger_class = ProbeQuietLogger
 
 
 def on_starting(server: Any) -> None:
-    """Clear what an instance that did not stop cleanly left behind."""
-    drain_marker.end()
-    clear_metrics_directory()
+    """Log the worker count and why, and every PETSAGE_* variable that is ignored."""
+    server.log.info("%s", worker_count(os.environ, server.cfg.workers)[1])
+    warn_about_unknown_settings(os.environ)
+    if instance.metrics_problem:
+        server.log.error("Metrics are degraded: %s", instance.metrics_problem)
 
 
 def when_ready(server: Any) -> None:
-    """Make SIGTERM drain for PETSAGE_SHUTDOWN_DELAY seconds before stopping."""
+    """Record where this instance listens; make SIGTERM drain before stopping."""
+    record_listeners(server, instance)
     drain_before_stopping(server, drain_marker, settings["SHUTDOWN_DELAY"])
+
+
+def on_reload(server: Any) -> None:
+    """Record where this instance listens, in case a reload changed it."""
+    record_listeners(server, instance)
 
 
 def post_worker_init(worker: Any) -> None:
     """Run the first health check cycle as the worker boots; open the probe listener."""
-    start_worker_services(worker, settings["PROBE_BIND"])
+    start_worker_services(worker, settings["MANAGEMENT_BIND"], instance.drain_file)
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Drop a dead worker's in-flight and health gauges from the metrics."""
+    """Fold a dead worker's metrics into the instance's and drop its live gauges."""
     forget_worker_metrics(worker.pid)
-
-
-def on_exit(server: Any) -> None:
-    """Leave no drain marker and no metrics files behind."""
-    drain_marker.end()
-    clear_metrics_directory(remove=True)

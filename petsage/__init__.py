@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from petsage import welcome
-from petsage.access import Access
+from petsage.access import Access, ForwardedFor
 from petsage.api import PetSageApi
 from petsage.config import load_settings
 from petsage.docs import init_docs
@@ -16,7 +16,12 @@ from petsage.features import FEATURES
 from petsage.health import Health, HealthEndpoints, init_health
 from petsage.health.openapi import TAG as HEALTH_TAG
 from petsage.health.openapi import document_health
-from petsage.metrics import Metrics, RequestMetrics, document_metrics
+from petsage.metrics import (
+    Metrics,
+    MetricsEndpoint,
+    RequestMetrics,
+    document_metrics,
+)
 from petsage.probe_listener import not_found
 from petsage.request_ids import RequestIds
 from petsage.routes import note_flask_route
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
 API_PREFIX = "/api/v1"
+# The management listener's app (petsage/probe_listener.py), as server.py finds it.
 PROBE_APP = "petsage.probe_app"
 
 
@@ -78,25 +84,37 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def wrap_in_middleware(app: Flask, health: Health) -> "WSGIApplication":
-    """The WSGI layers in front of Flask, outermost first.
+    """The WSGI layers in front of Flask, outermost first; and the management app.
 
-    Security headers and request ids come first, so every response carries them,
-    errors included; metrics next, so every request is counted, probes included; then
-    the health endpoints, answered before Flask's request machinery.
+    The caller's address comes first (behind a named proxy, the one it forwarded), so
+    every later layer and gunicorn's access log see the same; then security headers
+    and request ids, so every response carries them, errors included; metrics next,
+    so every request is counted, probes included; then the health endpoints,
+    answered before Flask's request machinery.
+
+    The public port shows details only for the token: its callers may all arrive from
+    one proxy's address. The management listener (PETSAGE_MANAGEMENT_BIND), kept off
+    the internet, also trusts PETSAGE_TRUSTED_NETWORKS and always serves /metrics.
     """
     config = app.config
-    access = Access(config["HEALTH_TOKEN"], config["TRUSTED_NETWORKS"])
-    layers: WSGIApplication = HealthEndpoints(
-        app.wsgi_app, health, config["RELEASE_ID"], access
+    release_id = config["RELEASE_ID"]
+    proxies = config["TRUSTED_PROXIES"]
+    public_access = Access(config["HEALTH_TOKEN"])
+    management_access = Access(config["HEALTH_TOKEN"], config["TRUSTED_NETWORKS"])
+    public: WSGIApplication = HealthEndpoints(
+        app.wsgi_app, health, release_id, public_access
     )
-    # The same health endpoints, alone, for the probe listener (PETSAGE_PROBE_BIND).
-    app.extensions[PROBE_APP] = SecurityHeaders(
-        RequestIds(HealthEndpoints(not_found, health, config["RELEASE_ID"], access))
+    management: WSGIApplication = HealthEndpoints(
+        not_found, health, release_id, management_access
     )
     if config["METRICS"]:
-        metrics = Metrics(
-            version=config["API_VERSION"], release_id=config["RELEASE_ID"]
-        )
+        metrics = Metrics(version=config["API_VERSION"], release_id=release_id)
         health.refresher.listeners.append(partial(metrics.observe_cycle, health))
-        layers = RequestMetrics(layers, metrics, health, access)
-    return SecurityHeaders(RequestIds(layers))
+        management = MetricsEndpoint(management, metrics, health, management_access)
+        if config["PUBLIC_METRICS"]:
+            public = MetricsEndpoint(public, metrics, health, public_access)
+        public = RequestMetrics(public, metrics)
+    app.extensions[PROBE_APP] = ForwardedFor(
+        SecurityHeaders(RequestIds(management)), proxies
+    )
+    return ForwardedFor(SecurityHeaders(RequestIds(public)), proxies)

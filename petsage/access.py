@@ -1,14 +1,31 @@
-"""Who may see operational details: the health token, or a trusted network."""
+"""Who may see operational details, and who the caller is behind a proxy.
+
+Details (``/metrics``, check results, ``?verbose``) go to callers with the bearer token,
+or, on the management listener only, to callers from a trusted network. A caller's
+address is the connection's, unless the connection comes from a proxy the operator
+named: then it is the address that proxy put last in ``X-Forwarded-For``.
+"""
 
 import hmac
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from werkzeug.middleware.proxy_fix import ProxyFix
+
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def address_in(address: str, networks: Sequence[Network]) -> bool:
+    """Whether ``address`` (an IP address as text) lies in one of ``networks``."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
 
 
 class Access:
@@ -34,10 +51,29 @@ class Access:
             sent = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
             if hmac.compare_digest(sent, self._authorization):
                 return True
-        if self.networks:
-            try:
-                address = ipaddress.ip_address(environ.get("REMOTE_ADDR", ""))
-            except ValueError:
-                return False
-            return any(address in network for network in self.networks)
-        return False
+        return address_in(environ.get("REMOTE_ADDR", ""), self.networks)
+
+
+class ForwardedFor:
+    """WSGI middleware: behind a named proxy, the caller's address is the one the
+    proxy forwarded (Werkzeug's ``ProxyFix``, one hop of ``X-Forwarded-For``).
+
+    Anyone can send ``X-Forwarded-For``, so it is read only on connections from
+    ``proxies``, and only its last entry, the one the proxy itself wrote (what a client
+    sent stays before it). A named proxy must always send the header: a request it
+    forwards without one keeps the proxy's address. The environ is rewritten in
+    place, so gunicorn's access log, which reads the same environ after the request,
+    records the forwarded address too.
+    """
+
+    def __init__(self, app: "WSGIApplication", proxies: Sequence[Network]) -> None:
+        self.app = app
+        self.proxies = tuple(proxies)
+        self._forwarded = ProxyFix(app, x_for=1, x_proto=0, x_host=0)
+
+    def __call__(
+        self, environ: "WSGIEnvironment", start_response: "StartResponse"
+    ) -> Iterable[bytes]:
+        if self.proxies and address_in(environ.get("REMOTE_ADDR", ""), self.proxies):
+            return self._forwarded(environ, start_response)
+        return self.app(environ, start_response)

@@ -1,15 +1,18 @@
 """The ``petsage`` command: Flask's and flask-smorest's commands on a PetSage app."""
 
+import http.client
 import os
+import socket
 import sys
 
 import click
 from flask.cli import FlaskGroup
 
 from petsage import create_app
-from petsage.config import ConfigError, load_settings
+from petsage.config import ConfigError, read_setting
 from petsage.deploy_check import RENDERERS, Service, run_smoke
 from petsage.health.state import DrainMarker
+from petsage.instance import InstanceRecord, running_instances
 
 # sysexits.h EX_USAGE: the command was used wrongly.
 USAGE_ERROR = 64
@@ -22,25 +25,82 @@ cli = FlaskGroup(
 )
 
 
-@cli.command()
+INSTANCE_HELP = (
+    "The instance: its master's pid, an address it listens on (HOST:PORT,"
+    " unix:PATH) or a port; needed only when several run here."
+)
+
+
+def chosen_instance(name: str | None) -> InstanceRecord:
+    """The running instance ``name`` names, or the only one running.
+
+    None found is a failure (exit 1); several, without a name that picks one, a
+    usage error (exit 64) that lists them.
+    """
+    state_directory = read_setting("STATE_DIR", os.environ)
+    running = running_instances(state_directory)
+    matching = [record for record in running if name is None or record.matches(name)]
+    if len(matching) == 1:
+        return matching[0]
+    listed = "; ".join(record.describe() for record in (matching or running))
+    if not matching:
+        named = f" named {name!r}" if name is not None else ""
+        others = f" (running: {listed})" if running else ""
+        raise click.ClickException(
+            f"no running PetSage instance{named} in {state_directory}{others}"
+        )
+    raise click.UsageError(
+        f"{len(matching)} PetSage instances run here; name one with --instance:"
+        f" {listed}"
+    )
+
+
+@cli.command(with_appcontext=False)
+@click.option("--instance", "-i", metavar="PID|ADDRESS|PORT", help=INSTANCE_HELP)
 @click.option("--cancel", is_flag=True, help="Stop draining: readiness passes again.")
-def drain(cancel: bool) -> None:
-    """Fail readiness in every worker now, while the service keeps serving.
+def drain(instance: str | None, cancel: bool) -> None:
+    """Fail readiness in every worker of one instance now, while it keeps serving.
 
     For a Kubernetes preStop exec (no shell needed) or to take an instance out of a
-    load balancer by hand. A SIGTERM after it stops the service once
-    PETSAGE_SHUTDOWN_DELAY has passed since draining began.
+    load balancer by hand. A SIGTERM after it stops the instance once
+    PETSAGE_SHUTDOWN_DELAY has passed since draining began. A drain that SIGTERM
+    began cannot be cancelled: the stop is already scheduled.
     """
-    marker = DrainMarker(load_settings(os.environ)["DRAIN_FILE"])
+    record = chosen_instance(instance)
+    marker = DrainMarker(record.drain_file)
+    reason = marker.reason()
     if cancel:
+        if reason == DrainMarker.SHUTDOWN:
+            raise click.ClickException(
+                f"instance {record.describe()} is shutting down (SIGTERM);"
+                " its drain cannot be cancelled"
+            )
+        if reason is None:
+            click.echo(f"petsage: instance {record.describe()} was not draining")
+            return
         marker.end()
-        click.echo(f"petsage: draining cancelled ({marker.path} removed)")
-    else:
-        marker.begin()
-        click.echo(f"petsage: draining; readiness fails ({marker.path})")
+        click.echo(
+            f"petsage: instance {record.describe()}: draining cancelled;"
+            " readiness follows its checks again"
+        )
+        return
+    if reason is not None:
+        click.echo(f"petsage: instance {record.describe()} is already draining")
+        return
+    try:
+        marker.begin(DrainMarker.MANUAL)
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot write the drain marker {marker.path}: {error.strerror}"
+        ) from None
+    click.echo(
+        f"petsage: instance {record.describe()}: draining; readiness fails now,"
+        " requests are still served"
+    )
 
 
-@cli.command()
+# No app context: checking a service elsewhere needs none of this host's settings.
+@cli.command(with_appcontext=False)
 @click.argument("url")
 @click.option(
     "--timeout",
@@ -96,29 +156,60 @@ def smoke(
     sys.exit(report.exit_code)
 
 
-@cli.command()
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket, for an instance bound to unix:PATH."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        """Connect to the socket file instead of a host and port."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+def connection_to(address: str, timeout: float) -> http.client.HTTPConnection:
+    """A connection to ``address`` as gunicorn reports it (HOST:PORT, [V6]:PORT,
+    unix:PATH); a wildcard host is reached on the loopback of its family."""
+    if address.startswith("unix:"):
+        return UnixHTTPConnection(address.removeprefix("unix:"), timeout)
+    host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # nosec B104
+    return http.client.HTTPConnection(host, int(port), timeout=timeout)
+
+
+@cli.command(with_appcontext=False)
 @click.argument("path", default="/livez")
+@click.option("--instance", "-i", metavar="PID|ADDRESS|PORT", help=INSTANCE_HELP)
 @click.option(
     "--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True
 )
-def probe(path: str, timeout: float) -> None:
-    """Exit 0 when this instance answers PATH (default /livez) with 200, else 1.
+def probe(path: str, instance: str | None, timeout: float) -> None:
+    """Exit 0 when the instance here answers PATH (default /livez) with 200, else 1.
 
-    For a Docker HEALTHCHECK: it reaches the service on 127.0.0.1 at the port of
-    PETSAGE_PROBE_BIND, or else of PETSAGE_BIND, with PetSage's own code, since slim
-    images have no curl.
+    For a Docker HEALTHCHECK, with PetSage's own code since slim images have no
+    curl. It asks the instance where it really listens: its management listener if
+    it has one, else its first address (a wildcard one on loopback).
     """
-    settings = load_settings(os.environ)
-    bind = settings["PROBE_BIND"] or settings["BIND"]
-    if bind.startswith("unix:"):
-        raise click.UsageError("PETSAGE_BIND is a unix socket; probe needs HOST:PORT")
-    port = bind.rpartition(":")[2]
+    path = path if path.startswith("/") else "/" + path
+    record = chosen_instance(instance)
+    if not record.ready:
+        sys.exit(f"petsage probe: instance {record.describe()} is not listening yet")
+    address = record.management_bind or record.binds[0]
+    connection = connection_to(address, timeout)
     try:
-        answer = Service(f"http://127.0.0.1:{port}", timeout, None).get(path)
-    except OSError as error:
-        sys.exit(f"petsage probe: {path}: {error}")
-    if answer.status != 200:
-        sys.exit(f"petsage probe: {path} answered {answer.status}")
+        connection.request("GET", path)
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException) as error:
+        sys.exit(f"petsage probe: {address}{path}: {error}")
+    finally:
+        connection.close()
+    if status != 200:
+        sys.exit(f"petsage probe: {address}{path} answered {status}")
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from petsage.cpu_quota import usable_cpus
+
 ENV_PREFIX = "PETSAGE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -144,7 +146,11 @@ class Dependency:
 
 
 def parse_dependencies(raw: str) -> tuple[Dependency, ...]:
-    """``name=URL`` entries, comma-separated; unique names, tcp or http(s) URLs."""
+    """``name=URL`` entries, comma-separated; unique names, tcp or http(s) URLs.
+
+    Credentials in a URL are percent-encoded (RFC 3986) and decoded before use: a
+    comma is written %2C (a bare one ends the entry), "#" %23, "/" %2F, "%" %25.
+    """
     dependencies: list[Dependency] = []
     for entry in filter(None, (part.strip() for part in raw.split(","))):
         name, separator, url = entry.partition("=")
@@ -156,33 +162,77 @@ def parse_dependencies(raw: str) -> tuple[Dependency, ...]:
         parts = urlsplit(url)
         if parts.scheme not in ("tcp", "http", "https") or not parts.hostname:
             raise ValueError(entry)
-        if parts.scheme == "tcp" and parts.port is None:
+        # A fragment is an unencoded "#", as in a password: the host seen would be
+        # wrong. parts.port raises ValueError for a port that is no number.
+        if parts.fragment or (parts.port is None and parts.scheme == "tcp"):
             raise ValueError(entry)
         dependencies.append(Dependency(name, url))
     return tuple(dependencies)
 
 
 def parse_probe_bind(raw: str) -> str:
-    """Empty (no probe listener), or HOST:PORT."""
+    """Empty (no management listener), or HOST:PORT."""
     if raw and (raw.startswith("unix:") or parse_bind(raw) != raw):
         raise ValueError(raw)
     return raw
 
 
-def default_drain_file(bind: str) -> str:
-    """The drain marker's default path: one per listening address, in shared memory."""
-    # A predictable path on purpose: `petsage drain` must find it. It holds no data;
-    # on a host shared with other users, point PETSAGE_DRAIN_FILE at a private place.
-    shared = "/dev/shm"  # nosec B108
-    directory = shared if os.path.isdir(shared) else tempfile.gettempdir()
-    return os.path.join(
-        directory, "petsage-" + re.sub(r"[^A-Za-z0-9.-]", "_", bind) + ".drain"
-    )
+def file_path(raw: str) -> str:
+    """A path naming a file (not empty, not ending in a slash).
+
+    Whether its directory exists is checked when an instance starts
+    (petsage/instance.py), not here: a worker booting later must not fail on it.
+    """
+    if not raw or raw.endswith("/"):
+        raise ValueError(raw)
+    return raw
+
+
+def directory_path(raw: str) -> str:
+    """A directory's path (not empty); whether it exists is checked at start."""
+    if not raw:
+        raise ValueError(raw)
+    return raw
+
+
+def default_state_directory() -> str:
+    """Shared memory where the host has it (fast, gone at reboot), else the temp dir."""
+    shared = "/dev/shm"  # nosec B108: each instance's directory inside is private
+    return shared if os.path.isdir(shared) else tempfile.gettempdir()
+
+
+def default_worker_count() -> tuple[int, str]:
+    """gunicorn's rule of thumb, two workers per usable CPU plus one, and its reason.
+
+    Usable CPUs: the CPU affinity, capped by a cgroup CPU quota (a container's CPU
+    limit) rounded up to whole CPUs.
+    """
+    cpus, source = usable_cpus()
+    return 2 * cpus + 1, f"2 x {cpus} CPU{'' if cpus == 1 else 's'} ({source}) + 1"
 
 
 def default_workers() -> int:
-    """gunicorn's rule of thumb: two workers per usable CPU core, plus one."""
-    return 2 * len(os.sched_getaffinity(0)) + 1
+    """The default number of gunicorn workers (see ``default_worker_count``)."""
+    return default_worker_count()[0]
+
+
+def worker_count(
+    environ: Mapping[str, str], running: int | None = None
+) -> tuple[int, str]:
+    """How many gunicorn workers run, and a line saying where that number came from.
+
+    For example ``(3, "3 workers: 2 x 1 CPU (cgroup v2 cpu.max ...) + 1")``.
+    ``running`` is the count gunicorn ended up with, when known: it differs from
+    PetSage's when gunicorn's own ``--workers`` (command line or GUNICORN_CMD_ARGS)
+    overrode the config.
+    """
+    workers, reason = default_worker_count()
+    variable = ENV_PREFIX + "WORKERS"
+    if variable in environ:
+        workers, reason = int(environ[variable]), f"set by {variable}"
+    if running is not None and running != workers:
+        workers, reason = running, "set by gunicorn's --workers option"
+    return workers, f"{workers} worker{'' if workers == 1 else 's'}: {reason}"
 
 
 SETTINGS = (
@@ -209,19 +259,29 @@ SETTINGS = (
         "Address gunicorn listens on; use 0.0.0.0:8000 in a container.",
     ),
     Setting(
-        "PROBE_BIND",
+        "MANAGEMENT_BIND",
         "",
         parse_probe_bind,
         "empty, or HOST:PORT (port 1 to 65535), e.g. 0.0.0.0:8001",
-        "A second address where each worker answers the health endpoints from a"
-        " thread of its own, so probes are answered while every worker thread is busy.",
+        "The management listener: a second address where each worker answers the"
+        " health endpoints and /metrics from a thread of its own, so probes are"
+        " answered while every worker thread is busy; keep it off the internet.",
+    ),
+    Setting(
+        "PROBE_BIND",
+        "",
+        parse_probe_bind,
+        "as PETSAGE_MANAGEMENT_BIND",
+        "The old name of PETSAGE_MANAGEMENT_BIND, still read; setting both to"
+        " different addresses stops start-up.",
     ),
     Setting(
         "WORKERS",
         default_workers(),
         whole_number(1, 256),
         "a whole number from 1 to 256",
-        "gunicorn worker processes; default 2 x usable CPU cores + 1.",
+        "gunicorn worker processes; default 2 x usable CPUs + 1, where usable CPUs"
+        " are the CPU affinity capped by a cgroup CPU quota, rounded up.",
     ),
     Setting(
         "THREADS",
@@ -264,15 +324,32 @@ SETTINGS = (
         True,
         boolean,
         "true or false (also yes/no, on/off, 1/0)",
-        "Record request and health metrics and serve them at /metrics.",
+        "Record request and health metrics and serve them at /metrics on the"
+        " management listener.",
+    ),
+    Setting(
+        "PUBLIC_METRICS",
+        False,
+        boolean,
+        "true or false (also yes/no, on/off, 1/0)",
+        "Also serve /metrics on the public port (PETSAGE_BIND), to the token's"
+        " holders when PETSAGE_HEALTH_TOKEN is set, else to everybody; off: 404.",
     ),
     Setting(
         "TRUSTED_NETWORKS",
         (),
         parse_networks,
         "comma-separated addresses or CIDR networks, e.g. 10.0.0.0/8",
-        "Callers from these networks see /metrics and health check details without"
-        " the token.",
+        "Callers from these networks see /metrics and health check details on the"
+        " management listener without the token; never on the public port.",
+    ),
+    Setting(
+        "TRUSTED_PROXIES",
+        (),
+        parse_networks,
+        "comma-separated addresses or CIDR networks, e.g. 127.0.0.1,10.0.0.0/8",
+        "Proxies whose X-Forwarded-For (its last entry) names the caller, for the"
+        " access log and the trusted networks; name only proxies that always send it.",
     ),
     Setting(
         "RELEASE_ID",
@@ -301,10 +378,19 @@ SETTINGS = (
     Setting(
         "DRAIN_FILE",
         None,
-        text,
-        "a file path",
+        file_path,
+        "a file path in an existing directory",
         "Marker file that makes every worker's readiness 503 while it exists;"
-        " default petsage-<BIND> in /dev/shm (or the temporary directory).",
+        " default: the instance's own, in its directory under STATE_DIR.",
+    ),
+    Setting(
+        "STATE_DIR",
+        default_state_directory(),
+        directory_path,
+        "the path of an existing directory",
+        "Where each running instance (gunicorn master) keeps a private directory"
+        " petsage-<pid>: its addresses, drain marker and metrics files; default"
+        " /dev/shm (or the temporary directory).",
     ),
     Setting(
         "CHECK_PERIOD",
@@ -324,7 +410,8 @@ SETTINGS = (
         "CRITICAL_DEPENDENCIES",
         (),
         parse_dependencies,
-        "comma-separated name=URL entries, URL tcp://HOST:PORT or http(s)://...",
+        "comma-separated name=URL entries, URL tcp://HOST:PORT or http(s)://...,"
+        " credentials percent-encoded (a comma as %2C)",
         "Dependencies that readiness requires: a failing one makes /readyz 503.",
         secret=True,
     ),
@@ -332,27 +419,57 @@ SETTINGS = (
         "OPTIONAL_DEPENDENCIES",
         (),
         parse_dependencies,
-        "comma-separated name=URL entries, URL tcp://HOST:PORT or http(s)://...",
+        "comma-separated name=URL entries, URL tcp://HOST:PORT or http(s)://...,"
+        " credentials percent-encoded (a comma as %2C)",
         "Dependencies whose failure only makes health warn (still 200).",
         secret=True,
     ),
 )
 
 
-def load_settings(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Every setting's value: the default, or the environment's when it is set.
+def read_setting(key: str, environ: Mapping[str, str]) -> Any:
+    """One setting's value, for a command that needs no other setting."""
+    (setting,) = (setting for setting in SETTINGS if setting.key == key)
+    return setting.read(environ)
 
-    Raises ``ConfigError`` naming the first variable with a value PetSage cannot use.
-    An unknown ``PETSAGE_*`` variable is only warned about, so that rolling back to a
-    release that lacks a newer setting still starts.
+
+_warned_about: set[str] = set()
+
+
+def warn_about_unknown_settings(environ: Mapping[str, str]) -> None:
+    """Warn once per process tree about each ``PETSAGE_*`` variable PetSage ignores.
+
+    An unknown variable is only warned about, so that rolling back to a release that
+    lacks a newer setting still starts. gunicorn's workers are forked from the master,
+    which warns first, in the log format in use; they inherit what it warned about.
     """
     known = {setting.env_var for setting in SETTINGS}
     for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in known:
+        if name.startswith(ENV_PREFIX) and name not in known | _warned_about:
+            _warned_about.add(name)
             logger.warning("%s is not a PetSage setting and is ignored", name)
+
+
+def load_settings(
+    environ: Mapping[str, str], warn_unknown: bool = True
+) -> dict[str, Any]:
+    """Every setting's value: the default, or the environment's when it is set.
+
+    Raises ``ConfigError`` naming the first variable with a value PetSage cannot use.
+    ``warn_unknown=False`` leaves the warning about unknown variables for later, when
+    logging is set up.
+    """
+    if warn_unknown:
+        warn_about_unknown_settings(environ)
     settings = {setting.key: setting.read(environ) for setting in SETTINGS}
-    if settings["DRAIN_FILE"] is None:
-        settings["DRAIN_FILE"] = default_drain_file(settings["BIND"])
+    management, probe = settings["MANAGEMENT_BIND"], settings["PROBE_BIND"]
+    if management and probe and management != probe:
+        raise ConfigError(
+            "PETSAGE_MANAGEMENT_BIND and PETSAGE_PROBE_BIND (its old name) name"
+            " different addresses: expected only PETSAGE_MANAGEMENT_BIND"
+        )
+    # Both keys hold the management listener's address, so code reading either agrees.
+    settings["MANAGEMENT_BIND"] = settings["PROBE_BIND"] = management or probe
     names = [
         dependency.name
         for dependency in (

@@ -23,6 +23,9 @@ PASSED, FAILED, NOT_READY = 0, 1, 2
 SMOKE_TEST_BODY = {"status": "ok", "message": "PetSage smoke test successful!"}
 FIRST_POLL_DELAY = 0.25
 LONGEST_POLL_DELAY = 5.0
+# /readyz answers worth waiting out: PetSage starting or draining (503), a proxy or
+# gateway in front of it whose backend is not up yet (502, 504) or that sheds load.
+NOT_READY_YET = frozenset({429, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,12 @@ class Service:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
+        try:
+            port = parts.port  # urlsplit checks the port only when asked for it
+        except ValueError:
+            port = 0
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"not a port from 1 to 65535 in {url!r}")
         self.url = url.rstrip("/")
         self.parts = parts
         self.prefix = parts.path.rstrip("/")
@@ -96,39 +105,49 @@ def describe(error: OSError) -> str:
     return error.strerror or str(error) or type(error).__name__
 
 
-def wait_until_ready(service: Service, timeout: float) -> Outcome:
-    """Poll /readyz with backoff until it answers 200 or ``timeout`` passes."""
+def wait_until_ready(service: Service, timeout: float) -> tuple[Outcome, int]:
+    """Poll /readyz with backoff until it answers 200 or ``timeout`` passes.
+
+    It asks at least once, however short ``timeout``. Only a refused or silent
+    connection and a status in ``NOT_READY_YET`` are worth waiting out; any other
+    answer (a 404 from a wrong base URL) ends the wait at once. Returns the outcome
+    and the exit code it means.
+    """
     started = time.monotonic()
     deadline = started + timeout
     delay = FIRST_POLL_DELAY
-    last = "no answer yet"
+    request_timeout = service.request_timeout
     while True:
+        try:
+            answer = service.get("/readyz", timeout=request_timeout)
+            if answer.status == 200:
+                waited = time.monotonic() - started
+                detail = f"/readyz answered 200 after {waited:.1f} s"
+                return Outcome("readiness", True, detail, waited), PASSED
+            last = f"/readyz answered {answer.status} {excerpt(answer.body)}"
+            if answer.status not in NOT_READY_YET:
+                detail = (
+                    f"expected /readyz to answer 200, got {answer.status}"
+                    f" {excerpt(answer.body)}; waiting does not change that answer:"
+                    f" is {service.url} the service's base URL?"
+                )
+                return (
+                    Outcome("readiness", False, detail, time.monotonic() - started),
+                    FAILED,
+                )
+        except OSError as error:
+            last = f"/readyz: {describe(error)}"
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        try:
-            answer = service.get(
-                "/readyz", timeout=min(service.request_timeout, remaining)
-            )
-            if answer.status == 200:
-                waited = time.monotonic() - started
-                return Outcome(
-                    "readiness",
-                    True,
-                    f"/readyz answered 200 after {waited:.1f} s",
-                    waited,
-                )
-            last = f"/readyz answered {answer.status} {excerpt(answer.body)}"
-        except OSError as error:
-            last = f"/readyz: {describe(error)}"
-        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        time.sleep(min(delay, remaining))
         delay = min(delay * 2, LONGEST_POLL_DELAY)
-    return Outcome(
-        "readiness",
-        False,
-        f"expected /readyz to answer 200 within {timeout:g} s; last: {last}",
-        time.monotonic() - started,
-    )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        request_timeout = min(service.request_timeout, remaining)
+    detail = f"expected /readyz to answer 200 within {timeout:g} s; last: {last}"
+    return Outcome("readiness", False, detail, time.monotonic() - started), NOT_READY
 
 
 def timed(name: str, check: Callable[[], list[str]]) -> Outcome:
@@ -167,10 +186,10 @@ def run_smoke(
     """Wait until the service at ``url`` is ready, then check its contract."""
     service = Service(url, request_timeout, token)
     report = SmokeReport(service.url)
-    readiness = wait_until_ready(service, timeout)
+    readiness, exit_code = wait_until_ready(service, timeout)
     report.outcomes.append(readiness)
     if not readiness.passed:
-        report.exit_code = NOT_READY
+        report.exit_code = exit_code
         return report
 
     document: dict[str, Any] = {}

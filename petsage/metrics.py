@@ -4,7 +4,8 @@ Under gunicorn every worker is a process of its own, so prometheus_client runs i
 multiprocess mode: ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh
 directory before anything imports prometheus_client, and a scrape of any worker sums
 the files of all of them. Without that variable (tests, ``flask run``) the metrics live
-in the process.
+in the process. The files are petsage/metrics_storage.py's concern: a storage failure
+degrades metrics, never a request, and dead workers' files are folded into an archive.
 """
 
 import os
@@ -20,7 +21,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    multiprocess,
 )
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, MethodNotAllowed, Unauthorized
@@ -32,6 +32,12 @@ from petsage.health.checks import SEVERITY
 from petsage.health.openapi import TAG as HEALTH_TAG
 from petsage.health.refresher import Snapshot
 from petsage.health.state import Health
+from petsage.metrics_storage import (
+    STORAGE,
+    DegradedCollector,
+    install,
+    shared_exposition,
+)
 from petsage.routes import ROUTE_KEY
 
 if TYPE_CHECKING:
@@ -40,6 +46,10 @@ if TYPE_CHECKING:
 METRICS_PATH = "/metrics"
 UNMATCHED = "unmatched"
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+if MULTIPROCESS:
+    install()
+# On /metrics from a worker whose metrics storage failed (petsage_metrics_degraded 1).
+DEGRADED_HEADER = ("PetSage-Metrics", "degraded")
 # Methods outside this set share one label value, so label values stay bounded.
 METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -52,6 +62,7 @@ class Metrics:
         # A registry of its own: several apps in one process (tests) never collide.
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        registry.register(DegradedCollector())
         self.requests = Counter(
             "petsage_http_requests",
             "HTTP requests answered, by route template, method and status.",
@@ -121,22 +132,16 @@ class Metrics:
     def exposition(self) -> bytes:
         """The metrics in the Prometheus text format, summed over all workers."""
         if MULTIPROCESS:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry)
+            return shared_exposition(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         return generate_latest(self.registry)
 
 
 class RequestMetrics:
-    """WSGI middleware: records every request, and answers GET /metrics."""
+    """WSGI middleware: records every request."""
 
-    def __init__(
-        self, app: "WSGIApplication", metrics: Metrics, health: Health, access: Access
-    ) -> None:
+    def __init__(self, app: "WSGIApplication", metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.health = health
-        self.access = access
 
     def __call__(
         self, environ: "WSGIEnvironment", start_response: "StartResponse"
@@ -154,9 +159,6 @@ class RequestMetrics:
 
         metrics.in_flight.inc()
         try:
-            if environ.get("PATH_INFO") == METRICS_PATH:
-                environ[ROUTE_KEY] = METRICS_PATH
-                return self._scrape(environ, recording_start)
             return self.app(environ, recording_start)
         finally:
             metrics.in_flight.dec()
@@ -167,6 +169,30 @@ class RequestMetrics:
             metrics.duration.labels(route, method).observe(
                 time.perf_counter() - started
             )
+
+
+class MetricsEndpoint:
+    """WSGI middleware: answers GET /metrics for ``access``, and passes the rest on.
+
+    The management listener always has it; the public port only with
+    PETSAGE_PUBLIC_METRICS, so that operational data is not public by default.
+    """
+
+    def __init__(
+        self, app: "WSGIApplication", metrics: Metrics, health: Health, access: Access
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.health = health
+        self.access = access
+
+    def __call__(
+        self, environ: "WSGIEnvironment", start_response: "StartResponse"
+    ) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == METRICS_PATH:
+            environ[ROUTE_KEY] = METRICS_PATH
+            return self._scrape(environ, start_response)
+        return self.app(environ, start_response)
 
     def _scrape(
         self, environ: "WSGIEnvironment", start_response: "StartResponse"
@@ -185,14 +211,14 @@ class RequestMetrics:
             return problem_response(error)(environ, start_response)
         self.metrics.observe_availability(self.health)
         body = self.metrics.exposition()
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", CONTENT_TYPE_LATEST),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-            ],
-        )
+        headers = [
+            ("Content-Type", CONTENT_TYPE_LATEST),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+        if STORAGE.failed:
+            headers.append(DEGRADED_HEADER)
+        start_response("200 OK", headers)
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
@@ -211,8 +237,11 @@ def document_metrics(spec: APISpec) -> None:
                 "description": "Requests by route template, method and status; request"
                 " durations; requests in flight; each health check's status and"
                 " duration; readiness, draining and the build, summed over all"
-                " gunicorn workers. With PETSAGE_HEALTH_TOKEN or"
-                " PETSAGE_TRUSTED_NETWORKS set, only for the token or those networks.",
+                " gunicorn workers. Served on the management listener"
+                " (PETSAGE_MANAGEMENT_BIND), with PETSAGE_HEALTH_TOKEN or"
+                " PETSAGE_TRUSTED_NETWORKS set only for the token or those networks."
+                " On the public port it is absent (404) unless PETSAGE_PUBLIC_METRICS"
+                " is true, and then, with a token set, only for the token.",
                 "responses": {
                     "200": {
                         "description": "The Prometheus text format.",
@@ -220,6 +249,7 @@ def document_metrics(spec: APISpec) -> None:
                     },
                     "401": "UNAUTHORIZED",
                     "403": "FORBIDDEN",
+                    "404": "NOT_FOUND",
                     "default": "DEFAULT_ERROR",
                 },
             }

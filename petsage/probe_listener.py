@@ -1,11 +1,13 @@
-"""A listener for probes only, so that a busy worker still answers the kubelet.
+"""The management listener: probes, /metrics and health details, off the public port.
 
 gunicorn's gthread worker hands each connection to its pool of PETSAGE_THREADS
 threads; when every thread serves a slow request, a probe waits in line, and a kubelet
-with a 1 s timeout would count a busy instance as dead. With PETSAGE_PROBE_BIND set,
-each worker also serves the health endpoints on that address from a thread of its own.
-All workers bind it with SO_REUSEPORT, so the kernel spreads probes over them, and a
-probe never waits for the application's threads.
+with a 1 s timeout would count a busy instance as dead. With PETSAGE_MANAGEMENT_BIND
+(or its old name PETSAGE_PROBE_BIND) set, each worker also serves the health endpoints
+and /metrics on that address from a thread of its own. All workers bind it with
+SO_REUSEPORT, so the kernel spreads requests over them, and a probe never waits for
+the application's threads. Operational data lives here, as with Spring Boot
+Actuator's management port: keep this address off the internet.
 """
 
 import socketserver
@@ -23,12 +25,12 @@ if TYPE_CHECKING:
 
 
 def not_found(environ: "WSGIEnvironment", start_response: "StartResponse") -> Any:
-    """Everything but the health endpoints: a 404 problem."""
+    """Everything the management listener does not serve: a 404 problem."""
     return problem_response(NotFound())(environ, start_response)
 
 
 class ProbeRequestHandler(BaseHTTPRequestHandler):
-    """Turns one HTTP request into a call of the probe WSGI app."""
+    """Turns one HTTP request into a call of the management WSGI app."""
 
     server_version = "petsage"
     sys_version = ""
@@ -37,7 +39,7 @@ class ProbeRequestHandler(BaseHTTPRequestHandler):
     server: "ProbeServer"
 
     def serve(self) -> None:
-        """Answer with the probe app."""
+        """Answer with the management app."""
         path, _, query = self.path.partition("?")
         environ: dict[str, Any] = {
             "REQUEST_METHOD": self.command,
@@ -47,10 +49,12 @@ class ProbeRequestHandler(BaseHTTPRequestHandler):
             "SERVER_PROTOCOL": self.request_version,
             "wsgi.url_scheme": "http",
         }
-        for name in ("Authorization", "X-Request-ID"):
-            value = self.headers.get(name)
-            if value is not None:
-                environ["HTTP_" + name.upper().replace("-", "_")] = value
+        for name in ("Authorization", "X-Request-ID", "X-Forwarded-For"):
+            # Repeated headers are joined as gunicorn joins them, so a proxy's own
+            # X-Forwarded-For header stays the last entry whatever a client sent.
+            values = self.headers.get_all(name)
+            if values:
+                environ["HTTP_" + name.upper().replace("-", "_")] = ",".join(values)
         answer: list[Any] = []
 
         def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> Any:
@@ -72,11 +76,11 @@ class ProbeRequestHandler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_DELETE = serve  # noqa: N815
 
     def log_message(self, format: str, *args: Any) -> None:
-        """Probes are not logged."""
+        """Probes and scrapes are not logged."""
 
 
 class ProbeServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """The probe listener of one worker; every worker binds the same address."""
+    """The management listener of one worker; every worker binds the same address."""
 
     allow_reuse_address = True
     allow_reuse_port = True
@@ -85,7 +89,7 @@ class ProbeServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
 
 def start_probe_listener(bind: str, app: "WSGIApplication") -> ProbeServer:
-    """Serve ``app`` (the health endpoints) on ``bind`` (HOST:PORT) from a thread."""
+    """Serve ``app`` (the management app) on ``bind`` (HOST:PORT) from a thread."""
     host, _, port = bind.rpartition(":")
     server = ProbeServer((host, int(port)), ProbeRequestHandler)
     server.app = app

@@ -13,11 +13,12 @@ from typing import Any
 import gunicorn.util
 from flask import Flask
 from gunicorn.glogging import Logger
-from prometheus_client import multiprocess
 
 from petsage import PROBE_APP
 from petsage.health import EXTENSION, health_of
 from petsage.health.state import DrainMarker
+from petsage.instance import InstanceRecord, mark_listening
+from petsage.metrics_storage import RETIREMENT
 from petsage.probe_listener import start_probe_listener
 from petsage.security import problem_error_bytes
 
@@ -44,7 +45,19 @@ def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> No
             graceful_stop()
             return
         draining.set()
-        remaining = marker.begin() + delay - time.time()
+        try:
+            began = marker.begin(DrainMarker.SHUTDOWN)
+        except OSError as error:
+            # Readiness cannot fail without the marker; the stop still waits the
+            # delay, so that requests in flight and those still sent are answered.
+            arbiter.log.error(
+                "Draining: cannot write the drain marker %s (%s); readiness keeps"
+                " passing until the stop",
+                marker.path,
+                error.strerror or error,
+            )
+            began = time.time()
+        remaining = began + delay - time.time()
         if remaining <= 0:
             graceful_stop()
             return
@@ -58,7 +71,23 @@ def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> No
     arbiter.handle_term = handle_term
 
 
-METRICS_DIRECTORY_PREFIX = "petsage-metrics-"
+def record_listeners(arbiter: Any, instance: InstanceRecord) -> None:
+    """Write down the addresses gunicorn really bound, for ``petsage drain`` and probe.
+
+    They may come from PETSAGE_BIND, ``-b``, GUNICORN_CMD_ARGS or a config override;
+    the master's listeners tell for sure. With ``--reuse-port`` the master binds
+    nothing (each worker binds its own socket), so the configured addresses tell.
+    """
+    listeners = [str(listener) for listener in arbiter.LISTENERS]
+    mark_listening(instance, listeners or map(address_text, arbiter.cfg.address))
+
+
+def address_text(address: tuple[str, int] | str) -> str:
+    """gunicorn's parsed address as HOST:PORT, [V6]:PORT or unix:PATH."""
+    if isinstance(address, str):
+        return f"unix:{address}"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def answer_gunicorn_errors_with_problems() -> None:
@@ -76,40 +105,33 @@ def answer_gunicorn_errors_with_problems() -> None:
     gunicorn.util.write_error = write_problem
 
 
-def clear_metrics_directory(remove: bool = False) -> None:
-    """Delete the metrics files of an earlier run, and the directory if ours and asked.
+def forget_worker_metrics(pid: int) -> None:
+    """Drop a dead worker's live gauges and fold its counts into the archive.
 
-    prometheus_client's multiprocess files must not outlive a run: counts of a dead
-    run would be summed into the new one.
+    Storage stays bounded however many workers come and go: a small constant number of
+    files per live worker, plus one archive file per metric kind
+    (petsage/metrics_storage.py). A failure is logged once and never stops the master.
     """
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory or not os.path.isdir(directory):
-        return
-    for name in os.listdir(directory):
-        if name.endswith(".db"):
-            os.unlink(os.path.join(directory, name))
-    if remove and os.path.basename(directory).startswith(METRICS_DIRECTORY_PREFIX):
-        os.rmdir(directory)
+    if directory:
+        RETIREMENT.retire(directory, pid)
 
 
-def forget_worker_metrics(pid: int) -> None:
-    """Drop a dead worker's live gauges (in flight, health, readiness)."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
-def start_worker_services(worker: Any, probe_bind: str) -> None:
-    """Run the first check cycle as the worker boots, not at its first request, and
-    open the probe listener when ``probe_bind`` is set.
+def start_worker_services(worker: Any, management_bind: str, drain_file: str) -> None:
+    """Point readiness at the instance's drain marker, run the first check cycle as
+    the worker boots (not at its first request), and open the probe listener when
+    ``management_bind`` is set.
 
     Another application served with this config (a benchmark baseline) has no health
     state, and is left alone.
     """
     app = worker.wsgi
     if isinstance(app, Flask) and EXTENSION in app.extensions:
-        health_of(app).start()
-        if probe_bind:
-            start_probe_listener(probe_bind, app.extensions[PROBE_APP])
+        health = health_of(app)
+        health.drain.path = drain_file
+        health.start()
+        if management_bind:
+            start_probe_listener(management_bind, app.extensions[PROBE_APP])
 
 
 class ProbeQuietLogger(Logger):  # type: ignore[misc]

@@ -1,6 +1,6 @@
 """Fixtures: the app, its test client and CLI runner, real gunicorn on 127.0.0.1."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -9,6 +9,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from petsage import create_app
 from petsage.health import health_of
+from tests.fault_record import FaultRecorder as FaultRecorder
 from tests.fault_record import FaultRow, record_fault
 from tests.gunicorn_process import GunicornFactory, GunicornServer
 
@@ -39,9 +40,11 @@ def start_gunicorn() -> Iterator[GunicornFactory]:
     servers: list[GunicornServer] = []
 
     def start(
-        env: dict[str, str] | None = None, app: str | None = None
+        env: dict[str, str] | None = None,
+        app: str | None = None,
+        args: Sequence[str] = (),
     ) -> GunicornServer:
-        server = GunicornServer.start(env or {}, app)
+        server = GunicornServer.start(env or {}, app, args)
         servers.append(server)
         return server
 
@@ -55,9 +58,6 @@ def start_gunicorn() -> Iterator[GunicornFactory]:
 def gunicorn(start_gunicorn: GunicornFactory) -> GunicornServer:
     """One real gunicorn serving PetSage on a free 127.0.0.1 port."""
     return start_gunicorn()
-
-
-FaultRecorder = Callable[..., None]
 
 
 @pytest.fixture

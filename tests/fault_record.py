@@ -8,9 +8,12 @@ it) and, when ``PETSAGE_FAULT_RECORD`` names a file, appended to it as a JSON li
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 RECORD_VARIABLE = "PETSAGE_FAULT_RECORD"
+# The fixture's type: call it with the fields of FaultRow but ``test``.
+FaultRecorder = Callable[..., None]
 
 
 @dataclass(frozen=True)

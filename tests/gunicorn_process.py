@@ -1,6 +1,7 @@
 """A real gunicorn process serving PetSage with ``gunicorn.conf.py``, and HTTP to it."""
 
 import http.client
+import itertools
 import os
 import re
 import signal
@@ -8,12 +9,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+# The first address on 127.0.0.1 among those gunicorn lists.
+LISTENING = re.compile(r"Listening at: [^ ]*?http://127\.0\.0\.1:(\d+)")
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 40.0
 
@@ -44,6 +46,14 @@ def http_request(
         connection.close()
 
 
+def given_port(args: Sequence[str]) -> int | None:
+    """The port of the first ``-b 127.0.0.1:PORT`` among gunicorn's arguments."""
+    for flag, value in itertools.pairwise(args):
+        if flag == "-b" and value.startswith("127.0.0.1:"):
+            return int(value.rpartition(":")[2]) or None
+    return None
+
+
 @dataclass
 class GunicornServer:
     """gunicorn started as an operator starts it: ``gunicorn`` in the project root."""
@@ -53,10 +63,17 @@ class GunicornServer:
     log_path: Path
 
     @classmethod
-    def start(cls, env: dict[str, str], app: str | None = None) -> "GunicornServer":
+    def start(
+        cls,
+        env: dict[str, str],
+        app: str | None = None,
+        args: Sequence[str] = (),
+    ) -> "GunicornServer":
         """Start gunicorn on a free port and wait until its workers answer.
 
-        ``app`` replaces the config's ``wsgi:app``, e.g. with a test module's app.
+        ``app`` replaces the config's ``wsgi:app``, e.g. with a test module's app;
+        ``args`` go on gunicorn's command line (e.g. ``-b 127.0.0.1:8001``), where
+        the first ``-b`` address is the one requests go to.
         """
         log_path = Path(tempfile.mkstemp(prefix="petsage-gunicorn-", suffix=".log")[1])
         environment = {
@@ -65,28 +82,43 @@ class GunicornServer:
             "PETSAGE_WORKERS": "2",
             # Tests that are not about draining should not wait for it at the end.
             "PETSAGE_SHUTDOWN_DELAY": "0",
-            "PETSAGE_DRAIN_FILE": str(log_path.with_suffix(".drain")),
             **env,
         }
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", *([app] if app else [])],
+                [sys.executable, "-m", "gunicorn", *args, *([app] if app else [])],
                 cwd=REPO_ROOT,
                 env=environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         server = cls(process, 0, log_path)
-        server.port = server._wait_for_port()
-        server.request("GET", "/", timeout=START_TIMEOUT)
+        server.port = server._wait_for_port(given_port(args))
+        server._wait_for_an_answer()
         return server
 
-    def _wait_for_port(self) -> int:
+    def _wait_for_an_answer(self) -> None:
+        # With --reuse-port the workers bind after the master says it listens.
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                self.request("GET", "/", timeout=START_TIMEOUT)
+                return
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def _wait_for_port(self, given: int | None) -> int:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            match = LISTENING.search(self.log())
+            log = self.log()
+            match = LISTENING.search(log)
             if match:
                 return int(match.group(1))
+            # With --reuse-port the master binds nothing and lists no address.
+            if given and "Listening at: " in log:
+                return given
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)

@@ -14,11 +14,25 @@ SMOKE_TEST_BODY = {"status": "ok", "message": "PetSage smoke test successful!"}
 
 @dataclass
 class Tally:
-    """Requests sent and failed, and the latency of each answered one (seconds)."""
+    """Requests sent and failed, and the latency of each answered one (seconds).
+
+    ``failed`` describes every unsuccessful request; ``lost`` counts those of them
+    that got no answer at all (reset, refused, timed out), the rest were answered
+    wrongly.
+    """
 
     sent: int = 0
     failed: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    lost: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """Sent, failed (answered wrongly) and lost, as the fault record counts them."""
+        return {
+            "sent": self.sent,
+            "failed": len(self.failed) - self.lost,
+            "lost": self.lost,
+        }
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -98,6 +112,7 @@ class ClientLoad:
                 phase = self._phase
             started = time.monotonic()
             failure: str | None = None
+            lost = False
             try:
                 if connection is None:
                     connection = self._connect()
@@ -113,11 +128,13 @@ class ClientLoad:
                     connection = None
             except (OSError, http.client.HTTPException, ValueError) as error:
                 failure = repr(error)
+                # A body that is not JSON is a wrong answer; anything else, none.
+                lost = not isinstance(error, ValueError)
                 if connection is not None:
                     connection.close()
                     connection = None
             finished = time.monotonic()
-            self._tally(phase, path, started, finished, failure)
+            self._tally(phase, path, started, finished, failure, lost)
             if self.pause:
                 self._stop.wait(self.pause)
         if connection is not None:
@@ -130,6 +147,7 @@ class ClientLoad:
         started: float,
         finished: float,
         failure: str | None,
+        lost: bool,
     ) -> None:
         with self._lock:
             tallies = [self.total]
@@ -142,6 +160,7 @@ class ClientLoad:
                 else:
                     at = started - self._started
                     tally.failed.append(f"{phase} +{at:.2f} s GET {path}: {failure}")
+                    tally.lost += lost
 
     def __enter__(self) -> "ClientLoad":
         self._started = time.monotonic()

@@ -1,12 +1,16 @@
-"""Probes while every worker thread is busy: the probe listener still answers."""
+"""Probes while every worker thread is busy: the management listener still answers."""
 
 import socket
 import threading
 import time
 from http.client import HTTPException
 
+import pytest
+
 from tests.apps.slow import SLOW_SECONDS
+from tests.fault_record import FaultRecorder
 from tests.gunicorn_process import GunicornFactory, http_request
+from tests.load import Tally
 
 WORKERS, THREADS = 2, 2
 
@@ -19,37 +23,40 @@ def free_port() -> int:
         return port
 
 
-def probe_for(port: int, path: str, seconds: float) -> tuple[int, int]:
-    """Probe ``path`` with the kubelet's 1 s timeout for ``seconds``: (sent, failed)."""
-    sent = failed = 0
+def probe_for(port: int, path: str, seconds: float) -> Tally:
+    """Probe ``path`` with the kubelet's 1 s timeout for ``seconds``, tallied."""
+    tally = Tally()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        sent += 1
+        tally.sent += 1
         try:
-            if http_request(port, "GET", path, timeout=1.0).status != 200:
-                failed += 1
-        except (OSError, HTTPException):
-            failed += 1
+            status = http_request(port, "GET", path, timeout=1.0).status
+            if status != 200:
+                tally.failed.append(f"{path}: HTTP {status}")
+        except (OSError, HTTPException) as error:
+            tally.failed.append(f"{path}: {error!r}")
+            tally.lost += 1
         time.sleep(0.1)
-    return sent, failed
+    return tally
 
 
 def record(
-    results: dict[str, tuple[int, int]], key: str, port: int, path: str, seconds: float
+    results: dict[str, Tally], key: str, port: int, path: str, seconds: float
 ) -> None:
-    """Probe, and keep the counts under ``key``."""
+    """Probe, and keep the tally under ``key``."""
     results[key] = probe_for(port, path, seconds)
 
 
+@pytest.mark.fault
 def test_probes_answer_while_every_thread_is_busy(
-    start_gunicorn: GunicornFactory,
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
 ) -> None:
     probe_port = free_port()
     server = start_gunicorn(
         {
             "PETSAGE_WORKERS": str(WORKERS),
             "PETSAGE_THREADS": str(THREADS),
-            "PETSAGE_PROBE_BIND": f"127.0.0.1:{probe_port}",
+            "PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{probe_port}",
         },
         app="tests.apps.slow:app",
     )
@@ -61,8 +68,10 @@ def test_probes_answer_while_every_thread_is_busy(
         except OSError:
             time.sleep(0.1)
     capacity = WORKERS * THREADS
-    lines, listener_failures = [], 0
-    for busy in (1, capacity // 2, capacity, 2 * capacity):
+    lines = []
+    listener, main = Tally(), Tally()  # over every level, for the fault record
+    levels = (1, capacity // 2, capacity, 2 * capacity)
+    for busy in levels:
         slow = [
             threading.Thread(
                 target=http_request,
@@ -75,7 +84,7 @@ def test_probes_answer_while_every_thread_is_busy(
             thread.start()
         time.sleep(0.3)  # the slow requests take their threads
         window = SLOW_SECONDS - 0.6
-        results: dict[str, tuple[int, int]] = {}
+        results: dict[str, Tally] = {}
         probes = [
             threading.Thread(target=record, args=(results, key, port, path, window))
             for key, port, path in (
@@ -90,10 +99,36 @@ def test_probes_answer_while_every_thread_is_busy(
             thread.join(timeout=60)
         lines.append(
             f"{busy} slow requests ({capacity} threads): "
-            + ", ".join(f"{key} {s} sent {f} failed" for key, (s, f) in results.items())
+            + ", ".join(
+                f"{key} {tally.sent} sent {len(tally.failed)} failed"
+                for key, tally in results.items()
+            )
         )
-        listener_failures += (
-            results["listener /livez"][1] + results["listener /readyz"][1]
-        )
+        for key, tally in results.items():
+            total = listener if key.startswith("listener") else main
+            total.sent += tally.sent
+            total.failed += tally.failed
+            total.lost += tally.lost
     print("\n" + "\n".join(lines))
-    assert listener_failures == 0
+    injected = (
+        f"{', '.join(map(str, levels))} slow ({SLOW_SECONDS:.0f} s) requests in turn "
+        f"on {WORKERS} workers x {THREADS} threads"
+    )
+    fault_record(
+        fault="every thread busy, management listener",
+        injected=injected,
+        load=(
+            "/livez and /readyz probes on the management listener every 0.1 s, "
+            "1 s timeout"
+        ),
+        recovery="none needed",
+        **listener.counts(),
+    )
+    fault_record(
+        fault="every thread busy, main port",
+        injected=injected,
+        load="/livez probe on the main port every 0.1 s, 1 s timeout",
+        recovery=f"waits for a free thread (slow requests take {SLOW_SECONDS:.0f} s)",
+        **main.counts(),
+    )
+    assert listener.failed == [], listener.failed

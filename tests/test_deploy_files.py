@@ -11,8 +11,8 @@ import yaml
 
 from petsage import create_app
 from petsage.config import load_settings
+from tests.dockerfile import image_environment
 from tests.gunicorn_process import REPO_ROOT, GunicornFactory
-from tests.listeners import refusing
 
 BIN = Path(sys.executable).parent
 DEPLOY = REPO_ROOT / "deploy"
@@ -108,9 +108,27 @@ def test_every_probe_path_is_in_the_openapi_document() -> None:
         for name in ("startupProbe", "livenessProbe", "readinessProbe")
     }
     environment = {env["name"]: env.get("value", "") for env in container()["env"]}
-    probe_port = load_settings(environment)["PROBE_BIND"].rpartition(":")[2]
+    probe_port = load_settings(environment)["MANAGEMENT_BIND"].rpartition(":")[2]
     named = {port["name"]: str(port["containerPort"]) for port in container()["ports"]}
     assert {named[port] for port in ports} == {probe_port}
+
+
+def test_prometheus_scrapes_the_management_port_and_the_service_hides_it() -> None:
+    environment = {env["name"]: env.get("value", "") for env in container()["env"]}
+    settings = load_settings(environment)
+    public_port = settings["BIND"].rpartition(":")[2]
+    management_port = settings["MANAGEMENT_BIND"].rpartition(":")[2]
+    assert management_port and management_port != public_port
+    assert not settings["PUBLIC_METRICS"]
+    annotations = manifest("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == management_port
+    assert annotations["prometheus.io/path"] == "/metrics"
+    named = {port["name"]: str(port["containerPort"]) for port in container()["ports"]}
+    exposed = {
+        named[port["targetPort"]] for port in manifest("Service")["spec"]["ports"]
+    }
+    assert exposed == {public_port}
 
 
 def test_probe_timings_are_the_recommended_ones() -> None:
@@ -141,7 +159,11 @@ def test_probe_timings_are_the_recommended_ones() -> None:
 
 
 def test_grace_period_covers_the_drain_delay_and_graceful_timeout() -> None:
-    environment = {env["name"]: env.get("value", "") for env in container()["env"]}
+    # The pod runs with the image's ENV, which its own env overrides.
+    environment = {
+        **image_environment(),
+        **{env["name"]: env.get("value", "") for env in container()["env"]},
+    }
     settings = load_settings(environment)
     pod = manifest("Deployment")["spec"]["template"]["spec"]
     needed = settings["SHUTDOWN_DELAY"] + settings["GRACEFUL_TIMEOUT"]
@@ -170,9 +192,11 @@ def test_service_hpa_and_pdb_select_the_deployment() -> None:
 
 
 class TestProbeCommand:
-    def probe(self, port: int, path: str = "/livez") -> int:
-        """Run ``petsage probe`` as a Docker HEALTHCHECK would."""
-        env = {**os.environ, "PETSAGE_BIND": f"0.0.0.0:{port}"}
+    """``petsage probe`` as a Docker HEALTHCHECK runs it: no argument but the path."""
+
+    def probe(self, state: Path, path: str = "/livez") -> int:
+        """Run ``petsage probe`` with the instances of ``state``."""
+        env = {**os.environ, "PETSAGE_STATE_DIR": str(state)}
         return subprocess.run(
             [str(BIN / "petsage"), "probe", path],
             env=env,
@@ -181,22 +205,25 @@ class TestProbeCommand:
         ).returncode
 
     def test_probe_passes_against_a_live_instance(
-        self, start_gunicorn: GunicornFactory
+        self, start_gunicorn: GunicornFactory, tmp_path: Path
     ) -> None:
-        server = start_gunicorn()
-        assert self.probe(server.port) == 0
+        start_gunicorn({"PETSAGE_STATE_DIR": str(tmp_path)})
+        assert self.probe(tmp_path) == 0
 
     def test_probe_fails_when_the_path_fails(
         self, start_gunicorn: GunicornFactory, tmp_path: Path
     ) -> None:
         drain_file = tmp_path / "drain"
-        server = start_gunicorn({"PETSAGE_DRAIN_FILE": str(drain_file)})
+        state = tmp_path / "state"
+        state.mkdir()
+        start_gunicorn(
+            {"PETSAGE_DRAIN_FILE": str(drain_file), "PETSAGE_STATE_DIR": str(state)}
+        )
         drain_file.touch()
-        assert self.probe(server.port, "/readyz") == 1
+        assert self.probe(state, "/readyz") == 1
 
-    def test_probe_fails_when_nothing_listens(self) -> None:
-        with refusing() as port:
-            assert self.probe(port) == 1
+    def test_probe_fails_when_nothing_runs(self, tmp_path: Path) -> None:
+        assert self.probe(tmp_path) == 1
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda path: path.name)

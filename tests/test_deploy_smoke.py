@@ -26,19 +26,22 @@ HEALTH = {
 }
 
 
-def smoke(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``petsage smoke`` as a pipeline would."""
-    env = {
+def smoke(
+    *args: str, token: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``petsage smoke`` as a pipeline would, ``env`` added to its environment."""
+    environment = {
         key: value for key, value in os.environ.items() if key != "PETSAGE_HEALTH_TOKEN"
     }
+    environment.update(env or {})
     if token is not None:
-        env["PETSAGE_HEALTH_TOKEN"] = token
+        environment["PETSAGE_HEALTH_TOKEN"] = token
     return subprocess.run(
         [str(PETSAGE), "smoke", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
+        env=environment,
     )
 
 
@@ -153,6 +156,41 @@ class TestAgainstWrongServers:
         assert "no answer within the request timeout" in result.stdout
 
 
+class TestWaitingForReadiness:
+    def test_a_wrong_base_url_fails_at_once(self) -> None:
+        with answering(lookalike()) as port:
+            started = time.monotonic()
+            result = smoke(f"http://127.0.0.1:{port}/wrong", "--timeout", "20")
+        took = time.monotonic() - started
+        assert result.returncode == 1, result.stdout
+        assert took < 5
+        assert "expected /readyz to answer 200, got 404 not here" in result.stdout
+
+    # 503 from PetSage itself: TestAgainstPetSage; these come from gateways in front.
+    @pytest.mark.parametrize("status", [502, 504])
+    def test_a_not_ready_answer_is_waited_out(self, status: int) -> None:
+        not_ready = json_route({"status": "fail"}, status, "application/health+json")
+        with answering({"/readyz": not_ready}) as port:
+            started = time.monotonic()
+            result = smoke(f"http://127.0.0.1:{port}", "--timeout", "1")
+        assert result.returncode == 2
+        assert time.monotonic() - started >= 1
+        assert f"last: /readyz answered {status}" in result.stdout
+
+    def test_a_zero_timeout_still_asks_once(self) -> None:
+        with answering(lookalike()) as port:
+            result = smoke(f"http://127.0.0.1:{port}", "--timeout", "0")
+        assert result.returncode == 0, result.stdout
+        assert result.stdout.startswith("PASS  readiness")
+
+    def test_server_settings_in_the_environment_are_not_read(self) -> None:
+        server_settings = {"PETSAGE_THREADS": "lots", "PETSAGE_BIND": "nowhere"}
+        with answering(lookalike()) as port:
+            result = smoke(f"http://127.0.0.1:{port}", env=server_settings)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stderr == ""
+
+
 class TestReports:
     def test_json_report(self) -> None:
         with answering(lookalike()) as port:
@@ -194,6 +232,7 @@ class TestUsage:
             ["http://127.0.0.1:1", "--format", "yaml"],
             ["http://127.0.0.1:1", "--timeout", "-1"],
             ["http://127.0.0.1:1", "--bogus"],
+            ["http://127.0.0.1:99999"],
         ],
     )
     def test_usage_errors_exit_64(self, args: list[str]) -> None:

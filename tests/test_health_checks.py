@@ -1,13 +1,17 @@
 """Checks and their refresher: real listeners, timeouts, hung checks, transitions."""
 
+import base64
+import http.server
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from urllib.parse import quote
 
 import pytest
 
-from petsage.config import Dependency
+from petsage.config import Dependency, parse_dependencies
 from petsage.health.checks import (
     Check,
     CheckFailed,
@@ -18,6 +22,37 @@ from petsage.health.checks import (
 )
 from petsage.health.refresher import CheckRefresher
 from tests.listeners import hanging_tcp, http_reply, refusing, serving
+
+
+@contextmanager
+def basic_auth_server(user: str, password: str) -> Iterator[tuple[int, list[str]]]:
+    """An HTTP server on 127.0.0.1 answering 200 only to Basic auth as ``user``.
+
+    Yields its port and the ``user:password`` of every request, as decoded.
+    """
+    received: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+            credentials = base64.b64decode(token).decode() if scheme == "Basic" else ""
+            received.append(credentials)
+            self.send_response(200 if credentials == f"{user}:{password}" else 401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Keep test output quiet."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def run_once(check: Check) -> tuple[str, str]:
@@ -118,6 +153,28 @@ class TestDependencyChecks:
             check = dependency_check(Dependency("api", url), True, 1)
             assert check.target == f"http://127.0.0.1:{listener.port}/"
             assert run_once(check)[0] == "pass"
+
+    @pytest.mark.parametrize(
+        "password", ["a/b#c", "comma,here", "p@ss:w%rd?x=1&y", "ünïcode"]
+    )
+    def test_percent_encoded_credentials_reach_the_server_decoded(
+        self, password: str
+    ) -> None:
+        with basic_auth_server("svc user", password) as (port, received):
+            encoded = f"{quote('svc user', safe='')}:{quote(password, safe='')}"
+            [dependency] = parse_dependencies(
+                f"api=http://{encoded}@127.0.0.1:{port}/ping"
+            )
+            result = run_once(dependency_check(dependency, True, 1))
+        assert received == [f"svc user:{password}"]
+        assert result == ("pass", "")
+
+    def test_wrong_credentials_fail_the_check(self) -> None:
+        with basic_auth_server("user", "a/b#c") as (port, received):
+            url = f"http://user:a%2Fb%23d@127.0.0.1:{port}/ping"
+            result = run_once(dependency_check(Dependency("api", url), True, 1))
+        assert received == ["user:a/b#d"]
+        assert result == ("fail", "HTTP 401")
 
     @pytest.mark.parametrize(
         ("url", "shown"),

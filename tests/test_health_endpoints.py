@@ -316,9 +316,25 @@ class TestVerbose:
             "[+]shutdown ok\n"
             "[+]refresher ok\n"
             "[-]db failed: refused\n"
-            "[+]cache warn: down\n"
+            "[!]cache warn: down\n"
             "[+]uptime excluded: ok\n"
             "readyz check failed\n"
+        )
+
+    def test_a_warning_is_marked_apart_from_healthy_items(
+        self, make_service: ServiceFactory
+    ) -> None:
+        service = make_service((check("cache", failing(), False),), HEALTH_TOKEN=TOKEN)
+        service.wait_until("/readyz/startup", 200)
+        response = service.client.get("/readyz?verbose&exclude=uptime", headers=AUTH)
+        assert response.status_code == 200
+        assert response.get_data(as_text=True) == (
+            "[+]startup ok\n"
+            "[+]shutdown ok\n"
+            "[+]refresher ok\n"
+            "[!]cache warn: down\n"
+            "[+]uptime excluded: ok\n"
+            "readyz check passed\n"
         )
 
     def test_livez_verbose_passes(self, ready: Service) -> None:

@@ -59,11 +59,14 @@ def test_drain_command_fails_readiness_in_every_worker(
     drain_file = str(tmp_path / "petsage.drain")
     server = start_gunicorn({"PETSAGE_DRAIN_FILE": drain_file, "PETSAGE_WORKERS": "3"})
     wait_for_status(server, "/readyz", 200)
-    env = {"PETSAGE_DRAIN_FILE": drain_file, "PATH": ""}
-    subprocess.run([str(PETSAGE), "drain"], env=env, check=True, timeout=30)
+    env = {"PATH": ""}
+    instance = ["--instance", str(server.port)]
+    subprocess.run([str(PETSAGE), "drain", *instance], env=env, check=True, timeout=30)
     answers = {server.request("GET", "/readyz").status for _ in range(30)}
     smoke = {server.request("GET", SMOKE_TEST).status for _ in range(10)}
-    subprocess.run([str(PETSAGE), "drain", "--cancel"], env=env, check=True, timeout=30)
+    subprocess.run(
+        [str(PETSAGE), "drain", "--cancel", *instance], env=env, check=True, timeout=30
+    )
     after = {server.request("GET", "/readyz").status for _ in range(30)}
     assert answers == {503}
     assert smoke == {200}

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from petsage import create_app
 from petsage.health import health_of
+from tests.fault_record import FaultRecorder
 from tests.gunicorn_process import GunicornServer
+from tests.load import ClientLoad
 
 SMOKE_TEST = "/api/v1/smoke-test"
 PATHS = [
@@ -108,6 +110,43 @@ def test_hostile_request_gets_a_4xx_problem(server: GunicornServer, name: str) -
     assert body["status"] == status
     assert "passwd" not in answer.decode("latin-1")
     assert server.request("GET", SMOKE_TEST).status == 200
+
+
+HOSTILE_ROUNDS = 10
+
+
+@pytest.mark.fault
+def test_hostile_requests_under_load_leave_every_request_answered(
+    server: GunicornServer, fault_record: FaultRecorder
+) -> None:
+    """Every hostile request above, in a row, while ordinary clients keep calling."""
+    wrong = []
+    with ClientLoad(server.port, threads=2, pause=0.005) as load:
+        for _ in range(HOSTILE_ROUNDS):
+            for name, request in HOSTILE_REQUESTS.items():
+                answer = raw_exchange(server.port, request)
+                if not answer:
+                    wrong.append(f"{name}: no answer")
+                    continue
+                status, content_type = status_and_type(answer)
+                if (
+                    not 400 <= status < 500
+                    or content_type != "application/problem+json"
+                ):
+                    wrong.append(f"{name}: {status} {content_type}")
+    fault_record(
+        fault="hostile input",
+        injected=(
+            f"{HOSTILE_ROUNDS} x {len(HOSTILE_REQUESTS)} malformed requests "
+            "(100 KB URL, oversized and control-character headers, binary junk, "
+            "absurd Content-Length, traversal, ...), each a 4xx problem"
+        ),
+        load="2 client threads, smoke test, new connection per request",
+        recovery="none needed",
+        **load.total.counts(),
+    )
+    assert wrong == []
+    assert load.failed == [], load.failed[:20]
 
 
 def test_a_body_on_get_is_ignored(server: GunicornServer) -> None:

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gunicorn_process import GunicornFactory, GunicornServer
+from tests.management import Instance
 
 SMOKE_TEST = "/api/v1/smoke-test"
 
@@ -35,8 +36,13 @@ def access_records(server: GunicornServer, path: str) -> list[dict[str, Any]]:
 
 
 def worker_pids(metrics_dir: Path, kind: str) -> set[int]:
-    """The pids of the workers with ``kind`` metrics files (counter, gauge_livesum)."""
-    return {int(path.stem.rsplit("_", 1)[1]) for path in metrics_dir.glob(f"{kind}_*")}
+    """The pids of the workers with ``kind`` metrics files (counter, gauge_livesum),
+    in the instance's directory inside ``metrics_dir``; the archive is not a worker."""
+    return {
+        int(pid)
+        for path in metrics_dir.glob(f"**/{kind}_*.db")
+        if (pid := path.stem.rsplit("_", 1)[1]).isdigit()
+    }
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -64,11 +70,10 @@ def raw_request(port: int, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def scrape(
-    server: GunicornServer, headers: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """/metrics parsed by prometheus_client's own parser, samples by name and labels."""
-    response = server.request("GET", "/metrics", headers=headers)
+def scrape(instance: Instance, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """/metrics of the management listener, parsed by prometheus_client's own parser,
+    samples by name and labels."""
+    response = instance.management("/metrics", headers=headers)
     assert response.status == 200
     samples: dict[str, Any] = {}
     for family in text_string_to_metric_families(response.body.decode()):
@@ -221,9 +226,10 @@ class TestMetrics:
         metrics_dir.mkdir()
         # One worker at a time, so that which worker answers is certain: the first
         # serves 30 requests and is killed; its replacement serves 30 more.
-        server = start_gunicorn(
-            {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "PETSAGE_WORKERS": "1"}
+        instance = Instance(
+            start_gunicorn, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, WORKERS="1"
         )
+        server = instance.server
         for _ in range(30):
             assert server.request("GET", SMOKE_TEST).status == 200
         [first] = worker_pids(metrics_dir, "counter")
@@ -231,8 +237,10 @@ class TestMetrics:
         wait_until(lambda: worker_pids(metrics_dir, "gauge_livesum") != {first})
         for _ in range(30):
             assert server.request("GET", SMOKE_TEST).status == 200
-        assert len(worker_pids(metrics_dir, "counter")) == 2
-        samples = scrape(server)
+        # The dead worker's counts are folded into the archive, its files deleted.
+        assert worker_pids(metrics_dir, "counter") != {first}
+        assert len(list(metrics_dir.glob("**/counter_archive.db"))) == 1
+        samples = scrape(instance)
         smoke_200 = [
             value
             for labels, value in samples["petsage_http_requests_total"]
@@ -243,8 +251,8 @@ class TestMetrics:
             "version": "1.0.0",
             "release_id": "1.0.0",
         }
-        wait_until(lambda: scrape(server)["petsage_ready"][0][1] == 1.0)
-        samples = scrape(server)
+        wait_until(lambda: scrape(instance)["petsage_ready"][0][1] == 1.0)
+        samples = scrape(instance)
         assert [value for _, value in samples["petsage_draining"]] == [0.0]
         status = {
             labels["check"]: value
@@ -254,11 +262,13 @@ class TestMetrics:
         assert "petsage_http_request_duration_seconds_bucket" in samples
         assert "petsage_http_requests_in_flight" in samples
 
-    def test_label_values_stay_bounded(self, gunicorn: GunicornServer) -> None:
+    def test_label_values_stay_bounded(self, start_gunicorn: GunicornFactory) -> None:
+        instance = Instance(start_gunicorn)
+        gunicorn = instance.server
         for index in range(1000):
             assert gunicorn.request("GET", f"/unknown/{index}").status == 404
         gunicorn.request("BREW", "/pot")
-        series = scrape(gunicorn)["petsage_http_requests_total"]
+        series = scrape(instance)["petsage_http_requests_total"]
         routes = {labels["route"] for labels, _ in series}
         assert "unmatched" in routes
         assert not any(route.startswith("/unknown/") for route in routes)
@@ -270,44 +280,45 @@ class TestMetrics:
     ) -> None:
         metrics_dir = tmp_path / "metrics"
         metrics_dir.mkdir()
-        server = start_gunicorn(
-            {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "PETSAGE_WORKERS": "1"}
+        instance = Instance(
+            start_gunicorn, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, WORKERS="1"
         )
-        scrape(server)
+        server = instance.server
+        scrape(instance)
         [victim] = worker_pids(metrics_dir, "counter")
         assert victim in worker_pids(metrics_dir, "gauge_livesum")
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: victim not in worker_pids(metrics_dir, "gauge_livesum"))
-        assert victim in worker_pids(metrics_dir, "counter")  # its counts still count
+        # Its counts still count, from the archive.
+        assert victim not in worker_pids(metrics_dir, "counter")
+        assert len(list(metrics_dir.glob("**/counter_archive.db"))) == 1
         assert server.request("GET", SMOKE_TEST).status == 200
 
     def test_metrics_need_the_token_when_one_is_set(
         self, start_gunicorn: GunicornFactory
     ) -> None:
-        server = start_gunicorn({"PETSAGE_HEALTH_TOKEN": "s3cret"})
-        refused = server.request("GET", "/metrics")
+        instance = Instance(start_gunicorn, HEALTH_TOKEN="s3cret")
+        refused = instance.management("/metrics")
         assert refused.status == 401
         assert refused.headers["Content-Type"] == "application/problem+json"
         assert "Bearer" in refused.headers["WWW-Authenticate"]
-        scrape(server, headers={"Authorization": "Bearer s3cret"})
+        scrape(instance, headers={"Authorization": "Bearer s3cret"})
 
     def test_a_trusted_network_needs_no_token(
         self, start_gunicorn: GunicornFactory
     ) -> None:
-        server = start_gunicorn(
-            {
-                "PETSAGE_HEALTH_TOKEN": "s3cret",
-                "PETSAGE_TRUSTED_NETWORKS": "127.0.0.0/8",
-            }
+        instance = Instance(
+            start_gunicorn, HEALTH_TOKEN="s3cret", TRUSTED_NETWORKS="127.0.0.0/8"
         )
-        scrape(server)
+        scrape(instance)
 
     def test_an_untrusted_network_is_refused(
         self, start_gunicorn: GunicornFactory
     ) -> None:
-        server = start_gunicorn({"PETSAGE_TRUSTED_NETWORKS": "10.0.0.0/8"})
-        assert server.request("GET", "/metrics").status == 403
+        instance = Instance(start_gunicorn, TRUSTED_NETWORKS="10.0.0.0/8")
+        assert instance.management("/metrics").status == 403
 
     def test_metrics_can_be_switched_off(self, start_gunicorn: GunicornFactory) -> None:
-        server = start_gunicorn({"PETSAGE_METRICS": "false"})
-        assert server.request("GET", "/metrics").status == 404
+        instance = Instance(start_gunicorn, METRICS="false", PUBLIC_METRICS="true")
+        assert instance.management("/metrics").status == 404
+        assert instance.public("/metrics").status == 404

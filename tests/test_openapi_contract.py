@@ -10,8 +10,12 @@ from hypothesis import HealthCheck, settings
 from petsage import create_app
 from tests.gunicorn_process import REPO_ROOT
 
-# The token makes ?verbose answer text/plain, so that media type is exercised too.
-APP = create_app({"HEALTH_TOKEN": "contract-token", "CHECK_PERIOD": 60})
+# The token makes ?verbose answer text/plain, so that media type is exercised too;
+# /metrics, by default served on the management listener only, is served here too so
+# that its operation is exercised as well.
+APP = create_app(
+    {"HEALTH_TOKEN": "contract-token", "CHECK_PERIOD": 60, "PUBLIC_METRICS": True}
+)
 SCHEMA = schemathesis.openapi.from_wsgi("/openapi.json", APP)
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Served, but not operations of the API: the document itself and the docs pages.

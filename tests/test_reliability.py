@@ -2,8 +2,9 @@
 
 Restarts and reloads behind a real HAProxy (``deploy/haproxy.cfg``), idle and slowloris
 connections against gunicorn alone and through nginx (``deploy/nginx.conf``), a worker
-killed with SIGKILL under load, and a one-minute soak. Every test prints its figures
-(``pytest -s`` shows them); the requirements are those of the issue, not timings.
+killed with SIGKILL under load, and a one-minute soak (``PETSAGE_FAULT_QUICK=1``: 10 s).
+Every test prints its figures (``pytest -s`` shows them) and records them in the fault
+record (``docs/reliability.md``); the requirements are those of the issue, not timings.
 """
 
 import contextlib
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fault_record import FaultRecorder
 from tests.gunicorn_process import REPO_ROOT, GunicornFactory, GunicornServer
 from tests.load import SMOKE_TEST, SMOKE_TEST_BODY, ClientLoad, Tally, percentile
 
@@ -313,9 +315,10 @@ def workers_replaced(master: int, old: set[int], count: int) -> bool:
     return len(current) == count and not current & old
 
 
+@pytest.mark.fault
 @needs_haproxy
 def test_reloads_and_restarts_behind_haproxy_lose_no_request(
-    start_gunicorn: GunicornFactory, tmp_path: Path
+    start_gunicorn: GunicornFactory, tmp_path: Path, fault_record: FaultRecorder
 ) -> None:
     front, *ports = free_ports(3)
     names = ["petsage1", "petsage2"]  # the server names in deploy/haproxy.cfg
@@ -330,6 +333,8 @@ def test_reloads_and_restarts_behind_haproxy_lose_no_request(
 
     servers = [start_instance(port) for port in ports]
     events: list[str] = []
+    reloads: list[str] = []  # each instance's recovery, for the fault record
+    restarts: list[str] = []
     with haproxy(tmp_path, front, ports) as proxy:
         for name in names:
             wait_until(partial(proxy.in_rotation, name), 10, f"{name} UP")
@@ -357,6 +362,7 @@ def test_reloads_and_restarts_behind_haproxy_lose_no_request(
                 events.append(
                     f"+{at:.1f} s {name} SIGHUP: workers replaced in {replaced:.1f} s"
                 )
+                reloads.append(f"{name} {replaced:.1f} s")
                 time.sleep(SETTLE)
 
                 # (b) SIGTERM: drain, stop, start a new instance on the same port.
@@ -372,12 +378,14 @@ def test_reloads_and_restarts_behind_haproxy_lose_no_request(
                 restarted = time.monotonic()
                 servers[index] = start_instance(ports[index])
                 wait_until(partial(proxy.in_rotation, name), 15, f"{name} UP")
+                back = time.monotonic() - restarted
                 events.append(
                     f"+{terminated - began:.1f} s {name} SIGTERM: out of rotation "
                     f"after {out:.1f} s, exited (code {server.process.returncode}) "
                     f"after {exited:.1f} s; the new instance in rotation "
-                    f"{time.monotonic() - restarted:.1f} s after its start"
+                    f"{back:.1f} s after its start"
                 )
+                restarts.append(f"{name} out {out:.1f} s, new one in {back:.1f} s")
                 time.sleep(SETTLE)
             load.phase("steady")
             time.sleep(1.0)
@@ -401,6 +409,24 @@ def test_reloads_and_restarts_behind_haproxy_lose_no_request(
             f"  {phase}: {tally.sent} requests sent, {len(tally.failed)} failed, "
             f"p99 {percentile(tally.latencies, 0.99) * 1000:.0f} ms"
         )
+    through = "4 client threads through HAProxy (2 keep-alive), smoke test"
+    fault_record(
+        fault="reload (SIGHUP) behind HAProxy",
+        injected="SIGHUP to each of 2 gunicorn masters in turn: all workers replaced",
+        load=through,
+        recovery="workers replaced: " + ", ".join(reloads),
+        **load.phases["SIGHUP"].counts(),
+    )
+    fault_record(
+        fault="restart (SIGTERM) behind HAProxy",
+        injected=(
+            f"SIGTERM to each of 2 instances in turn ({DRAIN_DELAY:.0f} s drain), "
+            "a new instance started on its port"
+        ),
+        load=through,
+        recovery="out of rotation, back in: " + "; ".join(restarts),
+        **load.phases["SIGTERM"].counts(),
+    )
     # HAProxy's own log names the instance and how each failed request ended.
     failures = "\n".join(load.failed[:20] + unanswered[:20])
     assert load.phases["SIGHUP"].sent > 100
@@ -523,6 +549,7 @@ def probe_for(port: int, path: str, seconds: float) -> Tally:
         else:
             at = seconds - (deadline - started)
             tally.failed.append(f"+{at:.1f} s: {status or 'no answer in 1 s'}")
+            tally.lost += status is None
         time.sleep(max(0.0, started + PROBE_INTERVAL - time.monotonic()))
     return tally
 
@@ -543,8 +570,32 @@ def slow_client_figures(where: str, attack: SlowClients, probes: Tally) -> str:
     )
 
 
+def record_slow_clients(
+    fault_record: FaultRecorder,
+    where: str,
+    attack: SlowClients,
+    probes: Tally,
+    recovery: str,
+) -> None:
+    """The fault record's row for idle and slowloris connections held ``where``."""
+    fault_record(
+        fault=f"idle and slowloris clients, {where}",
+        injected=(
+            f"{attack.idle} idle + {attack.slow} slowloris connections held "
+            f"{HOLD_SECONDS:.0f} s (reopened when closed)"
+        ),
+        load=(
+            f"/livez probe every {PROBE_INTERVAL} s, {PROBE_TIMEOUT:.0f} s timeout "
+            "(kubelet), new connection each"
+        ),
+        recovery=recovery,
+        **probes.counts(),
+    )
+
+
+@pytest.mark.fault
 def test_idle_and_slowloris_clients_against_gunicorn_alone(
-    gunicorn: GunicornServer,
+    gunicorn: GunicornServer, fault_record: FaultRecorder
 ) -> None:
     """A measurement for the README, not a requirement: why nginx goes in front."""
     wait_for_workers(gunicorn)
@@ -552,7 +603,16 @@ def test_idle_and_slowloris_clients_against_gunicorn_alone(
         probes = probe_for(gunicorn.port, "/livez", HOLD_SECONDS)
     print(slow_client_figures("gunicorn alone", attack, probes))
     # Once the attackers are gone, the threads they held are free again.
-    wait_until(lambda: answers(gunicorn.port, "/livez") == 200, 10, "/livez 200")
+    freed = wait_until(
+        lambda: answers(gunicorn.port, "/livez") == 200, 10, "/livez 200"
+    )
+    record_slow_clients(
+        fault_record,
+        "gunicorn alone",
+        attack,
+        probes,
+        f"{freed * 1000:.0f} ms to /livez 200 once the connections closed",
+    )
 
 
 def render_nginx_config(listen: str, upstream: str) -> str:
@@ -602,9 +662,10 @@ def nginx(upstream_port: int) -> Iterator[int]:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
+@pytest.mark.fault
 @needs_nginx
 def test_idle_and_slowloris_clients_through_nginx_fail_no_probe(
-    gunicorn: GunicornServer,
+    gunicorn: GunicornServer, fault_record: FaultRecorder
 ) -> None:
     with (
         nginx(gunicorn.port) as port,
@@ -612,6 +673,13 @@ def test_idle_and_slowloris_clients_through_nginx_fail_no_probe(
     ):
         probes = probe_for(port, "/livez", HOLD_SECONDS)
     print(slow_client_figures("through nginx (deploy/nginx.conf)", attack, probes))
+    record_slow_clients(
+        fault_record,
+        "through nginx",
+        attack,
+        probes,
+        "none needed" if probes.failed == [] else "not measured",
+    )
     assert len(attack.connections) > 0.9 * (IDLE_CONNECTIONS + SLOWLORIS_CONNECTIONS)
     assert probes.sent > HOLD_SECONDS / PROBE_INTERVAL / 2
     assert probes.failed == []
@@ -650,8 +718,9 @@ def first_answer_from(
     raise AssertionError(f"{path} not answered by the new worker in {RECOVERY_BOUND} s")
 
 
+@pytest.mark.fault
 def test_a_killed_worker_is_replaced_and_serves_again(
-    start_gunicorn: GunicornFactory,
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
 ) -> None:
     server = start_gunicorn({"PETSAGE_WORKERS": "2"})
     wait_until(lambda: answers(server.port, "/readyz") == 200, 10, "/readyz 200")
@@ -692,6 +761,18 @@ def test_a_killed_worker_is_replaced_and_serves_again(
         f"{smoke * 1000:.0f} ms; {load.sent} requests, {len(load.failed)} failed"
         + "".join(f"\n  {failure}" for failure in load.failed)
     )
+    fault_record(
+        fault="worker killed",
+        injected=(
+            f"SIGKILL to 1 of 2 workers ({in_flight} connection(s) in flight on it)"
+        ),
+        load="4 client threads, smoke test, new connection per request",
+        recovery=(
+            f"new worker after {replaced * 1000:.0f} ms; /readyz 200 from it after "
+            f"{ready * 1000:.0f} ms, smoke test after {smoke * 1000:.0f} ms"
+        ),
+        **load.total.counts(),
+    )
     assert ready < RECOVERY_BOUND
     assert smoke < RECOVERY_BOUND
     assert len(load.failed) <= in_flight
@@ -700,11 +781,15 @@ def test_a_killed_worker_is_replaced_and_serves_again(
 
 # Soak.
 
-SOAK_SECONDS = 60.0
+# PETSAGE_FAULT_QUICK=1 (``bash tests/faults/run --quick``, CI) selects the short form.
+SOAK_SECONDS = 10.0 if os.environ.get("PETSAGE_FAULT_QUICK") == "1" else 60.0
 WARM_UP_SECONDS = 5.0
 
 
-def test_soak_one_minute_of_steady_load(start_gunicorn: GunicornFactory) -> None:
+@pytest.mark.fault
+def test_soak_of_steady_load(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+) -> None:
     # The recommended configuration: the project's defaults, two workers.
     server = start_gunicorn({"PETSAGE_WORKERS": "2"})
     wait_until(lambda: answers(server.port, "/readyz") == 200, 10, "/readyz 200")
@@ -735,6 +820,16 @@ def test_soak_one_minute_of_steady_load(start_gunicorn: GunicornFactory) -> None
         f"({soak.sent / SOAK_SECONDS:.0f}/s), {len(load.failed)} errors, p50 "
         f"{percentile(soak.latencies, 0.5) * 1000:.1f} ms, p99 "
         f"{percentile(soak.latencies, 0.99) * 1000:.1f} ms; RSS {growth}"
+    )
+    fault_record(
+        fault="soak",
+        injected=f"none: {SOAK_SECONDS:.0f} s of steady load on 2 workers",
+        load=(
+            f"4 client threads (2 keep-alive), {soak.sent / SOAK_SECONDS:.0f} "
+            "requests/s over /, the smoke test, /readyz and /health"
+        ),
+        recovery="none needed",
+        **soak.counts(),
     )
     assert load.failed == [], "\n".join(load.failed[:20])
     # The same workers throughout: none was killed for a timeout or crashed.

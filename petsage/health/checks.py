@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from petsage.config import Dependency
 
@@ -141,7 +141,10 @@ def http_probe(url: str, timeout: float) -> Callable[[], Observation]:
         path += "?" + parts.query
     headers = {"User-Agent": "petsage-health", "Connection": "close"}
     if parts.username is not None:
-        credentials = f"{parts.username}:{parts.password or ''}".encode()
+        # Written percent-encoded in the URL (a "/" or "#" could not appear there
+        # otherwise); the server expects them as they are.
+        username, password = unquote(parts.username), unquote(parts.password or "")
+        credentials = f"{username}:{password}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
 
     def observe() -> Observation:

@@ -208,13 +208,16 @@ def item_named(verdict: Verdict, name: str) -> Item:
 
 # bandit reads a "pass" key as a password; it is a health status.
 VERBOSE_WORDS: dict[Status, str] = {"pass": "ok", "warn": "warn", "fail": "failed"}  # nosec
+# kube-apiserver has only [+] (healthy) and [-]; a warning marked [+] would read as
+# healthy to anyone scanning for [-], so it gets a mark of its own.
+VERBOSE_MARKS: dict[Status, str] = {"pass": "+", "warn": "!", "fail": "-"}  # nosec
 
 
 def verbose_text(probe: str, verdict: Verdict, excluded: frozenset[str]) -> bytes:
-    """The kube-apiserver's ``?verbose`` format: one ``[+]name ok`` line per item."""
+    """The kube-apiserver's ``?verbose`` text, with ``[!]`` marking a warning."""
     lines = []
     for item in verdict.items:
-        mark = "-" if item.status == "fail" else "+"
+        mark = VERBOSE_MARKS[item.status]
         state = VERBOSE_WORDS[item.status]
         lines.append(
             f"[{mark}]{item.name} {state}"

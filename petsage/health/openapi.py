@@ -129,8 +129,9 @@ VERBOSE = {
     "required": False,
     "allowEmptyValue": True,
     "schema": {"type": "string", "enum": ["", "true"]},
-    "description": "With the health token: answer text/plain, one [+]name ok line"
-    " per item. Without it the parameter is ignored.",
+    "description": "With the health token: answer text/plain, one line per item,"
+    " [+]name ok, [!]name warn: why, or [-]name failed: why. Without it the"
+    " parameter is ignored.",
 }
 
 

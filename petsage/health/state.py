@@ -1,6 +1,5 @@
 """One worker's health: its availability state, its checks, and what probes conclude."""
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -49,35 +48,67 @@ class DrainMarker:
     """A file whose existence tells every worker of an instance to fail readiness.
 
     A file, because the master (on SIGTERM) and ``petsage drain`` (a separate process)
-    both start draining, and every worker must see it at once.
+    both start draining, and every worker must see it at once. It holds why draining
+    began: ``shutdown`` (SIGTERM; it cannot be cancelled, the stop is scheduled) or
+    ``manual`` (``petsage drain``). With no path (an app outside gunicorn) nothing
+    ever drains.
     """
 
-    def __init__(self, path: str) -> None:
+    SHUTDOWN = "shutdown"
+    MANUAL = "manual"
+
+    def __init__(self, path: str | None) -> None:
         self.path = path
 
     def active(self) -> bool:
         """Whether draining has begun."""
-        return os.path.exists(self.path)
+        return self.path is not None and os.path.exists(self.path)
 
-    def begin(self) -> float:
-        """Begin draining, unless it has begun; return when it began (epoch seconds)."""
+    def reason(self) -> str | None:
+        """Why draining began (``shutdown`` or ``manual``), or None if it has not."""
+        if self.path is None:
+            return None
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            os.close(fd)
-        except FileExistsError:
-            pass
-        return os.stat(self.path).st_mtime
+            with open(self.path, encoding="utf-8") as marker:
+                return marker.read().strip() or self.MANUAL
+        except FileNotFoundError:
+            return None
 
-    def end(self) -> None:
-        """Stop draining: readiness follows the checks again."""
-        with contextlib.suppress(FileNotFoundError):
+    def begin(self, reason: str = MANUAL) -> float:
+        """Begin draining for ``reason``; return when draining began (epoch seconds).
+
+        Began earlier (``petsage drain`` before a SIGTERM), it keeps that time and
+        takes the new reason. Raises OSError when the marker cannot be written.
+        """
+        if self.path is None:
+            raise FileNotFoundError("no drain marker path")
+        try:
+            began = os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            began = None
+        temporary = f"{self.path}.{os.getpid()}.new"
+        with open(temporary, "w", encoding="utf-8") as marker:
+            marker.write(reason + "\n")
+        os.replace(temporary, self.path)
+        return began if began is not None else os.stat(self.path).st_mtime
+
+    def end(self) -> bool:
+        """Stop draining: readiness follows the checks again. Whether it was active."""
+        if self.path is None:
+            return False
+        try:
             os.unlink(self.path)
+        except FileNotFoundError:
+            return False
+        return True
 
 
 class Health:
     """Availability state and cached check results of this worker process."""
 
-    def __init__(self, checks: Sequence[Check], period: float, drain_file: str) -> None:
+    def __init__(
+        self, checks: Sequence[Check], period: float, drain_file: str | None
+    ) -> None:
         self.refresher = CheckRefresher(checks, period)
         self.drain = DrainMarker(drain_file)
         self.broken_reason: str | None = None

@@ -1,0 +1,1 @@
+"""The fault record: run every fault test and write docs/reliability.md."""

@@ -44,6 +44,11 @@ from petsage.config import (  # noqa: E402
 from petsage.health.state import DrainMarker  # noqa: E402
 from petsage.instance import InstanceError, this_instance  # noqa: E402
 from petsage.logs import ACCESS_LOG_FORMAT, logging_config  # noqa: E402
+from petsage.management_socket import (  # noqa: E402
+    ManagementSocketError,
+    hand_over,
+    listening_socket,
+)
 from petsage.server import (  # noqa: E402
     ProbeQuietLogger,
     answer_gunicorn_errors_with_problems,
@@ -63,7 +68,10 @@ try:
         metrics_directory=os.environ["PROMETHEUS_MULTIPROC_DIR"],
         management_bind=settings["MANAGEMENT_BIND"],
     )
-except (ConfigError, InstanceError) as error:
+    # The management listener's socket, opened here once, in the master: every
+    # worker inherits it (petsage/management_socket.py). Kept across reloads.
+    listening_socket(settings["MANAGEMENT_BIND"])
+except (ConfigError, InstanceError, ManagementSocketError) as error:
     # One line for the operator instead of gunicorn's "Failed to read config" traceback.
     sys.exit(f"petsage: {error}")
 
@@ -116,8 +124,18 @@ def on_reload(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Run the first health check cycle as the worker boots; open the probe listener."""
-    start_worker_services(worker, settings["MANAGEMENT_BIND"], instance.drain_file)
+    """Answer from the instance's health snapshot at once; open the probe listener."""
+    start_worker_services(
+        worker,
+        settings["MANAGEMENT_BIND"],
+        instance.drain_file,
+        instance_directory=instance.directory,
+    )
+
+
+def pre_exec(server: Any) -> None:
+    """Hand the management socket to the new master a SIGUSR2 upgrade starts."""
+    hand_over(server.cfg.env_orig)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -109,7 +109,7 @@ def wrap_in_middleware(app: Flask, health: Health) -> "WSGIApplication":
     )
     if config["METRICS"]:
         metrics = Metrics(version=config["API_VERSION"], release_id=release_id)
-        health.refresher.listeners.append(partial(metrics.observe_cycle, health))
+        health.listeners.append(partial(metrics.observe_cycle, health))
         management = MetricsEndpoint(management, metrics, health, management_access)
         if config["PUBLIC_METRICS"]:
             public = MetricsEndpoint(public, metrics, health, public_access)

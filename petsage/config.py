@@ -171,8 +171,16 @@ def parse_dependencies(raw: str) -> tuple[Dependency, ...]:
 
 
 def parse_probe_bind(raw: str) -> str:
-    """Empty (no management listener), or HOST:PORT."""
-    if raw and (raw.startswith("unix:") or parse_bind(raw) != raw):
+    """Empty (no management listener), or HOST:PORT with a port from 1 to 65535; an
+    IPv6 host in brackets, e.g. [::1]:8001."""
+    if not raw:
+        return raw
+    host, _, port = raw.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        ipaddress.IPv6Address(host[1:-1])  # ValueError unless an IPv6 address
+    elif not host or ":" in host or "/" in host:
+        raise ValueError(raw)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(raw)
     return raw
 
@@ -262,10 +270,11 @@ SETTINGS = (
         "MANAGEMENT_BIND",
         "",
         parse_probe_bind,
-        "empty, or HOST:PORT (port 1 to 65535), e.g. 0.0.0.0:8001",
-        "The management listener: a second address where each worker answers the"
-        " health endpoints and /metrics from a thread of its own, so probes are"
-        " answered while every worker thread is busy; keep it off the internet.",
+        "empty, or HOST:PORT (port 1 to 65535), e.g. 0.0.0.0:8001 or [::1]:8001",
+        "The management listener: a second address, opened once by the gunicorn"
+        " master, where every worker answers the health endpoints and /metrics from"
+        " threads of its own, so probes are answered while every worker thread is"
+        " busy; keep it off the internet.",
     ),
     Setting(
         "PROBE_BIND",

@@ -9,6 +9,9 @@ after its pid, holding:
   (whichever way they were given: PETSAGE_BIND, ``-b``, GUNICORN_CMD_ARGS, a config
   file), so that ``petsage drain`` and ``petsage probe`` find it;
 - ``drain``: the drain marker, unless PETSAGE_DRAIN_FILE names another place;
+- ``health.json``: the instance's latest health check results, which every worker
+  answers probes from, and ``health.lock``, held by the one worker that runs the
+  checks (petsage/health/shared.py);
 - ``metrics/``: prometheus_client's multiprocess files, unless PROMETHEUS_MULTIPROC_DIR
   is set, in which case they go to a subdirectory ``petsage-<pid>`` of it.
 
@@ -31,6 +34,8 @@ PREFIX = "petsage-"
 RECORD = "instance.json"
 DRAIN = "drain"
 METRICS = "metrics"
+HEALTH_SNAPSHOT = "health.json"
+HEALTH_LOCK = "health.lock"
 # What prometheus_client writes in multiprocess mode (and PetSage's archive of dead
 # workers' samples beside it); nothing else is ever deleted from a metrics directory.
 # A ``.new`` one is being written (or was, when a SIGKILL came).
@@ -156,9 +161,16 @@ def remove_metrics_directory(directory: str) -> None:
 
 
 def remove_instance_directory(directory: str) -> None:
-    """Delete an instance's directory: its record, marker and metrics files."""
+    """Delete an instance's directory: record, marker, health and metrics files."""
     remove_metrics_directory(os.path.join(directory, METRICS))
-    for name in (RECORD, RECORD + ".new", DRAIN):
+    for name in (
+        RECORD,
+        RECORD + ".new",
+        DRAIN,
+        HEALTH_SNAPSHOT,
+        HEALTH_SNAPSHOT + ".new",
+        HEALTH_LOCK,
+    ):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))
     with contextlib.suppress(FileNotFoundError, OSError):

@@ -84,15 +84,15 @@ class Metrics:
         )
         self.check_status = Gauge(
             "petsage_health_check_status",
-            "Latest status of each health check: 0 pass, 1 warn, 2 fail"
-            " (worst across workers).",
+            "Latest status of each health check in the instance's last cycle:"
+            " 0 pass, 1 warn, 2 fail.",
             ["check"],
             registry=registry,
             multiprocess_mode="livemax",
         )
         self.check_duration = Gauge(
             "petsage_health_check_duration_seconds",
-            "How long each health check's latest run took (longest across workers).",
+            "How long each health check took in the instance's last cycle.",
             ["check"],
             registry=registry,
             multiprocess_mode="livemax",
@@ -118,7 +118,13 @@ class Metrics:
         ).labels(version, release_id).set(1)
 
     def observe_cycle(self, health: Health, snapshot: Snapshot) -> None:
-        """Record a check cycle's results and this worker's availability after it."""
+        """Record a check cycle's results and this worker's availability after it.
+
+        Every worker records the instance's shared snapshot as soon as it has it, so
+        the gauges' maximum over live workers is the instance's last cycle (for the
+        0.1 s a new cycle takes to reach every worker, the worse of the two), and a
+        worker's exit, the leader's included, leaves them in place.
+        """
         for name, result in snapshot.results.items():
             self.check_status.labels(name).set(SEVERITY[result.status])
             self.check_duration.labels(name).set(result.duration_ms / 1000)

@@ -44,6 +44,17 @@ def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> No
         if draining.is_set():
             graceful_stop()
             return
+        if upgraded_by(arbiter):
+            # The new master of a SIGUSR2 upgrade accepts on these same sockets: the
+            # old one stops without draining, so probes of the shared port never
+            # hear the old instance's 503 and nothing is refused.
+            arbiter.log.info(
+                "Stopping without a drain: the new master (pid %s) serves the same"
+                " listeners",
+                arbiter.reexec_pid,
+            )
+            graceful_stop()
+            return
         draining.set()
         try:
             began = marker.begin(DrainMarker.SHUTDOWN)
@@ -69,6 +80,18 @@ def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> No
         timer.start()
 
     arbiter.handle_term = handle_term
+
+
+def upgraded_by(arbiter: Any) -> bool:
+    """Whether a new master from a SIGUSR2 upgrade of this one is running."""
+    child = getattr(arbiter, "reexec_pid", 0)
+    if not child:
+        return False
+    try:
+        os.kill(child, 0)
+    except OSError:
+        return False
+    return True
 
 
 def record_listeners(arbiter: Any, instance: InstanceRecord) -> None:
@@ -117,9 +140,12 @@ def forget_worker_metrics(pid: int) -> None:
         RETIREMENT.retire(directory, pid)
 
 
-def start_worker_services(worker: Any, management_bind: str, drain_file: str) -> None:
-    """Point readiness at the instance's drain marker, run the first check cycle as
-    the worker boots (not at its first request), and open the probe listener when
+def start_worker_services(
+    worker: Any, management_bind: str, drain_file: str, *, instance_directory: str
+) -> None:
+    """Point readiness at the instance's drain marker, answer probes from the
+    instance's shared health snapshot (loaded now, before the worker serves; the
+    worker runs the checks while it leads), and open the probe listener when
     ``management_bind`` is set.
 
     Another application served with this config (a benchmark baseline) has no health
@@ -129,7 +155,7 @@ def start_worker_services(worker: Any, management_bind: str, drain_file: str) ->
     if isinstance(app, Flask) and EXTENSION in app.extensions:
         health = health_of(app)
         health.drain.path = drain_file
-        health.start()
+        health.share(instance_directory)
         if management_bind:
             start_probe_listener(management_bind, app.extensions[PROBE_APP])
 

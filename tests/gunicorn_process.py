@@ -16,6 +16,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The first address on 127.0.0.1 among those gunicorn lists.
 LISTENING = re.compile(r"Listening at: [^ ]*?http://127\.0\.0\.1:(\d+)")
+# The console script, as operators run it: a SIGUSR2 upgrade re-executes the command
+# line, and `python -m gunicorn` comes back as gunicorn/__main__.py, whose directory
+# then shadows the standard library's `http` package.
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 40.0
 
@@ -77,7 +81,12 @@ class GunicornServer:
         """
         log_path = Path(tempfile.mkstemp(prefix="petsage-gunicorn-", suffix=".log")[1])
         environment = {
-            **os.environ,
+            # The test run's own knobs (tests/fault_record.py) are not settings.
+            **{
+                name: value
+                for name, value in os.environ.items()
+                if not name.startswith("PETSAGE_FAULT_")
+            },
             "PETSAGE_BIND": "127.0.0.1:0",
             "PETSAGE_WORKERS": "2",
             # Tests that are not about draining should not wait for it at the end.
@@ -86,15 +95,20 @@ class GunicornServer:
         }
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", *args, *([app] if app else [])],
+                [GUNICORN, *args, *([app] if app else [])],
                 cwd=REPO_ROOT,
                 env=environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         server = cls(process, 0, log_path)
-        server.port = server._wait_for_port(given_port(args))
-        server._wait_for_an_answer()
+        try:
+            server.port = server._wait_for_port(given_port(args))
+            server._wait_for_an_answer()
+        except BaseException:
+            # Not handed to a fixture yet: nobody else would stop it.
+            server.stop()
+            raise
         return server
 
     def _wait_for_an_answer(self) -> None:

@@ -3,6 +3,7 @@
 import http.server
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -84,14 +85,16 @@ Route = tuple[int, str, bytes]
 
 
 @contextmanager
-def answering(routes: dict[str, Route]) -> Iterator[int]:
-    """An HTTP server on 127.0.0.1 answering GET ``path`` with (status, type, body)."""
+def answering(routes: dict[str, Route], delay: float = 0.0) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 answering GET ``path`` with (status, type, body),
+    each answer ``delay`` seconds after the request (a slow dependency)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             status, content_type, body = routes.get(
                 self.path, (404, "text/plain", b"not here")
             )
+            time.sleep(delay)
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))

@@ -1,5 +1,10 @@
-"""The health subsystem in a real gunicorn on 127.0.0.1: drain, storms, hangs, logs."""
+"""The health subsystem in a real gunicorn on 127.0.0.1: drain, storms, hangs, logs.
 
+tests/test_instance_health.py shows how the workers of one instance share it.
+"""
+
+import json
+import os
 import signal
 import statistics
 import subprocess
@@ -7,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from petsage.instance import HEALTH_SNAPSHOT
 from tests.gunicorn_process import GunicornFactory, GunicornServer
 from tests.listeners import refusing, serving
 from tests.load import SMOKE_TEST, ClientLoad
@@ -83,7 +89,7 @@ def test_a_burst_of_probes_runs_no_check(start_gunicorn: GunicornFactory) -> Non
         )
         wait_for_status(server, "/readyz", 200)
         deadline = time.monotonic() + 10
-        while dependency.accepted < 2 and time.monotonic() < deadline:
+        while dependency.accepted < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         before = dependency.accepted
         statuses = [
@@ -95,7 +101,7 @@ def test_a_burst_of_probes_runs_no_check(start_gunicorn: GunicornFactory) -> Non
             f"after {dependency.accepted}"
         )
         assert set(statuses) == {200}
-        assert before == 2  # one first cycle per worker
+        assert before == 1  # one first cycle for the instance, whatever its workers
         assert dependency.accepted == before
 
 
@@ -126,7 +132,7 @@ def test_a_hung_dependency_never_delays_a_probe(
         assert max(latencies) < 0.5
 
 
-def test_a_failing_dependency_is_logged_once_per_worker(
+def test_a_failing_dependency_is_logged_once_per_instance_across_leaders(
     start_gunicorn: GunicornFactory,
 ) -> None:
     with refusing() as port:
@@ -137,11 +143,27 @@ def test_a_failing_dependency_is_logged_once_per_worker(
             }
         )
         wait_for_status(server, "/readyz/startup", 200)
-        time.sleep(1.0)  # several more failing cycles in each worker
+        time.sleep(1.0)  # several more failing cycles
+        leader = leader_of(server)
+        os.kill(leader, signal.SIGTERM)  # another worker carries on
+        deadline = time.monotonic() + 10
+        while leader_of(server) == leader and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # several failing cycles under the new leader
         server.stop()
+    lines = server.log().splitlines()
     failures = [
         line
-        for line in server.log().splitlines()
+        for line in lines
         if "health check db failed: ConnectionRefusedError" in line
     ]
-    assert len(failures) == 2  # PETSAGE_WORKERS=2
+    leaders = [line for line in lines if "now runs the instance's health" in line]
+    assert len(leaders) >= 2
+    assert len(failures) == 1  # PETSAGE_WORKERS=2, and two leaders
+
+
+def leader_of(server: GunicornServer) -> int:
+    """The pid of the worker that runs ``server``'s checks, as it published."""
+    path = Path("/dev/shm") / f"petsage-{server.process.pid}" / HEALTH_SNAPSHOT
+    leader: int = json.loads(path.read_text())["leader"]
+    return leader

@@ -288,12 +288,18 @@ class TestDrainCommand:
 
 @pytest.mark.fault
 def test_a_killed_masters_marker_never_drains_the_next_instance(
-    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+    start_gunicorn: GunicornFactory,
+    fault_record: FaultRecorder,
+    state: dict[str, str],
 ) -> None:
+    # A state directory of its own: any instance starting on the host would remove
+    # the dead master's directory, and this test looks at who does.
     port = free_ports(1)[0]
-    killed = start_gunicorn(DRAINING, args=["-b", f"127.0.0.1:{port}"])
-    left = instance_directory(killed)
-    assert petsage("drain", "--instance", str(killed.process.pid)).returncode == 0
+    env = {**DRAINING, **state}
+    killed = start_gunicorn(env, args=["-b", f"127.0.0.1:{port}"])
+    left = instance_directory(killed, state["PETSAGE_STATE_DIR"])
+    drained = petsage("drain", "--instance", str(killed.process.pid), env=state)
+    assert drained.returncode == 0
     workers = children(killed.process.pid)
     killed.process.send_signal(signal.SIGKILL)
     killed.process.wait()
@@ -305,7 +311,7 @@ def test_a_killed_masters_marker_never_drains_the_next_instance(
     )
     assert left.exists()
     started = time.monotonic()
-    successor = start_gunicorn(DRAINING, args=["-b", f"127.0.0.1:{port}"])
+    successor = start_gunicorn(env, args=["-b", f"127.0.0.1:{port}"])
     ready = wait_until(lambda: readiness(port) == 200, 10, "the successor ready")
     answers = poll_readiness(port, 1.0)
     fault_record(

@@ -63,7 +63,7 @@ class Check:
 
 
 def process_uptime_check(started: float) -> Check:
-    """Seconds since this worker process started; passes while it answers at all."""
+    """Seconds since ``started`` in the process that runs the checks; always passes."""
 
     def observe() -> Observation:
         return Observation(round(time.monotonic() - started, 3), "s")

@@ -65,7 +65,7 @@ class HealthEndpoints:
     def __call__(
         self, environ: "WSGIEnvironment", start_response: "StartResponse"
     ) -> Iterable[bytes]:
-        if not self.health.refresher.started:
+        if not self.health.started:
             self.health.start()
         path: str = environ.get("PATH_INFO", "")
         if path in self._probes or path == "/health":
@@ -126,7 +126,7 @@ class HealthEndpoints:
         if authorized:
             if verdict.status != "pass":
                 document["output"] = verdict.output
-            snapshot = health.refresher.snapshot
+            snapshot = health.snapshot
             results = snapshot.results if snapshot else {}
             document["checks"] = {
                 check.key: [check_document(check, results.get(check.name))]

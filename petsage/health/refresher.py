@@ -1,7 +1,8 @@
 """The background refresher: runs every check on a period and caches the results.
 
 Probes only ever read the cached snapshot, so a probe costs the same whatever the checks
-do, and a storm of probes causes no check to run.
+do, and a storm of probes causes no check to run. Under gunicorn one worker of the
+instance runs it and shares each snapshot with the others (petsage/health/shared.py).
 """
 
 import logging
@@ -44,7 +45,11 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The results of one complete cycle, and when it completed (monotonic clock)."""
+    """The results of one complete cycle, and when it completed (monotonic clock).
+
+    Linux's monotonic clock counts from boot for every process on the host, so a time
+    taken by one worker means the same in another.
+    """
 
     results: Mapping[str, CheckResult]
     completed_at: float
@@ -91,6 +96,8 @@ class CheckRefresher:
         self.checks = list(checks)
         self.period = period
         self.snapshot: Snapshot | None = None
+        # When the next cycle is due (monotonic clock); None: at once.
+        self.next_cycle_at: float | None = None
         # Called with each new snapshot, on the refresher's thread.
         self.listeners: list[Callable[[Snapshot], None]] = []
         self._runs: dict[str, CheckRun] = {}
@@ -98,7 +105,8 @@ class CheckRefresher:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         # Its own generator: jitter must not draw from, or disturb, the global one.
-        # Jitter spreads load; nothing about it needs to be unpredictable.
+        # Jitter spreads load; nothing about it needs to be unpredictable. Seeded
+        # again by the thread that runs the cycles (see _loop).
         self._random = random.Random()  # nosec B311
 
     @property
@@ -126,6 +134,14 @@ class CheckRefresher:
                 )
                 self._thread.start()
 
+    def run(self) -> None:
+        """Run the cycles on the calling thread until stopped; once per refresher."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("the refresher already runs")
+            self._thread = threading.current_thread()
+        self._loop()
+
     def stop(self) -> None:
         """Stop the background thread after its current cycle."""
         self._stopping.set()
@@ -133,13 +149,19 @@ class CheckRefresher:
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
+        # Seeded here, in the process that runs the cycles: with --preload the
+        # refresher is made before gunicorn forks, and a generator copied into every
+        # worker would draw the same jitter in each.
+        self._random = random.Random()  # nosec B311
         while not self._stopping.is_set():
+            due = self.next_cycle_at
+            if self._stopping.wait(0.0 if due is None else due - time.monotonic()):
+                return
             try:
-                snapshot: Snapshot | None = self.run_cycle()
+                self.run_cycle()
             except Exception:
                 logger.exception("health check cycle failed")
-                snapshot = None
-            self._stopping.wait(self.next_delay(snapshot))
+                self.next_cycle_at = time.monotonic() + self.next_delay(None)
 
     def next_delay(self, snapshot: Snapshot | None) -> float:
         """Seconds to the next cycle: the period, halved after a failure, jittered."""
@@ -164,6 +186,7 @@ class CheckRefresher:
         snapshot = Snapshot(results, time.monotonic())
         log_transitions(previous, snapshot)
         self.snapshot = snapshot
+        self.next_cycle_at = snapshot.completed_at + self.next_delay(snapshot)
         for listener in self.listeners:
             listener(snapshot)
         return snapshot

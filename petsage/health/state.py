@@ -1,12 +1,16 @@
-"""One worker's health: its availability state, its checks, and what probes conclude."""
+"""A worker's health: its availability state, its checks, and what probes conclude."""
 
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from petsage.health.checks import Check, Status, worst
-from petsage.health.refresher import CheckRefresher
+from petsage.health.refresher import CheckRefresher, Snapshot
+from petsage.health.shared import InstanceHealth
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,23 +108,45 @@ class DrainMarker:
 
 
 class Health:
-    """Availability state and cached check results of this worker process."""
+    """Availability state and cached check results, as this worker process answers.
+
+    Under gunicorn the results are the instance's (``share``): one worker runs the
+    checks and every worker answers from the same snapshot. Elsewhere (the test
+    client, ``flask run``) this process runs the checks itself (``start``).
+    """
 
     def __init__(
         self, checks: Sequence[Check], period: float, drain_file: str | None
     ) -> None:
         self.refresher = CheckRefresher(checks, period)
+        self.refresher.listeners.append(self._cycle_completed)
         self.drain = DrainMarker(drain_file)
         self.broken_reason: str | None = None
+        # The instance's shared health, once ``share`` succeeded.
+        self.instance: InstanceHealth | None = None
+        # Called with each new snapshot this worker answers from.
+        self.listeners: list[Callable[[Snapshot], None]] = []
 
     @property
     def checks(self) -> list[Check]:
         """The registered checks."""
         return self.refresher.checks
 
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The latest check results this worker answers from."""
+        if self.instance is not None:
+            return self.instance.snapshot
+        return self.refresher.snapshot
+
+    @property
+    def started(self) -> bool:
+        """Whether checks are refreshed, here or by the instance."""
+        return self.instance is not None or self.refresher.started
+
     def add_check(self, check: Check) -> None:
         """Register a check; names are unique and fixed before the refresher starts."""
-        if self.refresher.started:
+        if self.started:
             raise RuntimeError("checks must be registered before health checks start")
         taken = {item.name for item in self.liveness().items + self.readiness().items}
         if check.name in taken:
@@ -128,19 +154,55 @@ class Health:
         self.refresher.checks.append(check)
 
     def start(self) -> None:
-        """Start refreshing checks in the background (idempotent)."""
-        self.refresher.start()
+        """Start refreshing checks in this process, in the background (idempotent)."""
+        if self.instance is None:
+            self.refresher.start()
+
+    def share(self, directory: str) -> None:
+        """Answer from the snapshot of the instance whose directory is ``directory``,
+        loaded before this returns; run the checks while this worker leads.
+
+        When the directory cannot be used, this worker runs its own checks, as
+        outside gunicorn, and says so once.
+        """
+        if self.started:
+            raise RuntimeError("health checks already started in this process")
+        instance = InstanceHealth(directory, self.refresher, self._notify)
+        self.instance = instance
+        try:
+            instance.start()
+        except OSError as error:
+            self.instance = None
+            logger.error(
+                "Health: cannot share check results in %s (%s); this worker runs"
+                " its own checks",
+                directory,
+                error.strerror or error,
+            )
+            self.refresher.start()
 
     def mark_broken(self, reason: str) -> None:
         """Fail liveness from now on: for a state only a restart can mend."""
         self.broken_reason = reason
 
     def liveness(self) -> Verdict:
-        """Is this process fit to keep running? In-memory state only, no I/O."""
+        """Is this process fit to keep running? In-memory state only, no I/O.
+
+        Sharing the instance's results, a worker is wedged when it no longer follows
+        them, or leads and completes no cycle; a stale snapshot another worker
+        should have refreshed fails readiness, not this worker's liveness.
+        """
         refresher = self.refresher
-        wedged = refresher.started and (
-            not refresher.alive or self._snapshot_age() > refresher.stale_after
-        )
+        instance = self.instance
+        stale = self._snapshot_age() > refresher.stale_after
+        if instance is not None:
+            wedged = (
+                not instance.alive
+                or time.monotonic() - instance.followed_at > refresher.stale_after
+                or (instance.leading and stale)
+            )
+        else:
+            wedged = refresher.started and (not refresher.alive or stale)
         return Verdict(
             (
                 Item("process", "fail", "broken")
@@ -155,7 +217,7 @@ class Health:
     def readiness(self) -> Verdict:
         """Should this process get traffic? Reads the cached snapshot only."""
         refresher = self.refresher
-        snapshot = refresher.snapshot
+        snapshot = self.snapshot
         items = [
             Item("startup", "fail", "starting")
             if snapshot is None
@@ -165,8 +227,7 @@ class Health:
             else Item("shutdown", "pass"),
         ]
         if snapshot is not None and (
-            (refresher.started and not refresher.alive)
-            or self._snapshot_age() > refresher.stale_after
+            not self._refreshed() or self._snapshot_age() > refresher.stale_after
         ):
             items.append(Item("refresher", "fail", "stale"))
         else:
@@ -181,8 +242,25 @@ class Health:
                 items.append(Item(check.name, result.status, result.output))
         return Verdict(tuple(items))
 
+    def _refreshed(self) -> bool:
+        """Whether something still refreshes the snapshot this worker answers from."""
+        if self.instance is not None:
+            return self.instance.alive
+        return not self.refresher.started or self.refresher.alive
+
     def _snapshot_age(self) -> float:
-        snapshot = self.refresher.snapshot
+        snapshot = self.snapshot
         if snapshot is None:
             return 0.0
         return time.monotonic() - snapshot.completed_at
+
+    def _cycle_completed(self, snapshot: Snapshot) -> None:
+        """Share a cycle this process ran, or answer from it when not sharing."""
+        if self.instance is not None:
+            self.instance.publish(snapshot)
+        else:
+            self._notify(snapshot)
+
+    def _notify(self, snapshot: Snapshot) -> None:
+        for listener in self.listeners:
+            listener(snapshot)

@@ -49,6 +49,7 @@ from petsage.management_socket import (  # noqa: E402
     hand_over,
     listening_socket,
 )
+from petsage.process_metrics import WORKER_RESTARTS  # noqa: E402
 from petsage.server import (  # noqa: E402
     ProbeQuietLogger,
     answer_gunicorn_errors_with_problems,
@@ -113,9 +114,11 @@ def on_starting(server: Any) -> None:
 
 
 def when_ready(server: Any) -> None:
-    """Record where this instance listens; make SIGTERM drain before stopping."""
+    """Record where this instance listens; make SIGTERM drain before stopping; export
+    the worker restart count from 0."""
     record_listeners(server, instance)
     drain_before_stopping(server, drain_marker, settings["SHUTDOWN_DELAY"])
+    WORKER_RESTARTS.start()
 
 
 def on_reload(server: Any) -> None:
@@ -139,5 +142,7 @@ def pre_exec(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Fold a dead worker's metrics into the instance's and drop its live gauges."""
+    """Count the worker's exit; fold its metrics into the instance's and drop its live
+    gauges."""
+    WORKER_RESTARTS.count()
     forget_worker_metrics(worker.pid)

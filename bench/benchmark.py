@@ -91,11 +91,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="gunicorn threads per worker (default: PetSage's, %(default)s)",
     )
     parser.add_argument(
+        "--candidates",
+        help="comma-separated candidates to run (default all: "
+        + ",".join(c.key for c in CANDIDATES)
+        + "); the others show as not measured",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         help="results directory (default bench/results; quick: a temporary one)",
     )
     args = parser.parse_args(argv)
+    by_key = {candidate.key: candidate for candidate in CANDIDATES}
+    chosen = args.candidates.split(",") if args.candidates else list(by_key)
+    unknown = [key for key in chosen if key not in by_key]
+    if unknown:
+        parser.error(f"unknown candidates {unknown}; known: {', '.join(by_key)}")
+    args.candidates = [by_key[key] for key in by_key if key in chosen]
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.duration = args.duration or (1 if args.quick else 5)
     args.connections = [
@@ -256,8 +268,9 @@ def run_rounds(args: argparse.Namespace, measurements: Measurements) -> None:
     with tempfile.TemporaryDirectory(prefix="petsage-bench-") as scratch_dir:
         scratch = Path(scratch_dir)
         for round_number in range(args.rounds):
-            shift = round_number % len(CANDIDATES)
-            order = CANDIDATES[shift:] + CANDIDATES[:shift]
+            candidates = args.candidates
+            shift = round_number % len(candidates)
+            order = candidates[shift:] + candidates[:shift]
             log(f"round {round_number + 1}/{args.rounds}")
             for candidate in order:
                 try:
@@ -410,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine_after=machine_after,
     )
     expected = sum(
-        len(c.paths) * len(c.connection_counts(args.connections)) for c in CANDIDATES
+        len(c.paths) * len(c.connection_counts(args.connections))
+        for c in args.candidates
     )
     if len(measurements.runs) != expected * args.rounds:
         measurements.problems.append(

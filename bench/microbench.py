@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pyperf  # type: ignore[import-untyped]
 
 from bench.apps import SMOKE_TEST_BODY, SMOKE_TEST_PATH
+from bench.model import BARE_WSGI_MICRO, METRICS_ONLY
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -27,7 +28,10 @@ READY_TIMEOUT_S = 10.0
 
 #: (name, application, path): the baselines first, then PetSage's endpoints.
 BENCHMARKS = (
-    ("bare WSGI callable", "bare_wsgi", SMOKE_TEST_PATH),
+    (BARE_WSGI_MICRO, "bare_wsgi", SMOKE_TEST_PATH),
+    # PetSage's RequestMetrics alone, around the bare callable: its cost is the
+    # difference between this row and the one above (bench.model.request_metrics_us).
+    (METRICS_ONLY, "metrics_only", SMOKE_TEST_PATH),
     ("bare Flask route", "bare_flask", SMOKE_TEST_PATH),
     (f"PetSage {SMOKE_TEST_PATH}", "petsage", SMOKE_TEST_PATH),
     (f"PetSage {SMOKE_TEST_PATH}, metrics off", "petsage_metrics_off", SMOKE_TEST_PATH),
@@ -90,6 +94,11 @@ def application(name: str) -> "WSGIApplication":
         from bench.apps.bare_wsgi import app as bare_wsgi
 
         return bare_wsgi
+    if name == "metrics_only":
+        from bench.apps.bare_wsgi import app as bare_wsgi
+        from petsage.metrics import Metrics, RequestMetrics
+
+        return RequestMetrics(bare_wsgi, Metrics("bench", "bench"))
     if name == "bare_flask":
         from bench.apps.bare_flask import app as bare_flask
 

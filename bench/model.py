@@ -3,6 +3,7 @@
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bench.apps import SMOKE_TEST_PATH
 
@@ -12,6 +13,13 @@ FASTAPI = "fastapi"
 PETSAGE = "petsage"
 PETSAGE_METRICS_OFF = "petsage_metrics_off"
 PROBES = ("/livez", "/readyz")
+#: The bare WSGI callable answers every path; PetSage's gunicorn logger leaves
+#: successful /livez requests out of the access log, so that path measures gunicorn
+#: without the access line.
+UNLOGGED_PATH = "/livez"
+#: pyperf's names for RequestMetrics around the bare WSGI callable, and the callable.
+METRICS_ONLY = "request metrics around the bare WSGI callable"
+BARE_WSGI_MICRO = "bare WSGI callable"
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,8 @@ class Target:
     what: str
     ratio: float | None
     limit: float
+    #: "" for a ratio; "us" for microseconds per request.
+    unit: str = ""
 
     @property
     def verdict(self) -> str:
@@ -181,6 +191,33 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def access_line_us(pooled: dict[tuple[str, str], float]) -> float | None:
+    """Server CPU us per request of gunicorn's JSON access line.
+
+    The bare WSGI callable on the smoke test's path, which writes the line, minus the
+    same on UNLOGGED_PATH, which does not: the same server and app otherwise.
+    """
+    logged = pooled.get((BARE_WSGI, SMOKE_TEST_PATH))
+    unlogged = pooled.get((BARE_WSGI, UNLOGGED_PATH))
+    if logged is None or unlogged is None or logged != logged or unlogged != unlogged:
+        return None
+    return logged - unlogged
+
+
+def request_metrics_us(micro: Sequence[dict[str, Any]]) -> float | None:
+    """In-process CPU us per request of RequestMetrics (pyperf).
+
+    RequestMetrics around the bare WSGI callable minus the callable alone: the
+    middleware and its samples (in-flight gauge, request counter, duration
+    histogram), with nothing else in the difference.
+    """
+    medians = {entry["name"]: entry["median_us"] for entry in micro}
+    wrapped, bare = medians.get(METRICS_ONLY), medians.get(BARE_WSGI_MICRO)
+    if wrapped is None or bare is None:
+        return None
+    return float(wrapped - bare)
+
+
 def p99_of(
     summaries: dict[tuple[str, str, int], Summary],
     candidate: str,
@@ -198,11 +235,13 @@ def targets(
     launches: dict[str, LaunchSummary],
     connections: Sequence[int],
     petsage_paths: Sequence[str],
+    micro: Sequence[dict[str, Any]] = (),
 ) -> list[Target]:
-    """The issue's targets, each as a ratio of medians from this run.
+    """The issues' targets, each as a ratio of medians from this run (or a figure).
 
     CPU per request uses the medians pooled over every connection count; p99 uses
-    the highest connection count measured (64 by default).
+    the highest connection count measured (64 by default); the request metrics'
+    cost, pyperf's medians in ``micro``.
     """
 
     def cpu_ratio(path: str, baseline: str) -> float | None:
@@ -210,7 +249,8 @@ def targets(
             pooled.get((PETSAGE, path)), pooled.get((baseline, SMOKE_TEST_PATH))
         )
 
-    group = "CPU per request (" + " and ".join(map(str, connections)) + " connections)"
+    pooled_over = " and ".join(map(str, connections)) + " connections"
+    group = f"CPU per request ({pooled_over})"
     found: list[Target] = []
     for path in PROBES:
         found += [
@@ -278,6 +318,32 @@ def targets(
             "PetSage / bare Flask",
             launch_ratio("startup_s", BARE_FLASK),
             1.5,
+        ),
+    ]
+    observability = "Observability (issue 14)"
+    found += [
+        Target(
+            observability,
+            "JSON access line, server CPU us per request (bare WSGI,"
+            f" {SMOKE_TEST_PATH} minus {UNLOGGED_PATH}, {pooled_over})",
+            access_line_us(pooled),
+            25.0,
+            unit="us",
+        ),
+        Target(
+            observability,
+            "request metrics, in-process CPU us per request (pyperf, RequestMetrics"
+            " around the bare WSGI callable minus the callable)",
+            request_metrics_us(micro),
+            10.0,
+            unit="us",
+        ),
+        Target(
+            observability,
+            f"CPU per request, {pooled_over}: {SMOKE_TEST_PATH} / bare Flask,"
+            " defaults (logs, request ids, metrics on)",
+            cpu_ratio(SMOKE_TEST_PATH, BARE_FLASK),
+            1.1,
         ),
     ]
     return found

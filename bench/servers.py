@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 
 from bench.apps import SMOKE_TEST_PATH
+from bench.model import UNLOGGED_PATH
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The venv's scripts (gunicorn, uvicorn) sit beside its python.
@@ -104,7 +105,7 @@ PETSAGE_METRICS_OFF = Candidate(
 )
 #: The bare callable answers every path; PetSage's gunicorn logger leaves successful
 #: /livez requests out of the access log, so that path measures gunicorn without it.
-BARE_WSGI_UNLOGGED_PATH = "/livez"
+BARE_WSGI_UNLOGGED_PATH = UNLOGGED_PATH
 BARE_WSGI = Candidate(
     "bare_wsgi",
     "bare WSGI",

@@ -24,7 +24,7 @@ from petsage.metrics import (
 )
 from petsage.probe_listener import not_found
 from petsage.request_ids import RequestIds
-from petsage.routes import note_flask_route
+from petsage.routes import RouteNotingRequest
 from petsage.security import SecurityHeaders
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             "info": {
                 "description": "Intelligent assistance for modern pet care.",
                 "contact": {"name": "PetSage Backend developers"},
+                # PetSage is not published under an open licence.
+                "license": {"name": "Proprietary"},
             },
             # Relative: the API is where the document was fetched from.
             "servers": [{"url": "/", "description": "This PetSage instance"}],
@@ -66,7 +68,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Bodies keep the order their schemas declare, as the OpenAPI document shows it.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.logger.setLevel(app.config["LOG_LEVEL"])
-    app.before_request(note_flask_route)
+    # Notes the matched route template for metrics (petsage/routes.py).
+    app.request_class = RouteNotingRequest
 
     health = init_health(app)
     app.wsgi_app = wrap_in_middleware(app, health)  # type: ignore[method-assign,assignment]
@@ -79,7 +82,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if app.config["DOCS"]:
         init_docs(app, openapi_url="/openapi.json")
     if app.config["METRICS"]:
-        document_metrics(api.spec)
+        document_metrics(api.spec, token_required=bool(app.config["HEALTH_TOKEN"]))
     return app
 
 

@@ -10,7 +10,7 @@ degrades metrics, never a request, and dead workers' files are folded into an ar
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from apispec import APISpec
@@ -30,6 +30,7 @@ from petsage.access import Access
 from petsage.errors import problem_response
 from petsage.health.checks import SEVERITY
 from petsage.health.openapi import TAG as HEALTH_TAG
+from petsage.health.openapi import TOKEN_REQUIRED
 from petsage.health.refresher import Snapshot
 from petsage.health.state import Health
 from petsage.metrics_storage import (
@@ -37,6 +38,11 @@ from petsage.metrics_storage import (
     DegradedCollector,
     install,
     shared_exposition,
+)
+from petsage.process_metrics import (
+    InstanceProcessCollector,
+    RuntimeCollector,
+    WorkerRestartsCollector,
 )
 from petsage.routes import ROUTE_KEY
 
@@ -63,6 +69,16 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         registry.register(DegradedCollector())
+        # What multiprocess mode leaves out, read when scraped: every process of the
+        # instance, its master's count of worker exits, and the versions it runs on
+        # (petsage/process_metrics.py).
+        self.scrape_time = (
+            InstanceProcessCollector(),
+            WorkerRestartsCollector(),
+            RuntimeCollector(),
+        )
+        for collector in self.scrape_time:
+            registry.register(collector)
         self.requests = Counter(
             "petsage_http_requests",
             "HTTP requests answered, by route template, method and status.",
@@ -138,21 +154,33 @@ class Metrics:
     def exposition(self) -> bytes:
         """The metrics in the Prometheus text format, summed over all workers."""
         if MULTIPROCESS:
-            return shared_exposition(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+            return shared_exposition(
+                os.environ["PROMETHEUS_MULTIPROC_DIR"], self.scrape_time
+            )
         return generate_latest(self.registry)
 
 
 class RequestMetrics:
-    """WSGI middleware: records every request."""
+    """WSGI middleware: records every request.
+
+    A labelled child is looked up by its labels (``.labels()``: validation, a lock, a
+    dict) each time it is asked for; here each (route, method, status) asks once, and
+    the request counter's and duration histogram's children are kept. Route templates,
+    methods and statuses are bounded, and so is the cache.
+    """
 
     def __init__(self, app: "WSGIApplication", metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self.children: dict[
+            tuple[str, str, str], tuple[Callable[[], None], Callable[[float], None]]
+        ] = {}
+        self.in_flight_inc = metrics.in_flight.inc
+        self.in_flight_dec = metrics.in_flight.dec
 
     def __call__(
         self, environ: "WSGIEnvironment", start_response: "StartResponse"
     ) -> Iterable[bytes]:
-        metrics = self.metrics
         started = time.perf_counter()
         status = "500"
 
@@ -163,18 +191,31 @@ class RequestMetrics:
             status = line[:3]
             return start_response(line, headers, exc_info)
 
-        metrics.in_flight.inc()
+        self.in_flight_inc()
         try:
             return self.app(environ, recording_start)
         finally:
-            metrics.in_flight.dec()
+            self.in_flight_dec()
             method = environ.get("REQUEST_METHOD", "")
-            route = environ.get(ROUTE_KEY) or UNMATCHED
+            # Normalised before the cache: a client's invented methods add no keys.
             method = method if method in METHODS else "other"
-            metrics.requests.labels(route, method, status).inc()
-            metrics.duration.labels(route, method).observe(
-                time.perf_counter() - started
-            )
+            key = (environ.get(ROUTE_KEY) or UNMATCHED, method, status)
+            children = self.children.get(key)
+            if children is None:
+                children = self.children[key] = self._children(*key)
+            count, observe = children
+            count()
+            observe(time.perf_counter() - started)
+
+    def _children(
+        self, route: str, method: str, status: str
+    ) -> tuple[Callable[[], None], Callable[[float], None]]:
+        """The request counter's and duration histogram's children for these labels."""
+        metrics = self.metrics
+        return (
+            metrics.requests.labels(route, method, status).inc,
+            metrics.duration.labels(route, method).observe,
+        )
 
 
 class MetricsEndpoint:
@@ -228,8 +269,8 @@ class MetricsEndpoint:
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
-def document_metrics(spec: APISpec) -> None:
-    """Add GET /metrics to ``spec``."""
+def document_metrics(spec: APISpec, token_required: bool) -> None:
+    """Add GET /metrics to ``spec``; ``token_required`` when a health token is set."""
     (rule,) = Map([Rule(METRICS_PATH)]).iter_rules()
     text = {"text/plain": {"schema": {"type": "string"}, "example": METRICS_EXAMPLE}}
     spec.path(
@@ -247,7 +288,11 @@ def document_metrics(spec: APISpec) -> None:
                 " (PETSAGE_MANAGEMENT_BIND), with PETSAGE_HEALTH_TOKEN or"
                 " PETSAGE_TRUSTED_NETWORKS set only for the token or those networks."
                 " On the public port it is absent (404) unless PETSAGE_PUBLIC_METRICS"
-                " is true, and then, with a token set, only for the token.",
+                " is true, and then, with a token set, only for the token. Security:"
+                " the health token when PETSAGE_HEALTH_TOKEN is set (this document"
+                " then says so), none otherwise.",
+                # OpenAPI cannot express trust by address: that stays in the text.
+                "security": TOKEN_REQUIRED if token_required else [],
                 "responses": {
                     "200": {
                         "description": "The Prometheus text format.",

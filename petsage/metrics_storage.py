@@ -25,13 +25,14 @@ file class that value class uses.
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import shutil
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, values
@@ -139,6 +140,29 @@ class AllocatedMmapedDict(MmapedDict):
         super()._init_value(key)  # type: ignore[no-untyped-call]
 
 
+class ProcessId:
+    """This process's id, renewed in the child of every fork, read without a syscall.
+
+    prometheus_client's multiprocess value asks for the process id at every sample
+    (five per request) to notice a fork, which changes the file it must write to;
+    ``os.getpid()`` is a system call each time. The id changes only at a fork, so
+    here it is read once, and again in each child (``os.register_at_fork``, which
+    ``os.fork`` runs, as gunicorn forks its workers).
+    """
+
+    def __init__(self) -> None:
+        self._pid = [os.getpid()]
+        # A read of the list by C code: a fraction of even a Python method call.
+        self.get: Callable[[], int] = functools.partial(self._pid.__getitem__, 0)
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._pid[0] = os.getpid()
+
+
+PROCESS_ID = ProcessId()
+
+
 def degradable_value_class(storage: StorageState) -> type:
     """The library's multiprocess value, turned off in this process by ``storage``.
 
@@ -147,7 +171,7 @@ def degradable_value_class(storage: StorageState) -> type:
     marks the storage failed, and from then on the calls return at once, a flag check
     and nothing more.
     """
-    base: Any = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    base: Any = values.MultiProcessValue(PROCESS_ID.get)  # type: ignore[no-untyped-call]
 
     class DegradableValue(base):  # type: ignore[misc]
         """A float in this worker's metrics file, until the storage fails."""
@@ -240,15 +264,19 @@ class DegradedCollector(Collector):
         )
 
 
-def shared_exposition(directory: str) -> bytes:
-    """Every worker's metrics in the text format, read from ``directory``.
+def shared_exposition(directory: str, scrape_time: Iterable[Collector] = ()) -> bytes:
+    """Every worker's metrics in the text format, read from ``directory``, and those
+    of the ``scrape_time`` collectors, which read no storage.
 
     The read holds the directory's shared lock, so it never sees a fold half done.
     When the storage cannot be read, the answer is ``petsage_metrics_degraded 1``
-    alone.
+    and the ``scrape_time`` collectors' metrics.
     """
+    scrape_time = tuple(scrape_time)
     registry = CollectorRegistry()
     registry.register(DegradedCollector())
+    for collector in scrape_time:
+        registry.register(collector)
     try:
         with directory_lock(directory, exclusive=False, timeout=LOCK_TIMEOUT):
             MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
@@ -257,6 +285,8 @@ def shared_exposition(directory: str) -> bytes:
         STORAGE.fail(error, "reading the metrics for /metrics")
     degraded = CollectorRegistry()
     degraded.register(DegradedCollector())
+    for collector in scrape_time:
+        degraded.register(collector)
     return generate_latest(degraded)
 
 

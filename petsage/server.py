@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from typing import Any
 
 import gunicorn.util
@@ -18,6 +19,7 @@ from petsage import PROBE_APP
 from petsage.health import EXTENSION, health_of
 from petsage.health.state import DrainMarker
 from petsage.instance import InstanceRecord, mark_listening
+from petsage.logs import AccessAtoms
 from petsage.metrics_storage import RETIREMENT
 from petsage.probe_listener import start_probe_listener
 from petsage.security import problem_error_bytes
@@ -167,8 +169,16 @@ class ProbeQuietLogger(Logger):  # type: ignore[misc]
     probe, and every other request, is still logged.
     """
 
+    _atoms: AccessAtoms | None = None
+
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
-        """Log the request unless it is a probe that succeeded."""
+        """Log the request unless it is a probe that succeeded.
+
+        The record is gunicorn's (same message, same atoms as its arguments), made
+        for a fraction of the cost: only the atoms the record uses (AccessAtoms), and
+        no search of the stack for the caller's file and line, which no access record
+        shows.
+        """
         status = getattr(resp, "status_code", None)
         path = environ.get("PATH_INFO", "")
         if (
@@ -177,4 +187,25 @@ class ProbeQuietLogger(Logger):  # type: ignore[misc]
             and (path in PROBE_PATHS or path.startswith(("/livez/", "/readyz/")))
         ):
             return
-        super().access(resp, req, environ, request_time)
+        access_log = self.access_log
+        if not self.access_log_enabled or not access_log.isEnabledFor(logging.INFO):
+            return
+        log_format = self.cfg.access_log_format
+        atoms = self._atoms
+        if atoms is None or atoms.log_format != log_format:
+            atoms = self._atoms = AccessAtoms(log_format)
+        try:
+            safe_atoms = atoms(resp, req, environ, request_time, self)
+            access_log.handle(
+                access_log.makeRecord(
+                    access_log.name,
+                    logging.INFO,
+                    "(unknown file)",
+                    0,
+                    log_format,
+                    (safe_atoms,),
+                    None,
+                )
+            )
+        except Exception:
+            self.error(traceback.format_exc())

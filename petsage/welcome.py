@@ -28,7 +28,7 @@ WELCOME = {"message": "Welcome to the PetSage API"}
 
 @bp.route("/", methods=["GET"], tags=[TAG["name"]])
 @bp.response(200, WelcomeResponseSchema, description="The service's greeting.")
-@bp.doc(operationId="getWelcome")
+@bp.doc(operationId="getWelcome", security=[])
 def welcome() -> dict[str, str]:
     """Greet the caller
 

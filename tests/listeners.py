@@ -38,9 +38,10 @@ def _serve(server: socket.socket, listener: Listener, reply: bytes | None) -> No
 
 
 @contextmanager
-def serving(reply: bytes | None) -> Iterator[Listener]:
-    """Accept connections; answer each with ``reply``, or hold it silent if None."""
-    server = socket.create_server(("127.0.0.1", 0))
+def serving(reply: bytes | None, port: int = 0) -> Iterator[Listener]:
+    """Accept connections on ``port`` (a free one by default); answer each with
+    ``reply``, or hold it silent if None."""
+    server = socket.create_server(("127.0.0.1", port))
     listener = Listener(server.getsockname()[1])
     thread = threading.Thread(
         target=_serve, args=(server, listener, reply), daemon=True

@@ -120,7 +120,10 @@ class TestLogs:
         response = server.request("GET", "/crash", headers={"X-Request-ID": "crash-1"})
         assert response.status == 500
         assert "hunter2" not in response.body.decode()
-        wait_for_log(server, '"path": "/crash", "query"')
+        wait_until(
+            lambda: any(r["logger"] == "gunicorn.access" for r in records(server)),
+            timeout=5.0,
+        )
         app_records = [r for r in records(server) if r.get("request_id") == "crash-1"]
         by_logger = {record["logger"]: record for record in app_records}
         warning = by_logger["petsage.tests"]

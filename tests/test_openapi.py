@@ -145,3 +145,20 @@ def test_probes_document_their_verbose_text(document: dict[str, Any]) -> None:
 def test_operation_ids_are_unique(document: dict[str, Any]) -> None:
     ids = [op["operationId"] for op in operations(document) if "operationId" in op]
     assert len(ids) == len(set(ids))
+
+
+def test_info_names_a_license(document: dict[str, Any]) -> None:
+    assert document["info"]["license"]["name"]
+
+
+def test_the_health_token_is_a_bearer_security_scheme(document: dict[str, Any]) -> None:
+    scheme = document["components"]["securitySchemes"]["healthToken"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "PETSAGE_HEALTH_TOKEN" in scheme["description"]
+
+
+def test_every_operation_declares_its_security(document: dict[str, Any]) -> None:
+    schemes = set(document["components"]["securitySchemes"])
+    for operation in operations(document):
+        requirements = operation["security"]
+        assert all(set(requirement) <= schemes for requirement in requirements)

@@ -6,10 +6,15 @@ import pytest
 
 from bench.apps import SMOKE_TEST_PATH
 from bench.model import (
+    BARE_WSGI_MICRO,
+    METRICS_ONLY,
+    UNLOGGED_PATH,
     Launch,
     LoadRun,
     Target,
+    access_line_us,
     pooled_cpu,
+    request_metrics_us,
     summarize,
     summarize_launches,
     targets,
@@ -97,3 +102,40 @@ def test_a_run_whose_workers_changed_is_left_out() -> None:
     assert summary.rounds == 1
     assert summary.cpu_us == pytest.approx(300.0)
     assert pooled_cpu(runs)[("bare_flask", SMOKE_TEST_PATH)] == pytest.approx(300.0)
+
+
+def test_observability_targets_are_figures_and_a_ratio() -> None:
+    runs = [
+        run("petsage", SMOKE_TEST_PATH, 330),
+        run("bare_flask", SMOKE_TEST_PATH, 300),
+        run("bare_wsgi", SMOKE_TEST_PATH, 220),
+        run("bare_wsgi", UNLOGGED_PATH, 200),
+    ]
+    micro = [
+        {"name": BARE_WSGI_MICRO, "median_us": 0.5},
+        {"name": METRICS_ONLY, "median_us": 12.5},
+    ]
+    found = {
+        t.what: t
+        for t in targets(summarize(runs), pooled_cpu(runs), {}, [16], [], micro)
+        if t.group == "Observability (issue 14)"
+    }
+    access, metrics, smoke = found.values()
+    assert access.ratio == pytest.approx(20.0)
+    assert (access.unit, access.passed) == ("us", True)
+    assert "minus /livez" in access.what
+    assert metrics.ratio == pytest.approx(12.0)
+    assert (metrics.unit, metrics.passed) == ("us", False)
+    assert metrics.verdict == "MISS by 20%"
+    assert smoke.ratio == pytest.approx(1.1)
+    assert (smoke.unit, smoke.limit, smoke.passed) == ("", 1.1, True)
+
+
+def test_observability_figures_are_missing_without_their_measurements() -> None:
+    runs = [run("bare_wsgi", SMOKE_TEST_PATH, 220)]
+    assert access_line_us(pooled_cpu(runs)) is None
+    assert request_metrics_us([{"name": BARE_WSGI_MICRO, "median_us": 0.5}]) is None
+    found = targets(summarize(runs), pooled_cpu(runs), {}, [16], [])
+    observability = [t for t in found if t.group == "Observability (issue 14)"]
+    assert len(observability) == 3
+    assert all(t.passed is None for t in observability)

@@ -16,6 +16,28 @@ TAG = {
     " from state cached in memory; no check runs inside a request.",
 }
 
+# The health token as OpenAPI's bearer scheme, so Swagger UI offers Authorize and a
+# generated client can send it.
+TOKEN_SCHEME_NAME = "healthToken"
+TOKEN_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "The health token, PETSAGE_HEALTH_TOKEN, sent as `Authorization:"
+    " Bearer <token>`. It shows check details and `?verbose` on the health endpoints,"
+    " and opens /metrics where a token restricts it. With no token configured,"
+    " nothing accepts it and sending one changes nothing.",
+}
+# Anyone may call; the token, where one is configured, adds details.
+TOKEN_OPTIONAL: list[dict[str, list[str]]] = [{}, {TOKEN_SCHEME_NAME: []}]
+TOKEN_REQUIRED: list[dict[str, list[str]]] = [{TOKEN_SCHEME_NAME: []}]
+# Who sees what is the same on every health endpoint; the status never depends on it.
+DETAILS_FOR_THE_TOKEN = (
+    " Security: public; the status code never depends on the caller. With the health"
+    " token (PETSAGE_HEALTH_TOKEN) set and sent, the answer adds details; on the"
+    " management listener (PETSAGE_MANAGEMENT_BIND) callers from"
+    " PETSAGE_TRUSTED_NETWORKS get them without it."
+)
+
 STATUS = ma.fields.String(
     required=True,
     validate=ma.validate.OneOf(["pass", "warn", "fail"]),
@@ -196,7 +218,8 @@ def probe_operation(
         "tags": [TAG["name"]],
         "operationId": operation_id,
         "summary": summary,
-        "description": description,
+        "description": description + DETAILS_FOR_THE_TOKEN,
+        "security": TOKEN_OPTIONAL,
         "responses": {
             "200": {
                 "description": "pass or warn.",
@@ -215,7 +238,8 @@ def probe_operation(
 
 
 def document_health(spec: APISpec, health: Health) -> None:
-    """Add the health endpoints of ``health`` to ``spec``."""
+    """Add the health endpoints of ``health`` to ``spec``, and the token's scheme."""
+    spec.components.security_scheme(TOKEN_SCHEME_NAME, TOKEN_SCHEME)
     items = {
         "livez": sorted(health.liveness().names),
         "readyz": sorted(health.readiness().names),
@@ -258,7 +282,8 @@ def document_health(spec: APISpec, health: Health) -> None:
             "summary": "The health document",
             "description": "Liveness and readiness together, with the release this"
             " instance runs; with the health token (Authorization: Bearer), every"
-            " check's latest result.",
+            " check's latest result." + DETAILS_FOR_THE_TOKEN,
+            "security": TOKEN_OPTIONAL,
             "responses": {
                 "200": {
                     "description": "pass or warn.",

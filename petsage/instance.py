@@ -38,8 +38,11 @@ HEALTH_SNAPSHOT = "health.json"
 HEALTH_LOCK = "health.lock"
 # What prometheus_client writes in multiprocess mode (and PetSage's archive of dead
 # workers' samples beside it); nothing else is ever deleted from a metrics directory.
-# A ``.new`` one is being written (or was, when a SIGKILL came).
-METRICS_FILE = re.compile(r"[a-z]+(?:_[a-z]+)?_(?:\d+|archive)\.db(?:\.new)?")
+# A ``.new`` one is being written (or was, when a SIGKILL came). ``worker_restarts``
+# is the master's count of replaced workers (petsage/process_metrics.py).
+METRICS_FILE = re.compile(
+    r"(?:[a-z]+(?:_[a-z]+)?_(?:\d+|archive)\.db|worker_restarts)(?:\.new)?"
+)
 
 
 def process_start_time(pid: int) -> int | None:

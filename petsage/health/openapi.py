@@ -18,7 +18,7 @@ TAG = {
 
 # The health token as OpenAPI's bearer scheme, so Swagger UI offers Authorize and a
 # generated client can send it.
-TOKEN_SCHEME_NAME = "healthToken"
+TOKEN_SCHEME_NAME = "healthToken"  # nosec B105: the scheme's name, not a secret
 TOKEN_SCHEME = {
     "type": "http",
     "scheme": "bearer",
@@ -31,7 +31,7 @@ TOKEN_SCHEME = {
 TOKEN_OPTIONAL: list[dict[str, list[str]]] = [{}, {TOKEN_SCHEME_NAME: []}]
 TOKEN_REQUIRED: list[dict[str, list[str]]] = [{TOKEN_SCHEME_NAME: []}]
 # Who sees what is the same on every health endpoint; the status never depends on it.
-DETAILS_FOR_THE_TOKEN = (
+WHO_SEES_DETAILS = (
     " Security: public; the status code never depends on the caller. With the health"
     " token (PETSAGE_HEALTH_TOKEN) set and sent, the answer adds details; on the"
     " management listener (PETSAGE_MANAGEMENT_BIND) callers from"
@@ -218,7 +218,7 @@ def probe_operation(
         "tags": [TAG["name"]],
         "operationId": operation_id,
         "summary": summary,
-        "description": description + DETAILS_FOR_THE_TOKEN,
+        "description": description + WHO_SEES_DETAILS,
         "security": TOKEN_OPTIONAL,
         "responses": {
             "200": {
@@ -282,7 +282,7 @@ def document_health(spec: APISpec, health: Health) -> None:
             "summary": "The health document",
             "description": "Liveness and readiness together, with the release this"
             " instance runs; with the health token (Authorization: Bearer), every"
-            " check's latest result." + DETAILS_FOR_THE_TOKEN,
+            " check's latest result." + WHO_SEES_DETAILS,
             "security": TOKEN_OPTIONAL,
             "responses": {
                 "200": {

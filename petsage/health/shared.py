@@ -120,7 +120,14 @@ class InstanceHealth:
 
     @property
     def snapshot(self) -> Snapshot | None:
-        """The instance's latest snapshot as this worker knows it."""
+        """The instance's latest snapshot as this worker knows it.
+
+        Until the instance's first cycle reaches this worker, a probe looks at the file
+        itself (one stat), so a worker that booted before the leader published answers
+        from the first cycle at once, not up to one follow interval later.
+        """
+        if self.published is None and self._threads:
+            self.follow()
         published = self.published
         return published.snapshot if published else None
 

@@ -84,6 +84,20 @@ def instance_directory(server: GunicornServer, state: str = "/dev/shm") -> Path:
     return Path(state) / f"petsage-{server.process.pid}"
 
 
+def kill_master(server: GunicornServer, workers: set[int]) -> None:
+    """SIGKILL ``server``'s master, then wait until its orphaned ``workers`` exit.
+
+    Orphaned workers notice their master is gone and exit; then the port is free.
+    """
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    wait_until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+        15,
+        "the orphaned workers exited",
+    )
+
+
 @pytest.fixture
 def state(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A state directory of the test's own, for tests that count what is in it."""
@@ -301,14 +315,7 @@ def test_a_killed_masters_marker_never_drains_the_next_instance(
     drained = petsage("drain", "--instance", str(killed.process.pid), env=state)
     assert drained.returncode == 0
     workers = children(killed.process.pid)
-    killed.process.send_signal(signal.SIGKILL)
-    killed.process.wait()
-    # Orphaned workers notice their master is gone and exit; then the port is free.
-    wait_until(
-        lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
-        15,
-        "the orphaned workers exited",
-    )
+    kill_master(killed, workers)
     assert left.exists()
     started = time.monotonic()
     successor = start_gunicorn(env, args=["-b", f"127.0.0.1:{port}"])
@@ -495,13 +502,7 @@ def test_only_the_metrics_librarys_files_are_ever_deleted(
     own = shared / f"petsage-{killed.process.pid}"
     assert list(own.glob("*.db")), "the workers keep their metrics in a subdirectory"
     workers = children(killed.process.pid)
-    killed.process.send_signal(signal.SIGKILL)
-    killed.process.wait()
-    wait_until(
-        lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
-        15,
-        "the orphaned workers exited",
-    )
+    kill_master(killed, workers)
     stopped = start_gunicorn(env)
     stopped.request("GET", "/api/v1/smoke-test")
     assert not own.exists(), "a dead master's metrics were left"

@@ -43,14 +43,14 @@ from petsage.config import (  # noqa: E402
 )
 from petsage.health.state import DrainMarker  # noqa: E402
 from petsage.instance import InstanceError, this_instance  # noqa: E402
-from petsage.logs import ACCESS_LOG_FORMAT, logging_config  # noqa: E402
-from petsage.management_socket import (  # noqa: E402
+from petsage.process_metrics import WORKER_RESTARTS  # noqa: E402
+from petsage.serving.logs import ACCESS_LOG_FORMAT, logging_config  # noqa: E402
+from petsage.serving.management_socket import (  # noqa: E402
     ManagementSocketError,
     hand_over,
     listening_socket,
 )
-from petsage.process_metrics import WORKER_RESTARTS  # noqa: E402
-from petsage.server import (  # noqa: E402
+from petsage.serving.server import (  # noqa: E402
     ProbeQuietLogger,
     answer_gunicorn_errors_with_problems,
     drain_before_stopping,
@@ -70,7 +70,7 @@ try:
         management_bind=settings["MANAGEMENT_BIND"],
     )
     # The management listener's socket, opened here once, in the master: every
-    # worker inherits it (petsage/management_socket.py). Kept across reloads.
+    # worker inherits it (petsage/serving/management_socket.py). Kept across reloads.
     listening_socket(settings["MANAGEMENT_BIND"])
 except (ConfigError, InstanceError, ManagementSocketError) as error:
     # One line for the operator instead of gunicorn's "Failed to read config" traceback.

@@ -214,17 +214,11 @@ def measure_candidate(
                 used, replaced = cpu_between(before, server.cpu_seconds())
                 machine_after = cpu_now()
                 run = LoadRun(
+                    **asdict(result),
                     round=round_number,
                     candidate=candidate.key,
                     path=path,
                     connections=connections,
-                    requests=result.requests,
-                    duration_s=result.duration_s,
-                    requests_per_s=result.requests_per_s,
-                    p50_ms=result.p50_ms,
-                    p99_ms=result.p99_ms,
-                    non_2xx=result.non_2xx,
-                    socket_errors=result.socket_errors,
                     cpu_s=used,
                     workers_replaced=replaced,
                     other_cores=other_cores(machine_before, machine_after, used),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.apps import SMOKE_TEST_PATH
+from bench.loadgen import WrkResult
 
 BARE_FLASK = "bare_flask"
 BARE_WSGI = "bare_wsgi"
@@ -23,20 +24,14 @@ BARE_WSGI_MICRO = "bare WSGI callable"
 
 
 @dataclass(frozen=True)
-class LoadRun:
-    """One wrk run against one path of one candidate, and the server's CPU time."""
+class LoadRun(WrkResult):
+    """One wrk run against one path of one candidate: what wrk measured, and the
+    server's CPU time."""
 
     round: int
     candidate: str
     path: str
     connections: int
-    requests: int
-    duration_s: float
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    non_2xx: int
-    socket_errors: int
     cpu_s: float
     #: A worker was replaced during the run, so some CPU time went uncounted.
     workers_replaced: bool

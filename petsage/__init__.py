@@ -1,4 +1,23 @@
-"""PetSage Backend: the HTTP service behind PetSage."""
+"""PetSage Backend: the HTTP service behind PetSage.
+
+This package is the WSGI application and its request path: ``create_app`` here, the
+layers in front of Flask (``access``, ``security``, ``request_ids``, ``routes``,
+``metrics``), the API (``api``, ``errors``, ``welcome``, ``docs``, ``json_provider``),
+``features/`` and ``health/``. Two programs are built on it, each in a package of its
+own: ``serving/``, what runs only inside gunicorn, and ``cli/``, the ``petsage``
+command. A few modules serve all three: ``config`` (with ``cpu_quota``) for settings,
+``instance`` for the records of the instances on a host, and ``metrics_storage`` and
+``process_metrics``, which the app's ``/metrics`` reads and the gunicorn master writes.
+
+Who may import whom, checked by import-linter (contracts in ``setup.cfg``, run by
+``tests/test_layout.py``):
+
+- the application never imports ``serving`` or ``cli``, directly or through another
+  module, and ``serving`` and ``cli`` never import each other;
+- the shared modules import nothing of the application, so a program may use them
+  without it;
+- a feature never imports another feature.
+"""
 
 import os
 from collections.abc import Mapping
@@ -12,17 +31,18 @@ from petsage.access import Access, ForwardedFor
 from petsage.api import PetSageApi
 from petsage.config import load_settings
 from petsage.docs import init_docs
+from petsage.errors import not_found
 from petsage.features import FEATURES
 from petsage.health import Health, HealthEndpoints, init_health
 from petsage.health.openapi import TAG as HEALTH_TAG
 from petsage.health.openapi import document_health
+from petsage.json_provider import OrjsonProvider
 from petsage.metrics import (
     Metrics,
     MetricsEndpoint,
     RequestMetrics,
     document_metrics,
 )
-from petsage.probe_listener import not_found
 from petsage.request_ids import RequestIds
 from petsage.routes import RouteNotingRequest
 from petsage.security import SecurityHeaders
@@ -31,7 +51,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
 API_PREFIX = "/api/v1"
-# The management listener's app (petsage/probe_listener.py), as server.py finds it.
+# The management listener's app (petsage/serving/probe_listener.py), as
+# petsage/serving/server.py finds it.
 PROBE_APP = "petsage.probe_app"
 
 
@@ -65,8 +86,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if config is not None:
         app.config.from_mapping(config)
 
+    json_provider = OrjsonProvider(app)
     # Bodies keep the order their schemas declare, as the OpenAPI document shows it.
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    json_provider.sort_keys = False
+    app.json = json_provider
     app.logger.setLevel(app.config["LOG_LEVEL"])
     # Notes the matched route template for metrics (petsage/routes.py).
     app.request_class = RouteNotingRequest
@@ -117,7 +140,11 @@ def wrap_in_middleware(app: Flask, health: Health) -> "WSGIApplication":
         if config["PUBLIC_METRICS"]:
             public = MetricsEndpoint(public, metrics, health, public_access)
         public = RequestMetrics(public, metrics)
-    app.extensions[PROBE_APP] = ForwardedFor(
-        SecurityHeaders(RequestIds(management)), proxies
-    )
-    return ForwardedFor(SecurityHeaders(RequestIds(public)), proxies)
+    management = SecurityHeaders(RequestIds(management))
+    public = SecurityHeaders(RequestIds(public))
+    if proxies:
+        # Only behind named proxies: every request would pass through it otherwise.
+        management = ForwardedFor(management, proxies)
+        public = ForwardedFor(public, proxies)
+    app.extensions[PROBE_APP] = management
+    return public

@@ -1,11 +1,14 @@
 """Errors as RFC 9457 problem details (``application/problem+json``)."""
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import marshmallow as ma
 from flask import Response
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -79,3 +82,8 @@ def problem_response(error: HTTPException) -> Response:
         headers=headers,
         mimetype=PROBLEM_MEDIA_TYPE,
     )
+
+
+def not_found(environ: "WSGIEnvironment", start_response: "StartResponse") -> Any:
+    """Everything the management listener does not serve: a 404 problem."""
+    return problem_response(NotFound())(environ, start_response)

@@ -24,13 +24,12 @@ from prometheus_client import (
 )
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, MethodNotAllowed, Unauthorized
-from werkzeug.routing import Map, Rule
 
 from petsage.access import Access
 from petsage.errors import problem_response
 from petsage.health.checks import SEVERITY
 from petsage.health.openapi import TAG as HEALTH_TAG
-from petsage.health.openapi import TOKEN_REQUIRED
+from petsage.health.openapi import TOKEN_REQUIRED, add_path
 from petsage.health.refresher import Snapshot
 from petsage.health.state import Health
 from petsage.metrics_storage import (
@@ -271,39 +270,36 @@ class MetricsEndpoint:
 
 def document_metrics(spec: APISpec, token_required: bool) -> None:
     """Add GET /metrics to ``spec``; ``token_required`` when a health token is set."""
-    (rule,) = Map([Rule(METRICS_PATH)]).iter_rules()
     text = {"text/plain": {"schema": {"type": "string"}, "example": METRICS_EXAMPLE}}
-    spec.path(
-        rule=rule,
-        parameters=[],
-        operations={
-            "get": {
-                "tags": [HEALTH_TAG["name"]],
-                "operationId": "getMetrics",
-                "summary": "Metrics for Prometheus",
-                "description": "Requests by route template, method and status; request"
-                " durations; requests in flight; each health check's status and"
-                " duration; readiness, draining and the build, summed over all"
-                " gunicorn workers. Served on the management listener"
-                " (PETSAGE_MANAGEMENT_BIND), with PETSAGE_HEALTH_TOKEN or"
-                " PETSAGE_TRUSTED_NETWORKS set only for the token or those networks."
-                " On the public port it is absent (404) unless PETSAGE_PUBLIC_METRICS"
-                " is true, and then, with a token set, only for the token. Security:"
-                " the health token when PETSAGE_HEALTH_TOKEN is set (this document"
-                " then says so), none otherwise.",
-                # OpenAPI cannot express trust by address: that stays in the text.
-                "security": TOKEN_REQUIRED if token_required else [],
-                "responses": {
-                    "200": {
-                        "description": "The Prometheus text format.",
-                        "content": text,
-                    },
-                    "401": "UNAUTHORIZED",
-                    "403": "FORBIDDEN",
-                    "404": "NOT_FOUND",
-                    "default": "DEFAULT_ERROR",
+    add_path(
+        spec,
+        METRICS_PATH,
+        {
+            "tags": [HEALTH_TAG["name"]],
+            "operationId": "getMetrics",
+            "summary": "Metrics for Prometheus",
+            "description": "Requests by route template, method and status; request"
+            " durations; requests in flight; each health check's status and"
+            " duration; readiness, draining and the build, summed over all"
+            " gunicorn workers. Served on the management listener"
+            " (PETSAGE_MANAGEMENT_BIND), with PETSAGE_HEALTH_TOKEN or"
+            " PETSAGE_TRUSTED_NETWORKS set only for the token or those networks."
+            " On the public port it is absent (404) unless PETSAGE_PUBLIC_METRICS"
+            " is true, and then, with a token set, only for the token. Security:"
+            " the health token when PETSAGE_HEALTH_TOKEN is set (this document"
+            " then says so), none otherwise.",
+            # OpenAPI cannot express trust by address: that stays in the text.
+            "security": TOKEN_REQUIRED if token_required else [],
+            "responses": {
+                "200": {
+                    "description": "The Prometheus text format.",
+                    "content": text,
                 },
-            }
+                "401": "UNAUTHORIZED",
+                "403": "FORBIDDEN",
+                "404": "NOT_FOUND",
+                "default": "DEFAULT_ERROR",
+            },
         },
     )
 

@@ -9,6 +9,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from petsage import create_app
 from petsage.health import health_of
+from tests.containers.figures import figure_lines
 from tests.fault_record import FaultRecorder as FaultRecorder
 from tests.fault_record import FaultRow, record_fault
 from tests.gunicorn_process import GunicornFactory, GunicornServer
@@ -71,3 +72,12 @@ def fault_record(request: pytest.FixtureRequest) -> FaultRecorder:
         record_fault(FaultRow(test=request.node.nodeid, **fields))  # type: ignore[arg-type]
 
     return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures the container tests measured (tests/containers/figures.py)."""
+    lines = figure_lines()
+    if lines:
+        terminalreporter.write_sep("-", "container figures")
+        for line in lines:
+            terminalreporter.write_line(line)

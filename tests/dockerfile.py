@@ -15,6 +15,15 @@ def image_environment(dockerfile: Path = DOCKERFILE) -> dict[str, str]:
     return dict(DockerfileParser(path=str(dockerfile)).envs)
 
 
+def image_instructions(instruction: str, dockerfile: Path = DOCKERFILE) -> list[str]:
+    """The arguments of each of the image's ``instruction`` lines (COPY, RUN, ...)."""
+    return [
+        str(entry["value"])
+        for entry in DockerfileParser(path=str(dockerfile)).structure
+        if entry["instruction"] == instruction
+    ]
+
+
 def image_command(dockerfile: Path = DOCKERFILE) -> list[str]:
     """The image's CMD, which must be in exec (JSON array) form."""
     command = json.loads(DockerfileParser(path=str(dockerfile)).cmd)

@@ -41,3 +41,22 @@ def test_bad_setting_ends_the_command_with_one_line() -> None:
         "petsage: PETSAGE_LOG_LEVEL='LOUD' is not valid: expected one of "
         "DEBUG, INFO, WARNING, ERROR, CRITICAL"
     ]
+
+
+def listed_commands(help_text: str) -> list[str]:
+    """The command names a click ``--help`` page lists under "Commands:"."""
+    _, _, listing = help_text.partition("\nCommands:\n")
+    return [line.split()[0] for line in listing.splitlines() if line.startswith("  ")]
+
+
+def test_the_command_offers_petsage_commands_only() -> None:
+    result = run_petsage("--help")
+    assert result.returncode == 0, result.stderr
+    assert listed_commands(result.stdout) == ["drain", "openapi", "probe", "smoke"]
+
+
+@pytest.mark.parametrize("flask_command", ["run", "shell", "routes"])
+def test_flasks_own_commands_are_usage_errors(flask_command: str) -> None:
+    result = run_petsage(flask_command)
+    assert result.returncode == 64
+    assert f"No such command '{flask_command}'" in result.stderr

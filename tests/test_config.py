@@ -1,14 +1,13 @@
-"""Settings: documented defaults, the environment, one clear line for a bad value."""
+"""Settings: defaults, the environment, one clear line for a bad value.
+
+docs/settings.md is generated from SETTINGS: tests/docs/test_settings_page.py.
+"""
 
 import logging
-import re
-from pathlib import Path
 
 import pytest
 
 from petsage.config import SETTINGS, ConfigError, Dependency, load_settings
-
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_defaults_apply_when_the_environment_is_silent() -> None:
@@ -143,11 +142,3 @@ def test_unknown_petsage_variable_is_warned_about_not_fatal(
         settings = load_settings({"PETSAGE_LOGLEVEL": "DEBUG"})
     assert settings["LOG_LEVEL"] == "INFO"
     assert "PETSAGE_LOGLEVEL is not a PetSage setting" in caplog.text
-
-
-def test_readme_documents_every_setting_with_its_default() -> None:
-    readme = README.read_text()
-    for setting in SETTINGS:
-        assert re.search(rf"^\| `{setting.env_var}` \|", readme, re.MULTILINE), (
-            setting.env_var
-        )

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from petsage.contract import response_errors, schema_errors
+from petsage.cli.contract import response_errors, schema_errors
 from tests.gunicorn_process import REPO_ROOT
 
 DOCUMENT: dict[str, Any] = json.loads((REPO_ROOT / "openapi.json").read_text())

@@ -6,6 +6,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -221,23 +222,43 @@ class TestRequestIds:
             json.loads(line)
 
 
+@dataclass(frozen=True)
+class OneWorker:
+    """An instance of one worker at a time, so that which worker answers is certain,
+    with its metrics files in ``metrics_dir``."""
+
+    instance: Instance
+    metrics_dir: Path
+
+    def kill_worker(self) -> int:
+        """SIGKILL the worker, wait until the master has dropped its live gauges, and
+        return its pid; gunicorn starts a replacement."""
+        [victim] = worker_pids(self.metrics_dir, "counter")
+        assert victim in worker_pids(self.metrics_dir, "gauge_livesum")
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: victim not in worker_pids(self.metrics_dir, "gauge_livesum"))
+        return victim
+
+
+@pytest.fixture
+def one_worker(start_gunicorn: GunicornFactory, tmp_path: Path) -> OneWorker:
+    """A PetSage instance with one worker, its metrics files in the test's directory."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    instance = Instance(
+        start_gunicorn, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, WORKERS="1"
+    )
+    return OneWorker(instance, metrics_dir)
+
+
 class TestMetrics:
-    def test_counts_are_summed_over_workers(
-        self, start_gunicorn: GunicornFactory, tmp_path: Path
-    ) -> None:
-        metrics_dir = tmp_path / "metrics"
-        metrics_dir.mkdir()
-        # One worker at a time, so that which worker answers is certain: the first
-        # serves 30 requests and is killed; its replacement serves 30 more.
-        instance = Instance(
-            start_gunicorn, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, WORKERS="1"
-        )
+    def test_counts_are_summed_over_workers(self, one_worker: OneWorker) -> None:
+        instance, metrics_dir = one_worker.instance, one_worker.metrics_dir
         server = instance.server
+        # The first worker serves 30 requests and is killed; its replacement 30 more.
         for _ in range(30):
             assert server.request("GET", SMOKE_TEST).status == 200
-        [first] = worker_pids(metrics_dir, "counter")
-        os.kill(first, signal.SIGKILL)
-        wait_until(lambda: worker_pids(metrics_dir, "gauge_livesum") != {first})
+        first = one_worker.kill_worker()
         for _ in range(30):
             assert server.request("GET", SMOKE_TEST).status == 200
         # The dead worker's counts are folded into the archive, its files deleted.
@@ -279,23 +300,15 @@ class TestMetrics:
         assert len(series) < 10
 
     def test_a_dead_workers_live_gauges_are_dropped(
-        self, start_gunicorn: GunicornFactory, tmp_path: Path
+        self, one_worker: OneWorker
     ) -> None:
-        metrics_dir = tmp_path / "metrics"
-        metrics_dir.mkdir()
-        instance = Instance(
-            start_gunicorn, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, WORKERS="1"
-        )
-        server = instance.server
-        scrape(instance)
-        [victim] = worker_pids(metrics_dir, "counter")
-        assert victim in worker_pids(metrics_dir, "gauge_livesum")
-        os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: victim not in worker_pids(metrics_dir, "gauge_livesum"))
+        metrics_dir = one_worker.metrics_dir
+        scrape(one_worker.instance)
+        victim = one_worker.kill_worker()
         # Its counts still count, from the archive.
         assert victim not in worker_pids(metrics_dir, "counter")
         assert len(list(metrics_dir.glob("**/counter_archive.db"))) == 1
-        assert server.request("GET", SMOKE_TEST).status == 200
+        assert one_worker.instance.server.request("GET", SMOKE_TEST).status == 200
 
     def test_metrics_need_the_token_when_one_is_set(
         self, start_gunicorn: GunicornFactory

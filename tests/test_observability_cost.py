@@ -9,7 +9,10 @@ without the shortcut.
 
 import base64
 import datetime
+import io
+import json
 import logging
+import logging.config
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,7 +25,6 @@ from gunicorn.glogging import Logger
 from werkzeug.test import EnvironBuilder
 
 from petsage import create_app
-from petsage.logs import ACCESS_LOG_FORMAT, AccessFieldsFilter
 from petsage.metrics import Metrics, RequestMetrics
 from petsage.metrics_storage import (
     PROCESS_ID,
@@ -31,7 +33,12 @@ from petsage.metrics_storage import (
     read_values,
 )
 from petsage.routes import ROUTE_KEY
-from petsage.server import ProbeQuietLogger
+from petsage.serving.logs import (
+    ACCESS_LOG_FORMAT,
+    AccessFieldsFilter,
+    logging_config,
+)
+from petsage.serving.server import ProbeQuietLogger
 
 # Every atom gunicorn knows, headers and environ entries in mixed case, a missing
 # header and an unknown atom (both "-").
@@ -78,14 +85,8 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
-def access_record(logger_class: type, log_format: str) -> logging.LogRecord:
-    """The access record ``logger_class`` makes for one request."""
-    config = Config()
-    config.set("accesslog", "-")
-    config.set("access_log_format", log_format)
-    logger = logger_class(config)
-    handler = Records()
-    logger.access_log.handlers = [handler]
+def log_one_request(logger: Any) -> None:
+    """Have gunicorn's ``logger`` log one POST with quotes in its user agent."""
     user_agent = 'probe "quoted" 1.0'
     response = SimpleNamespace(
         status="201 CREATED",
@@ -111,8 +112,38 @@ def access_record(logger_class: type, log_format: str) -> logging.LogRecord:
     logger.access(
         response, request, environ, datetime.timedelta(seconds=1, microseconds=2345)
     )
+
+
+def access_record(logger_class: type, log_format: str) -> logging.LogRecord:
+    """The access record ``logger_class`` makes for one request."""
+    config = Config()
+    config.set("accesslog", "-")
+    config.set("access_log_format", log_format)
+    logger = logger_class(config)
+    handler = Records()
+    logger.access_log.handlers = [handler]
+    log_one_request(logger)
     [record] = handler.records
     return record
+
+
+def json_access_line(through_logging: bool) -> str:
+    """The access line PetSage's JSON logging writes for one request."""
+    config = Config()
+    config.set("accesslog", "-")
+    config.set("access_log_format", ACCESS_LOG_FORMAT)
+    logger = ProbeQuietLogger(config)
+    logging.config.dictConfig(logging_config("json", "INFO"))
+    [handler] = logger.access_log.handlers
+    assert isinstance(handler, logging.StreamHandler)
+    written = io.StringIO()
+    handler.setStream(written)
+    if through_logging:
+        # Any set-up but PetSage's own takes the logging path: one more filter does.
+        logger.access_log.addFilter(lambda record: True)
+    log_one_request(logger)
+    logger.access_log.filters.clear()
+    return written.getvalue()
 
 
 def same_records(log_format: str) -> Iterable[tuple[Any, Any]]:
@@ -149,6 +180,33 @@ def test_the_access_record_is_gunicorns_for_every_atom() -> None:
         assert mine == theirs
     message = access_record(ProbeQuietLogger, EVERY_ATOM).getMessage()
     assert " alice " in message and " 50123 - -" in message
+
+
+def test_the_direct_json_access_line_is_the_logging_paths() -> None:
+    direct, logged = json_access_line(False), json_access_line(True)
+    assert direct.endswith("\n") and direct.count("\n") == 1
+    fields, expected = json.loads(direct), json.loads(logged)
+    assert list(fields) == list(expected)
+    assert datetime.datetime.fromisoformat(fields.pop("timestamp")).utcoffset() == (
+        datetime.timedelta(0)
+    )
+    expected.pop("timestamp")
+    assert fields == expected
+    assert fields == {
+        "level": "INFO",
+        "logger": "gunicorn.access",
+        "message": '198.51.100.7 "POST /api/v1/smoke-test?pet=cat HTTP/1.1" 201 59'
+        ' 1002ms id=req-7 "probe \\"quoted\\" 1.0"',
+        "request_id": "req-7",
+        "method": "POST",
+        "path": "/api/v1/smoke-test",
+        "query": "pet=cat",
+        "status": 201,
+        "duration_ms": 1002.345,
+        "remote_addr": "198.51.100.7",
+        "user_agent": 'probe \\"quoted\\" 1.0',
+        "response_bytes": 59,
+    }
 
 
 def ignore_start(

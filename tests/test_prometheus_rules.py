@@ -76,9 +76,8 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook_section() -> None
         assert rule["labels"]["severity"] in ("warning", "critical"), name
 
 
-def test_the_readme_links_the_rules_and_the_runbook() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    operations = readme[readme.index("## Running in production") :]
-    assert "deploy/prometheus/petsage-rules.yml" in operations
-    assert "docs/runbook.md" in operations
-    assert "deploy/prometheus/blackbox.yml" in operations
+def test_the_monitoring_page_links_the_rules_and_the_runbook() -> None:
+    monitoring = (REPO_ROOT / "docs" / "operators" / "monitoring.md").read_text()
+    assert "deploy/prometheus/petsage-rules.yml" in monitoring
+    assert "](../runbook.md)" in monitoring
+    assert "deploy/prometheus/blackbox.yml" in monitoring

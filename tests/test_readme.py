@@ -5,7 +5,7 @@ from pathlib import Path
 from tests.gunicorn_process import REPO_ROOT
 
 TEST_COMMAND = (
-    "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt -e ."
+    "python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt -e ."
     " && .venv/bin/pytest"
 )
 START_COMMAND = (

@@ -25,9 +25,7 @@ def test_bandit_finds_nothing_in_the_package() -> None:
     assert result.returncode == 0
 
 
-@pytest.mark.parametrize(
-    "requirements", ["requirements.txt", "deploy/requirements.txt"]
-)
+@pytest.mark.parametrize("requirements", ["requirements.txt", "requirements-test.txt"])
 def test_pip_audit_finds_no_known_vulnerability(requirements: str) -> None:
     result = subprocess.run(
         [

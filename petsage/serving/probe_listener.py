@@ -8,9 +8,10 @@ endpoints and /metrics on that address from threads of its own, so a probe never
 for the application's threads. Operational data lives here, as with Spring Boot
 Actuator's management port: keep this address off the internet.
 
-One socket per instance: the gunicorn master opens it (petsage/management_socket.py)
-and every worker inherits it, so the kernel's queue of connections outlives any one
-worker. Each worker serves it with a fixed set of threads:
+One socket per instance: the gunicorn master opens it
+(petsage/serving/management_socket.py) and every worker inherits it, so the kernel's
+queue of connections outlives any one worker. Each worker serves it with a fixed set
+of threads:
 
 - A reader waits for new connections and for request bytes with the selector (epoll),
   which releases the GIL, and accepts without blocking. A worker whose Python cannot
@@ -55,18 +56,17 @@ from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
     InternalServerError,
-    NotFound,
     RequestHeaderFieldsTooLarge,
     RequestTimeout,
     ServiceUnavailable,
 )
 
 from petsage.errors import problem_response
-from petsage.management_socket import inherited
 from petsage.security import SecurityHeaders
+from petsage.serving.management_socket import inherited
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +87,6 @@ WRITE_DEADLINE = 2.0
 LINGER = 1.0
 HEAD_END = re.compile(rb"\r?\n\r?\n")
 REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (/\S*) (HTTP/1\.[01])")
-
-
-def not_found(environ: "WSGIEnvironment", start_response: "StartResponse") -> Any:
-    """Everything the management listener does not serve: a 404 problem."""
-    return problem_response(NotFound())(environ, start_response)
 
 
 def parse_head(head: bytes, peer: Any, server: tuple[str, int]) -> "WSGIEnvironment":

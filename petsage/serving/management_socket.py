@@ -2,11 +2,11 @@
 its workers.
 
 gunicorn.conf.py opens it when the master loads its config, before any worker is
-forked; every worker inherits it through fork and serves it (petsage/probe_listener.py).
-The kernel's queue of connections belongs to the socket, not to a worker, so a worker
-that exits or is replaced drops nothing queued: the others, or its successor, accept
-them. No ``SO_REUSEPORT``: a second instance on the same address fails to start with
-one line, instead of silently sharing the port.
+forked; every worker inherits it through fork and serves it
+(petsage/serving/probe_listener.py). The kernel's queue of connections belongs to the
+socket, not to a worker, so a worker that exits or is replaced drops nothing queued:
+the others, or its successor, accept them. No ``SO_REUSEPORT``: a second instance on
+the same address fails to start with one line, instead of silently sharing the port.
 
 gunicorn executes the config file again, in the same master, on SIGHUP; the socket is
 kept here, outside the config file's namespace, so a reload reuses it (or, when the
@@ -110,7 +110,7 @@ def opened(bind: str) -> socket.socket:
             errors.append(error)
             continue
         # Workers wait for connections with poll and accept without blocking
-        # (petsage/probe_listener.py); the flag is shared by every process.
+        # (petsage/serving/probe_listener.py); the flag is shared by every process.
         sock.setblocking(False)
         return sock
     why = "; ".join(error.strerror or str(error) for error in errors)

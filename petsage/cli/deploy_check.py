@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from petsage.contract import response_errors
+from petsage.cli.contract import response_errors
 
 PASSED, FAILED, NOT_READY = 0, 1, 2
 SMOKE_TEST_BODY = {"status": "ok", "message": "PetSage smoke test successful!"}

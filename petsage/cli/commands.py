@@ -1,4 +1,4 @@
-"""The ``petsage`` command: Flask's and flask-smorest's commands on a PetSage app."""
+"""The ``petsage`` command: drain, probe, smoke, and flask-smorest's ``openapi``."""
 
 import http.client
 import os
@@ -9,17 +9,21 @@ import click
 from flask.cli import FlaskGroup
 
 from petsage import create_app
+from petsage.cli.deploy_check import RENDERERS, Service, run_smoke
 from petsage.config import ConfigError, read_setting
-from petsage.deploy_check import RENDERERS, Service, run_smoke
 from petsage.health.state import DrainMarker
 from petsage.instance import InstanceRecord, running_instances
 
 # sysexits.h EX_USAGE: the command was used wrongly.
 USAGE_ERROR = 64
 
+# Flask's own commands (``run``, ``shell``, ``routes``) are left out: PetSage is served
+# by gunicorn, and a development server offered beside drain and smoke would be taken
+# for a way to run it.
 cli = FlaskGroup(
     name="petsage",
     create_app=create_app,
+    add_default_commands=False,
     add_version_option=False,
     help="Commands for the PetSage service, e.g. `petsage openapi write openapi.json`.",
 )

@@ -19,10 +19,10 @@ from petsage import PROBE_APP
 from petsage.health import EXTENSION, health_of
 from petsage.health.state import DrainMarker
 from petsage.instance import InstanceRecord, mark_listening
-from petsage.logs import AccessAtoms
 from petsage.metrics_storage import RETIREMENT
-from petsage.probe_listener import start_probe_listener
 from petsage.security import problem_error_bytes
+from petsage.serving.logs import AccessAtoms, JsonAccessLines
+from petsage.serving.probe_listener import start_probe_listener
 
 logger = logging.getLogger(__name__)
 
@@ -170,14 +170,16 @@ class ProbeQuietLogger(Logger):  # type: ignore[misc]
     """
 
     _atoms: AccessAtoms | None = None
+    _json_lines: JsonAccessLines | None = None
 
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
         """Log the request unless it is a probe that succeeded.
 
         The record is gunicorn's (same message, same atoms as its arguments), made
-        for a fraction of the cost: only the atoms the record uses (AccessAtoms), and
-        no search of the stack for the caller's file and line, which no access record
-        shows.
+        for a fraction of the cost: only the atoms the record uses (AccessAtoms), no
+        search of the stack for the caller's file and line, which no access record
+        shows, and, where the access log is PetSage's JSON lines, written directly
+        (JsonAccessLines).
         """
         status = getattr(resp, "status_code", None)
         path = environ.get("PATH_INFO", "")
@@ -194,8 +196,15 @@ class ProbeQuietLogger(Logger):  # type: ignore[misc]
         atoms = self._atoms
         if atoms is None or atoms.log_format != log_format:
             atoms = self._atoms = AccessAtoms(log_format)
+        json_lines = self._json_lines
+        if json_lines is None:
+            json_lines = self._json_lines = JsonAccessLines()
         try:
             safe_atoms = atoms(resp, req, environ, request_time, self)
+            handler = json_lines.handler(access_log)
+            if handler is not None:
+                json_lines.write(handler, log_format % safe_atoms, safe_atoms)
+                return
             access_log.handle(
                 access_log.makeRecord(
                     access_log.name,

@@ -9,9 +9,11 @@ gunicorn does; the timer is the process's CPU time, which another tenant of a sh
 machine does not inflate.
 """
 
+import datetime
 import functools
 import io
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pyperf  # type: ignore[import-untyped]
 
 from bench.apps import SMOKE_TEST_BODY, SMOKE_TEST_PATH
-from bench.model import BARE_WSGI_MICRO, METRICS_ONLY
+from bench.model import ACCESS_LINE_MICRO, BARE_WSGI_MICRO, METRICS_ONLY
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -133,12 +135,61 @@ def time_requests(loops: int, name: str, path: str) -> float:
     return time.process_time() - started
 
 
+def time_access_lines(loops: int) -> float:
+    """CPU seconds that ``loops`` JSON access lines cost, written as gunicorn would.
+
+    PetSage's gunicorn logger, configured by PetSage's JSON logging set-up, logs one
+    smoke-test request per loop to a file: the in-process share of the access line's
+    cost, steadier than the server figure (two wrk runs' difference) on a busy machine.
+    """
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from petsage.serving.logs import ACCESS_LOG_FORMAT, logging_config
+    from petsage.serving.server import ProbeQuietLogger
+
+    config = Config()
+    config.set("accesslog", "-")
+    config.set("access_log_format", ACCESS_LOG_FORMAT)
+    config.set("logconfig_dict", logging_config("json", "INFO"))
+    logger = ProbeQuietLogger(config)
+    response = SimpleNamespace(
+        status="200 OK",
+        status_code=200,
+        sent=len(SMOKE_TEST_BODY),
+        headers=[
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(SMOKE_TEST_BODY))),
+            ("Cache-Control", "no-store"),
+            ("X-Request-ID", "0f8e5c2b7d3a4e91b6c0a1d2e3f40516"),
+        ],
+    )
+    request = SimpleNamespace(
+        headers=[("HOST", "127.0.0.1:8000"), ("USER-AGENT", "wrk")]
+    )
+    environ = environ_for(SMOKE_TEST_PATH) | {"HTTP_USER_AGENT": "wrk"}
+    took = datetime.timedelta(microseconds=1234)
+    [handler] = logger.access_log.handlers
+    with tempfile.TemporaryFile("w+") as lines:
+        handler.setStream(lines)
+        started = time.process_time()
+        for _ in range(loops):
+            logger.access(response, request, environ, took)
+        spent = time.process_time() - started
+        lines.seek(0)
+        if '"status":200' not in lines.readline():
+            raise RuntimeError("PetSage's logger wrote no JSON access line")
+    return spent
+
+
 def main() -> None:
     """Register every benchmark with pyperf, which runs each in its own processes."""
     runner = pyperf.Runner()
     runner.metadata["description"] = "CPU time per request through the WSGI app"
     for title, name, path in BENCHMARKS:
         runner.bench_time_func(title, time_requests, name, path)
+    runner.bench_time_func(ACCESS_LINE_MICRO, time_access_lines)
 
 
 if __name__ == "__main__":

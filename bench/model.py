@@ -20,6 +20,8 @@ PROBES = ("/livez", "/readyz")
 UNLOGGED_PATH = "/livez"
 #: pyperf's names for RequestMetrics around the bare WSGI callable, and the callable.
 METRICS_ONLY = "request metrics around the bare WSGI callable"
+#: pyperf: PetSage's gunicorn logger writing one request's JSON access line to a file.
+ACCESS_LINE_MICRO = "JSON access line alone (PetSage's gunicorn logger, to a file)"
 BARE_WSGI_MICRO = "bare WSGI callable"
 
 

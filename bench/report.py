@@ -616,8 +616,8 @@ def write(
         " wrk per path and connection count, reading the server's CPU time before"
         " and after each run.",
         "- PetSage's successful `/livez` and `/readyz` requests are left out of its"
-        " access log by design (README); every other request of every gunicorn"
-        " candidate writes an access log line.",
+        " access log by design (docs/operators/monitoring.md); every other request"
+        " of every gunicorn candidate writes an access log line.",
         "- Runs during which a server process exited or was replaced (part of their"
         f" CPU time unrecorded), left out of every figure: {replaced}.",
         "",

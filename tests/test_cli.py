@@ -53,6 +53,17 @@ def test_the_command_offers_petsage_commands_only() -> None:
     result = run_petsage("--help")
     assert result.returncode == 0, result.stderr
     assert listed_commands(result.stdout) == ["drain", "openapi", "probe", "smoke"]
+    options = result.stdout.split("Options:", 1)[1].split("Commands:", 1)[0]
+    assert options.split() == ["--help", "Show", "this", "message", "and", "exit."]
+
+
+@pytest.mark.parametrize(
+    "flask_option", ["--app=wsgi:app", "--env-file=.env", "--debug"]
+)
+def test_flasks_own_options_are_usage_errors(flask_option: str) -> None:
+    result = run_petsage(flask_option, "openapi", "--help")
+    assert result.returncode == 64
+    assert "No such option" in result.stderr
 
 
 @pytest.mark.parametrize("flask_command", ["run", "shell", "routes"])

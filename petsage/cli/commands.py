@@ -25,8 +25,15 @@ cli = FlaskGroup(
     create_app=create_app,
     add_default_commands=False,
     add_version_option=False,
+    load_dotenv=False,
     help="Commands for the PetSage service, e.g. `petsage openapi write openapi.json`.",
 )
+# Flask's own options pick another application, load .env files or turn on debug
+# mode: none of them applies to PetSage's command, which always runs PetSage's factory
+# with its PETSAGE_* settings.
+cli.params = [
+    option for option in cli.params if option.name not in {"app", "env_file", "debug"}
+]
 
 
 INSTANCE_HELP = (

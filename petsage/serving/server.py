@@ -170,7 +170,10 @@ class ProbeQuietLogger(Logger):  # type: ignore[misc]
     """
 
     _atoms: AccessAtoms | None = None
-    _json_lines: JsonAccessLines | None = None
+
+    def __init__(self, cfg: Any) -> None:
+        self._json_lines = JsonAccessLines()
+        super().__init__(cfg)
 
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
         """Log the request unless it is a probe that succeeded.
@@ -196,14 +199,11 @@ class ProbeQuietLogger(Logger):  # type: ignore[misc]
         atoms = self._atoms
         if atoms is None or atoms.log_format != log_format:
             atoms = self._atoms = AccessAtoms(log_format)
-        json_lines = self._json_lines
-        if json_lines is None:
-            json_lines = self._json_lines = JsonAccessLines()
         try:
             safe_atoms = atoms(resp, req, environ, request_time, self)
-            handler = json_lines.handler(access_log)
+            handler = self._json_lines.handler(access_log)
             if handler is not None:
-                json_lines.write(handler, log_format % safe_atoms, safe_atoms)
+                self._json_lines.write(handler, log_format % safe_atoms, safe_atoms)
                 return
             access_log.handle(
                 access_log.makeRecord(

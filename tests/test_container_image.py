@@ -36,6 +36,7 @@ from tests.containers.podman import (
     Container,
     build,
     cannot_run,
+    ensure_bridge_networks_run,
     ensure_podman_runs,
     inspect_image,
     podman,
@@ -471,6 +472,7 @@ def compose(
     port of 127.0.0.1; taken down after."""
     if shutil.which("podman-compose") is None:
         cannot_run("podman-compose is not installed (apt-get install podman-compose)")
+    ensure_bridge_networks_run()
     project = f"petsage-test-{uuid.uuid4().hex[:12]}"
     port = free_port()
     environment = {

@@ -92,6 +92,38 @@ def ensure_podman_runs() -> float:
     return seconds
 
 
+def ensure_bridge_networks_run() -> None:
+    """Run a container on a network of its own, as Compose does. Podman's network
+    backend (netavark, which runs iptables; aardvark-dns for service names) is not
+    needed by ``--network host``, so a host without it fails only here: skips (or
+    fails, see ``cannot_run``) saying what is missing."""
+    missing = [tool for tool in ("iptables",) if shutil.which(tool) is None]
+    missing += [
+        tool
+        for tool in ("netavark", "aardvark-dns")
+        if not Path(f"/usr/lib/podman/{tool}").exists()
+    ]
+    if missing:
+        cannot_run(
+            "Podman's network backend cannot run: missing "
+            f"{', '.join(missing)} (apt-get install netavark aardvark-dns iptables)"
+        )
+    network = f"petsage-probe-{uuid.uuid4().hex[:12]}"
+    podman("network", "create", network)
+    try:
+        ran = podman(
+            "run", "--rm", "--network", network, *LIMITS, STANDIN_BASE, "true",
+            check=False,
+        )
+    finally:
+        podman("network", "rm", "--force", network, check=False)
+    if ran.returncode != 0:
+        cannot_run(
+            "Podman cannot run a container on a bridge network (netavark, aardvark-dns"
+            f" and iptables): {last_lines(ran.stderr)}"
+        )
+
+
 def build(tag: str, containerfile: Path, context: Path, *options: str) -> str:
     """Build ``containerfile`` as ``tag`` in Docker's format; the image's ID."""
     podman(

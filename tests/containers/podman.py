@@ -112,7 +112,13 @@ def ensure_bridge_networks_run() -> None:
     podman("network", "create", network)
     try:
         ran = podman(
-            "run", "--rm", "--network", network, *LIMITS, STANDIN_BASE, "true",
+            "run",
+            "--rm",
+            "--network",
+            network,
+            *LIMITS,
+            STANDIN_BASE,
+            "true",
             check=False,
         )
     finally:

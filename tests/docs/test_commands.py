@@ -90,8 +90,11 @@ RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
     "tools/openapi/lint": ((".ci/run", "\ntools/openapi/lint\n"),),
     "bash bench/run --quick": ((".ci/run", "bash bench/run --quick"),),
     # docs/containers.md, the container tests' own page.
-    "apt-get install -y podman mmdebstrap podman-compose": (
-        (".ci/run", "for package in podman mmdebstrap podman-compose"),
+    (
+        "apt-get install -y podman mmdebstrap podman-compose"
+        " netavark aardvark-dns iptables"
+    ): (
+        (".ci/run", "podman mmdebstrap podman-compose netavark aardvark-dns iptables"),
     ),
     "tests/containers/prepare-host": (
         (".ci/run", "\ntests/containers/prepare-host\n"),

@@ -51,11 +51,13 @@ from petsage.serving.management_socket import (  # noqa: E402
     listening_socket,
 )
 from petsage.serving.server import (  # noqa: E402
+    AddressInUseError,
     ProbeQuietLogger,
     answer_gunicorn_errors_with_problems,
     drain_before_stopping,
     forget_worker_metrics,
     record_listeners,
+    refuse_addresses_in_use,
     start_worker_services,
 )
 
@@ -106,7 +108,15 @@ logger_class = ProbeQuietLogger
 
 
 def on_starting(server: Any) -> None:
-    """Log the worker count and why, and every PETSAGE_* variable that is ignored."""
+    """Stop at once when the address to listen on is taken; log the worker count and
+    why, and every PETSAGE_* variable that is ignored."""
+    try:
+        # Here, not above: only now are gunicorn's own -b/--bind options applied.
+        refuse_addresses_in_use(server, settings["BIND"])
+    except AddressInUseError as error:
+        # Logging is set up by now: the record goes to stdout, with every other one.
+        server.log.error("%s", error)
+        sys.exit(1)
     server.log.info("%s", worker_count(os.environ, server.cfg.workers)[1])
     warn_about_unknown_settings(os.environ)
     if instance.metrics_problem:

@@ -2,12 +2,13 @@
 
 This package is the WSGI application and its request path: ``create_app`` here, the
 layers in front of Flask (``access``, ``security``, ``request_ids``, ``routes``,
-``metrics``), the API (``api``, ``errors``, ``welcome``, ``docs``, ``json_provider``),
-``features/`` and ``health/``. Two programs are built on it, each in a package of its
-own: ``serving/``, what runs only inside gunicorn, and ``cli/``, the ``petsage``
-command. A few modules serve all three: ``config`` (with ``cpu_quota``) for settings,
-``instance`` for the records of the instances on a host, and ``metrics_storage`` and
-``process_metrics``, which the app's ``/metrics`` reads and the gunicorn master writes.
+``metrics``), the API (``api``, ``errors``, ``methods``, ``welcome``, ``docs``,
+``json_provider``), ``features/`` and ``health/``. Two programs are built on it, each
+in a package of its own: ``serving/``, what runs only inside gunicorn, and ``cli/``,
+the ``petsage`` command. A few modules serve all three: ``config`` (with
+``cpu_quota``) for settings, ``instance`` for the records of the instances on a host,
+and ``metrics_storage`` and ``process_metrics``, which the app's ``/metrics`` reads
+and the gunicorn master writes.
 
 Who may import whom, checked by import-linter (contracts in ``setup.cfg``, run by
 ``tests/test_layout.py``):
@@ -28,7 +29,7 @@ from flask import Flask
 
 from petsage import welcome
 from petsage.access import Access, ForwardedFor
-from petsage.api import PetSageApi
+from petsage.api import DocumentEndpoint, PetSageApi
 from petsage.config import load_settings
 from petsage.docs import init_docs
 from petsage.errors import not_found
@@ -37,6 +38,7 @@ from petsage.health import Health, HealthEndpoints, init_health
 from petsage.health.openapi import TAG as HEALTH_TAG
 from petsage.health.openapi import document_health
 from petsage.json_provider import OrjsonProvider
+from petsage.methods import PetSageFlask
 from petsage.metrics import (
     Metrics,
     MetricsEndpoint,
@@ -54,11 +56,14 @@ API_PREFIX = "/api/v1"
 # The management listener's app (petsage/serving/probe_listener.py), as
 # petsage/serving/server.py finds it.
 PROBE_APP = "petsage.probe_app"
+# The config prefix of the management listener's Api, its document's name for
+# `petsage openapi print --config-prefix MANAGEMENT_LISTENER`.
+MANAGEMENT_API = "MANAGEMENT_LISTENER"
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Create the PetSage app: defaults, then PETSAGE_* environment, then ``config``."""
-    app = Flask(__name__)
+    app = PetSageFlask(__name__)
     app.config.from_mapping(load_settings(os.environ))
     app.config.from_mapping(
         API_TITLE="PetSage Backend API",
@@ -92,21 +97,57 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.request_class = RouteNotingRequest
 
     health = init_health(app)
-    app.wsgi_app = wrap_in_middleware(app, health)  # type: ignore[method-assign,assignment]
     api = PetSageApi(app)
+    management_api = init_management_api(app)
+    app.wsgi_app = wrap_in_middleware(app, health, management_api)  # type: ignore[method-assign,assignment]
     api.register_blueprint(welcome.bp)
     for feature in FEATURES:
         api.register_blueprint(feature.bp, url_prefix=API_PREFIX)
     # After the features, whose blueprints may have registered checks.
     document_health(api.spec, health)
+    document_health(management_api.spec, health)
     if app.config["DOCS"]:
         init_docs(app, openapi_url="/openapi.json")
     if app.config["METRICS"]:
-        document_metrics(api.spec, token_required=bool(app.config["HEALTH_TOKEN"]))
+        token_required = bool(app.config["HEALTH_TOKEN"])
+        document_metrics(management_api.spec, token_required, management=True)
+        if app.config["PUBLIC_METRICS"]:
+            document_metrics(api.spec, token_required, management=False)
     return app
 
 
-def wrap_in_middleware(app: Flask, health: Health) -> "WSGIApplication":
+def init_management_api(app: Flask) -> PetSageApi:
+    """The management listener's Api: its document describes the health endpoints and
+    /metrics, all that listener answers; it adds no route to ``app``."""
+    config = app.config
+    info = config["API_SPEC_OPTIONS"]["info"]
+    return PetSageApi(
+        app,
+        config_prefix=MANAGEMENT_API,
+        spec_kwargs={
+            "title": f"{config['API_TITLE']}, management listener",
+            "version": config["API_VERSION"],
+            "openapi_version": config["OPENAPI_VERSION"],
+            "info": {
+                **info,
+                "description": "The health endpoints and metrics of a PetSage"
+                " instance on its management listener (PETSAGE_MANAGEMENT_BIND), for"
+                " the kubelet and Prometheus. Keep it off the internet.",
+            },
+            "servers": [
+                {
+                    "url": "/",
+                    "description": "This PetSage instance's management listener",
+                }
+            ],
+            "tags": [HEALTH_TAG],
+        },
+    )
+
+
+def wrap_in_middleware(
+    app: Flask, health: Health, management_api: PetSageApi
+) -> "WSGIApplication":
     """The WSGI layers in front of Flask, outermost first; and the management app.
 
     The caller's address comes first (behind a named proxy, the one it forwarded), so
@@ -117,7 +158,8 @@ def wrap_in_middleware(app: Flask, health: Health) -> "WSGIApplication":
 
     The public port shows details only for the token: its callers may all arrive from
     one proxy's address. The management listener (PETSAGE_MANAGEMENT_BIND), kept off
-    the internet, also trusts PETSAGE_TRUSTED_NETWORKS and always serves /metrics.
+    the internet, also trusts PETSAGE_TRUSTED_NETWORKS, always serves /metrics, and
+    serves a document of its own (``management_api``'s).
     """
     config = app.config
     release_id = config["RELEASE_ID"]
@@ -128,7 +170,10 @@ def wrap_in_middleware(app: Flask, health: Health) -> "WSGIApplication":
         app.wsgi_app, health, release_id, public_access
     )
     management: WSGIApplication = HealthEndpoints(
-        not_found, health, release_id, management_access
+        DocumentEndpoint(not_found, management_api),
+        health,
+        release_id,
+        management_access,
     )
     if config["METRICS"]:
         metrics = Metrics(version=config["API_VERSION"], release_id=release_id)

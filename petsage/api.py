@@ -1,23 +1,35 @@
-"""PetSage's flask-smorest ``Api``: errors as problem JSON, served and documented."""
+"""PetSage's flask-smorest ``Api``: errors as problem JSON, served and documented.
+
+Each listener has a document of its own, describing what that listener answers and
+nothing else: the public port serves its ``Api``'s at /openapi.json, through Flask; the
+management listener serves another ``Api``'s there, through ``DocumentEndpoint``.
+"""
 
 import hashlib
 import json
+from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
 import flask_smorest
 from apispec import BasePlugin
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException, default_exceptions
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, default_exceptions
+from werkzeug.wrappers import Response
 
 from petsage.errors import PROBLEM_MEDIA_TYPE, ProblemSchema, problem_response
+from petsage.methods import ROUTE_METHODS, allow, other_method_response
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+DOCUMENT_PATH = "/openapi.json"
 # Every operation can answer these, whatever it does: they are documented on all.
 STATUSES_OF_EVERY_OPERATION = (405, 500)
 ALLOW_HEADER = {
     "description": "The methods the resource answers.",
-    "schema": {"type": "string", "example": "GET, HEAD, OPTIONS"},
+    "schema": {"type": "string", "example": allow(ROUTE_METHODS)},
 }
 
 
@@ -53,14 +65,23 @@ class PetSageApi(flask_smorest.Api):  # type: ignore[misc]
 
     ERROR_SCHEMA = ProblemSchema
 
-    def __init__(self, app: flask.Flask, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: flask.Flask,
+        spec_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._document: tuple[bytes, str] | None = None
-        spec_kwargs = {"extra_plugins": [ErrorResponsesPlugin()]}
+        spec_kwargs = {**(spec_kwargs or {}), "extra_plugins": [ErrorResponsesPlugin()]}
         super().__init__(app, spec_kwargs=spec_kwargs, **kwargs)
 
     def handle_http_exception(self, error: HTTPException) -> Any:
         """Answer every HTTP error, unhandled exceptions included, with problem JSON."""
-        return problem_response(error)
+        response = problem_response(error)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            # Werkzeug's routing lists a route's methods in a set's order.
+            response.headers["Allow"] = allow(error.valid_methods)
+        return response
 
     def _register_responses(self) -> None:
         """Document the error responses as problem JSON, with the body for each."""
@@ -79,14 +100,35 @@ class PetSageApi(flask_smorest.Api):  # type: ignore[misc]
     def _register_pagination_header(self) -> None:
         """Leave flask-smorest's pagination header out: no PetSage operation pages."""
 
-    def _openapi_json(self) -> ResponseReturnValue:
-        """Serve the document, built at the first request, with an ETag for 304s."""
+    def document_response(self, environ: "WSGIEnvironment") -> Response:
+        """The document, built at the first request, with an ETag for 304s."""
         if self._document is None:
             body = json.dumps(self.spec.to_dict(), indent=2).encode() + b"\n"
             self._document = (body, hashlib.sha256(body).hexdigest()[:32])
         body, etag = self._document
-        response = flask.current_app.response_class(body, mimetype="application/json")
+        response = flask.Response(body, mimetype="application/json")
         response.set_etag(etag)
         # Clients may keep it, but must revalidate: a deploy can change it.
         response.headers["Cache-Control"] = "no-cache"
-        return response.make_conditional(flask.request)
+        return response.make_conditional(environ)
+
+    def _openapi_json(self) -> ResponseReturnValue:
+        """Serve the document on the public port."""
+        return self.document_response(flask.request.environ)
+
+
+class DocumentEndpoint:
+    """WSGI middleware: answers /openapi.json with ``api``'s document, passes the rest
+    on; the management listener's document, served without Flask."""
+
+    def __init__(self, app: "WSGIApplication", api: PetSageApi) -> None:
+        self.app = app
+        self.api = api
+
+    def __call__(
+        self, environ: "WSGIEnvironment", start_response: "StartResponse"
+    ) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != DOCUMENT_PATH:
+            return self.app(environ, start_response)
+        response = other_method_response(environ) or self.api.document_response(environ)
+        return response(environ, start_response)

@@ -5,6 +5,7 @@ sees it as ``app.config[KEY]`` and ``gunicorn.conf.py`` reads the server setting
 the same table, so the service and its server never disagree about a value.
 """
 
+import difflib
 import ipaddress
 import logging
 import os
@@ -264,7 +265,8 @@ SETTINGS = (
         "127.0.0.1:8000",
         parse_bind,
         "HOST:PORT (port 0 to 65535) or unix:PATH",
-        "Address gunicorn listens on; use 0.0.0.0:8000 in a container.",
+        "Address gunicorn listens on; use 0.0.0.0:8000 in a container. gunicorn's"
+        " -b/--bind overrides it.",
     ),
     Setting(
         "MANAGEMENT_BIND",
@@ -446,7 +448,8 @@ _warned_about: set[str] = set()
 
 
 def warn_about_unknown_settings(environ: Mapping[str, str]) -> None:
-    """Warn once per process tree about each ``PETSAGE_*`` variable PetSage ignores.
+    """Warn once per process tree about each ``PETSAGE_*`` variable PetSage ignores,
+    naming the setting it most likely meant.
 
     An unknown variable is only warned about, so that rolling back to a release that
     lacks a newer setting still starts. gunicorn's workers are forked from the master,
@@ -456,7 +459,22 @@ def warn_about_unknown_settings(environ: Mapping[str, str]) -> None:
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and name not in known | _warned_about:
             _warned_about.add(name)
-            logger.warning("%s is not a PetSage setting and is ignored", name)
+            meant = closest_setting(name)
+            hint = f"; did you mean {meant}?" if meant else ""
+            logger.warning("%s is not a PetSage setting and is ignored%s", name, hint)
+
+
+def closest_setting(name: str) -> str | None:
+    """The setting a misspelt variable most likely meant (``PETSAGE_WORKER``:
+    ``PETSAGE_WORKERS``), or None when no setting is close.
+
+    The prefix every name shares is left out of the comparison, or it would make
+    every name look close to some setting.
+    """
+    typed = name.removeprefix(ENV_PREFIX).upper()
+    keys = [setting.key for setting in SETTINGS]
+    matches = difflib.get_close_matches(typed, keys, n=1)
+    return ENV_PREFIX + matches[0] if matches else None
 
 
 def load_settings(

@@ -11,6 +11,14 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# The management listener's 404s carry this header, so that a program sent there
+# instead of the public port (``petsage smoke``) can say so rather than fail oddly.
+LISTENER_HEADER = "PetSage-Listener"
+MANAGEMENT_LISTENER = "management"
+NOT_ON_THE_MANAGEMENT_LISTENER = (
+    "Not served on the management listener (PETSAGE_MANAGEMENT_BIND); the API is on"
+    " the public port (PETSAGE_BIND)."
+)
 
 
 class ProblemSchema(ma.Schema):
@@ -85,5 +93,8 @@ def problem_response(error: HTTPException) -> Response:
 
 
 def not_found(environ: "WSGIEnvironment", start_response: "StartResponse") -> Any:
-    """Everything the management listener does not serve: a 404 problem."""
-    return problem_response(NotFound())(environ, start_response)
+    """Everything the management listener does not serve: a 404 problem that says
+    where the API is, with a header that names the listener."""
+    response = problem_response(NotFound(NOT_ON_THE_MANAGEMENT_LISTENER))
+    response.headers[LISTENER_HEADER] = MANAGEMENT_LISTENER
+    return response(environ, start_response)

@@ -23,7 +23,7 @@ from prometheus_client import (
     generate_latest,
 )
 from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import Forbidden, MethodNotAllowed, Unauthorized
+from werkzeug.exceptions import Forbidden, Unauthorized
 
 from petsage.access import Access
 from petsage.errors import problem_response
@@ -32,6 +32,7 @@ from petsage.health.openapi import TAG as HEALTH_TAG
 from petsage.health.openapi import TOKEN_REQUIRED, add_path
 from petsage.health.refresher import Snapshot
 from petsage.health.state import Health
+from petsage.methods import other_method_response
 from petsage.metrics_storage import (
     STORAGE,
     DegradedCollector,
@@ -243,11 +244,11 @@ class MetricsEndpoint:
     def _scrape(
         self, environ: "WSGIEnvironment", start_response: "StartResponse"
     ) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            error: Any = MethodNotAllowed(valid_methods=["GET", "HEAD"])
-            return problem_response(error)(environ, start_response)
+        answer = other_method_response(environ)
+        if answer is not None:
+            return answer(environ, start_response)
         if self.access.restricted and not self.access.allows(environ):
-            error = (
+            error: Any = (
                 Unauthorized(
                     www_authenticate=WWWAuthenticate("bearer", {"realm": "petsage"})
                 )
@@ -268,9 +269,25 @@ class MetricsEndpoint:
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
-def document_metrics(spec: APISpec, token_required: bool) -> None:
-    """Add GET /metrics to ``spec``; ``token_required`` when a health token is set."""
+def document_metrics(spec: APISpec, token_required: bool, management: bool) -> None:
+    """Add GET /metrics to ``spec``, the document of the listener that serves it: the
+    management listener's, or the public port's with PETSAGE_PUBLIC_METRICS.
+
+    ``token_required`` when a health token is set.
+    """
     text = {"text/plain": {"schema": {"type": "string"}, "example": METRICS_EXAMPLE}}
+    if management:
+        who = (
+            " The management listener (PETSAGE_MANAGEMENT_BIND) always serves it; with"
+            " PETSAGE_HEALTH_TOKEN or PETSAGE_TRUSTED_NETWORKS set, only to the token"
+            " or those networks: 401 without the token when one is set, else 403."
+        )
+    else:
+        who = (
+            " Served on the public port because PETSAGE_PUBLIC_METRICS is true; with"
+            " PETSAGE_HEALTH_TOKEN set, only to the token (401 without it). The"
+            " management listener (PETSAGE_MANAGEMENT_BIND) serves it too."
+        )
     add_path(
         spec,
         METRICS_PATH,
@@ -281,13 +298,9 @@ def document_metrics(spec: APISpec, token_required: bool) -> None:
             "description": "Requests by route template, method and status; request"
             " durations; requests in flight; each health check's status and"
             " duration; readiness, draining and the build, summed over all"
-            " gunicorn workers. Served on the management listener"
-            " (PETSAGE_MANAGEMENT_BIND), with PETSAGE_HEALTH_TOKEN or"
-            " PETSAGE_TRUSTED_NETWORKS set only for the token or those networks."
-            " On the public port it is absent (404) unless PETSAGE_PUBLIC_METRICS"
-            " is true, and then, with a token set, only for the token. Security:"
-            " the health token when PETSAGE_HEALTH_TOKEN is set (this document"
-            " then says so), none otherwise.",
+            " gunicorn workers." + who + " Security: the health token when"
+            " PETSAGE_HEALTH_TOKEN is set (this document then says so), none"
+            " otherwise.",
             # OpenAPI cannot express trust by address: that stays in the text.
             "security": TOKEN_REQUIRED if token_required else [],
             "responses": {
@@ -296,8 +309,9 @@ def document_metrics(spec: APISpec, token_required: bool) -> None:
                     "content": text,
                 },
                 "401": "UNAUTHORIZED",
+                # Only the management listener answers it (trusted networks); the
+                # public port's document keeps it too, as 1.0.0's had it.
                 "403": "FORBIDDEN",
-                "404": "NOT_FOUND",
                 "default": "DEFAULT_ERROR",
             },
         },

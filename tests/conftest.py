@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -9,7 +10,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from petsage import create_app
 from petsage.health import health_of
-from tests.containers.figures import figure_lines
+from tests.containers.figures import FIGURES, figure_lines
 from tests.fault_record import FaultRecorder as FaultRecorder
 from tests.fault_record import FaultRow, record_fault
 from tests.gunicorn_process import GunicornFactory, GunicornServer
@@ -72,6 +73,19 @@ def fault_record(request: pytest.FixtureRequest) -> FaultRecorder:
         record_fault(FaultRow(test=request.node.nodeid, **fields))  # type: ignore[arg-type]
 
     return record
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker, hand the container figures to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["container_figures"] = dict(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """In the pytest-xdist controller, keep the figures a worker measured."""
+    FIGURES.update(getattr(node, "workeroutput", {}).get("container_figures", {}))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -2,6 +2,7 @@
 
 import http.client
 import itertools
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The first address on 127.0.0.1 among those gunicorn lists.
@@ -48,6 +50,13 @@ def http_request(
         return HttpResult(response.status, response.headers, response.read())
     finally:
         connection.close()
+
+
+def complete_lines(log: str) -> list[str]:
+    """The lines of a log that a running process may still be writing, without the
+    last one when its newline has not been written yet."""
+    *lines, _unfinished = log.split("\n")
+    return lines
 
 
 def given_port(args: Sequence[str]) -> int | None:
@@ -142,6 +151,14 @@ class GunicornServer:
     def log(self) -> str:
         """Everything gunicorn and PetSage wrote so far."""
         return self.log_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[str]:
+        """The lines written whole so far: a line still being written is left out."""
+        return complete_lines(self.log())
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Every JSON log record written whole so far."""
+        return [json.loads(line) for line in self.log_lines() if line.startswith("{")]
 
     def request(
         self,

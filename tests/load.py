@@ -93,6 +93,21 @@ class ClientLoad:
         """What went wrong with each failed request, in order."""
         return self.total.failed
 
+    def wait_for_requests(
+        self, count: int, phase: str | None = None, timeout: float = 60.0
+    ) -> None:
+        """Wait until ``count`` requests (started in ``phase``, or in all) have been
+        tallied: a number of requests, however long a busy machine takes to send
+        them. Fails after ``timeout`` seconds."""
+        tally = self.total if phase is None else self.phases[phase]
+        deadline = time.monotonic() + timeout
+        while tally.sent < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{tally.sent} of {count} requests sent within {timeout:g} s"
+                )
+            time.sleep(0.01)
+
     def phase(self, name: str) -> None:
         """Tally requests that start from now on under ``name`` too."""
         with self._lock:

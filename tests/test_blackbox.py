@@ -16,6 +16,8 @@ from tests.gunicorn_process import GunicornFactory
 from tests.management import free_port
 from tests.monitoring import BLACKBOX_CONFIG, get_text, run_tool, serving_process, tool
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
 EXPORTER = "prometheus-blackbox-exporter"
 PETSAGE = Path(sys.executable).with_name("petsage")
 

@@ -12,6 +12,8 @@ from tests.fault_record import FaultRecorder
 from tests.gunicorn_process import GunicornFactory, http_request
 from tests.load import Tally
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
 WORKERS, THREADS = 2, 2
 
 

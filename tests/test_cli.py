@@ -1,8 +1,10 @@
 """The ``petsage`` console script."""
 
 import json
+import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,20 @@ def test_bad_setting_ends_the_command_with_one_line() -> None:
     ]
 
 
+def test_an_unknown_variable_is_a_warning_naming_the_setting_meant() -> None:
+    others = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("PETSAGE_")
+    }
+    result = run_petsage("openapi", "print", env={**others, "PETSAGE_WORKER": "3"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "PETSAGE_WORKER is not a PetSage setting and is ignored;"
+        " did you mean PETSAGE_WORKERS?"
+    ]
+
+
 def listed_commands(help_text: str) -> list[str]:
     """The command names a click ``--help`` page lists under "Commands:"."""
     _, _, listing = help_text.partition("\nCommands:\n")
@@ -54,7 +70,23 @@ def test_the_command_offers_petsage_commands_only() -> None:
     assert result.returncode == 0, result.stderr
     assert listed_commands(result.stdout) == ["drain", "openapi", "probe", "smoke"]
     options = result.stdout.split("Options:", 1)[1].split("Commands:", 1)[0]
-    assert options.split() == ["--help", "Show", "this", "message", "and", "exit."]
+    flags = [word for word in options.split() if word.startswith("--")]
+    assert flags == ["--version", "--help"]
+
+
+def test_version_names_the_distribution_and_its_version() -> None:
+    result = run_petsage("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"petsage-backend {version('petsage-backend')}\n"
+
+
+def test_probe_says_what_its_timeout_is() -> None:
+    result = run_petsage("probe", "--help")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "--timeout FLOAT RANGE Seconds to wait for the connection, and then for the"
+        " answer. [default: 2.0; x>=0.1]"
+    ) in " ".join(result.stdout.split())
 
 
 @pytest.mark.parametrize(

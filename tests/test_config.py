@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from petsage import config
 from petsage.config import SETTINGS, ConfigError, Dependency, load_settings
 
 
@@ -142,3 +143,36 @@ def test_unknown_petsage_variable_is_warned_about_not_fatal(
         settings = load_settings({"PETSAGE_LOGLEVEL": "DEBUG"})
     assert settings["LOG_LEVEL"] == "INFO"
     assert "PETSAGE_LOGLEVEL is not a PetSage setting" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("PETSAGE_WORKER", "PETSAGE_WORKERS"),
+        ("PETSAGE_LOGLEVEL", "PETSAGE_LOG_LEVEL"),
+        ("PETSAGE_MANAGMENT_BIND", "PETSAGE_MANAGEMENT_BIND"),
+        ("PETSAGE_threads", "PETSAGE_THREADS"),
+    ],
+)
+def test_an_unknown_variable_close_to_a_setting_is_warned_about_naming_it(
+    typed: str,
+    meant: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(config, "_warned_about", set())
+    with caplog.at_level(logging.WARNING):
+        settings = load_settings({typed: "3"})
+    assert settings == load_settings({})
+    assert caplog.messages == [
+        f"{typed} is not a PetSage setting and is ignored; did you mean {meant}?"
+    ]
+
+
+def test_an_unknown_variable_close_to_no_setting_names_none(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "_warned_about", set())
+    with caplog.at_level(logging.WARNING):
+        load_settings({"PETSAGE_PORT": "8080"})
+    assert caplog.messages == ["PETSAGE_PORT is not a PetSage setting and is ignored"]

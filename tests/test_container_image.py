@@ -18,6 +18,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,16 @@ from tests.containers.podman import (
 from tests.dockerfile import DOCKERFILE, image_environment
 from tests.gunicorn_process import REPO_ROOT, http_request
 from tests.load import SMOKE_TEST, SMOKE_TEST_BODY, ClientLoad
+from tests.test_health_gunicorn import DRAINING, LIVENESS
+from tests.test_reliability import wait_until
 
-pytestmark = pytest.mark.container
+# One pytest-xdist worker runs them all: they share the images their session
+# fixtures build.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.container,
+    pytest.mark.xdist_group("container"),
+]
 
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose.yaml"
 START_TIMEOUT = 30.0
@@ -226,9 +235,25 @@ def test_metrics_are_served_where_prometheus_scrapes_them(
     assert deployed.request("http", plan.scrape_path).status == 404
 
 
+def run_healthcheck(container: Container) -> int:
+    """`podman healthcheck run` as the runtime judges health: unhealthy only after
+    the healthcheck's Retries failures in a row, and a run past its timeout (3 s) on
+    a busy machine is one failure. The runs it took to pass."""
+    config = container.inspect()["Config"]
+    assert isinstance(config, dict)
+    retries = config["Healthcheck"]["Retries"]
+    output = ""
+    for run in range(1, retries + 1):
+        checked = podman("healthcheck", "run", container.name, check=False)
+        if checked.returncode == 0:
+            return run
+        output = checked.stdout + checked.stderr
+    raise AssertionError(f"{retries} healthchecks in a row failed: {output}")
+
+
 def test_the_images_healthcheck_passes(deployed: Container) -> None:
-    checked = podman("healthcheck", "run", deployed.name, check=False)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    runs = run_healthcheck(deployed)
+    record_figure("podman healthcheck run: runs to the first pass", str(runs))
     assert deployed.state("Health")["Status"] == "healthy"  # type: ignore[index]
 
 
@@ -268,6 +293,7 @@ def test_memory_stays_inside_the_manifests_limit_under_load(
     paths = (SMOKE_TEST, "/", "/livez", "/openapi.json")
     with ClientLoad(deployed.ports["http"], threads=4, paths=paths) as load:
         time.sleep(3.0)
+        load.wait_for_requests(100)
         rss = resident_memory(deployed.host_pids())
     peak = cgroup_memory_peak(deployed.host_pids()[0])
     mib = 2**20
@@ -276,7 +302,6 @@ def test_memory_stays_inside_the_manifests_limit_under_load(
         f"RSS {rss / mib:.0f} MiB (sum of processes), cgroup peak {peak / mib:.0f} MiB,"
         f" limit {plan.memory / mib:.0f} MiB; {load.sent} requests",
     )
-    assert load.sent > 100
     assert load.failed == []
     assert rss < plan.memory
     assert peak < plan.memory
@@ -294,12 +319,27 @@ def test_prestop_drain_fails_readiness_at_once_and_keeps_serving(
         # The kubelet sends SIGTERM once the hook has returned: readiness fails by then.
         readiness_status = container.request(readiness.port, readiness.path).status
         time.sleep(1.0)
+        load.wait_for_requests(10, phase="draining")
     assert drained.returncode == 0, drained.stdout + drained.stderr
     assert "draining; readiness fails now" in drained.stdout
     assert readiness_status == 503
-    assert load.phases["draining"].sent > 10
     assert load.failed == []
     assert container.request("http", SMOKE_TEST).status == 200
+
+
+@dataclass(frozen=True)
+class Stop:
+    """What stopping a container under load showed."""
+
+    load: ClientLoad
+    # The answer to the first readiness probe sent after the drain was logged, and
+    # the seconds from the stop command to that answer.
+    readiness: int
+    to_503: float
+    stopped_after: float
+    exit_code: int
+    # What the stop command wrote: podman says so when it resorts to SIGKILL.
+    output: str
 
 
 def stop_under_load(
@@ -308,9 +348,9 @@ def stop_under_load(
     delay: float,
     readiness_port: str,
     readiness_path: str,
-) -> tuple[ClientLoad, float, float, int]:
+) -> Stop:
     """Stop ``container`` with ``stop`` while clients send requests until the drain
-    is nearly over; the load, seconds to readiness 503 and to the stop, exit code."""
+    is nearly over; requests once readiness failed are in the "draining" phase."""
     with ClientLoad(
         container.ports["http"], threads=4, keep_alive_threads=1, pause=0.01
     ) as load:
@@ -318,20 +358,38 @@ def stop_under_load(
         terminated = time.monotonic()
         stopping = subprocess.Popen(
             ["podman", *stop, container.name],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        to_503 = (
-            container.wait_for(readiness_port, readiness_path, 503, 2.0)
-            + container.started
-            - terminated
-        )
+        wait_until(lambda: DRAINING in container.logs(), LIVENESS, "the drain")
+        readiness = container.request(readiness_port, readiness_path).status
+        to_503 = time.monotonic() - terminated
+        load.phase("draining")
         time.sleep(max(0.0, terminated + delay - BALANCER_MARGIN - time.monotonic()))
-    stopping.wait(timeout=delay + 120)
+    output, _ = stopping.communicate(timeout=delay + 120)
     stopped_after = time.monotonic() - terminated
     exit_code = container.state("ExitCode")
     assert isinstance(exit_code, int)
-    return load, to_503, stopped_after, exit_code
+    return Stop(load, readiness, to_503, stopped_after, exit_code, output)
+
+
+def assert_stopped_gracefully(
+    stopped: Stop, container: Container, delay: float
+) -> None:
+    """Readiness failed at once and nothing failed while draining, for ``delay``
+    seconds; then the container exited by itself (0), before any SIGKILL (137)."""
+    log = container.logs()
+    assert f"{DRAINING}; shutting down in {delay:.1f} s" in log
+    assert stopped.readiness == 503
+    draining = stopped.load.phases["draining"]
+    assert draining.sent > 0, "no request was sent while draining"
+    assert stopped.load.failed == []
+    assert stopped.exit_code == 0, (
+        f"exit {stopped.exit_code} after {stopped.stopped_after:.1f} s:\n{log}"
+    )
+    assert "SIGKILL" not in stopped.output, stopped.output
+    assert delay <= stopped.stopped_after
 
 
 @pytest.mark.fault
@@ -341,28 +399,26 @@ def test_podman_stop_with_its_default_timeout_drains_and_exits_0(
     container = start_container(without=DRAIN_SETTINGS)
     delay = float(image_environment()["PETSAGE_SHUTDOWN_DELAY"])
     readiness = plan.probes["readinessProbe"]
-    load, to_503, stopped_after, exit_code = stop_under_load(
+    stopped = stop_under_load(
         container, ["stop"], delay, readiness.port, readiness.path
     )
     fault_record(
         fault="podman stop (Docker's 10 s)",
-        injected="`podman stop` (SIGTERM, SIGKILL after 10 s) to the image run with"
+        injected=f"`podman stop` (SIGTERM, SIGKILL after {DEFAULT_STOP_TIMEOUT} s) to"
+        " the image run with"
         " the manifest's options and the image's own drain settings",
         load="4 client threads (1 keep-alive), smoke test, until the drain ends",
-        **load.total.counts(),
-        recovery=f"exit {exit_code} {stopped_after:.1f} s after SIGTERM",
+        **stopped.load.total.counts(),
+        recovery=f"exit {stopped.exit_code} {stopped.stopped_after:.1f} s after"
+        " SIGTERM",
     )
     record_figure(
         "podman stop, default 10 s timeout",
-        f"exit {exit_code} after {stopped_after:.1f} s (drain {delay:g} s)",
+        f"readiness {stopped.readiness} {stopped.to_503:.2f} s after the command,"
+        f" exit {stopped.exit_code} after {stopped.stopped_after:.1f} s"
+        f" (drain {delay:g} s)",
     )
-    log = container.logs()
-    assert f"Draining: readiness fails now; shutting down in {delay:.1f} s" in log
-    assert to_503 < 1.0
-    assert load.sent > 50
-    assert load.failed == []
-    assert exit_code == 0, f"exit {exit_code} after {stopped_after:.1f} s:\n{log}"
-    assert delay <= stopped_after < DEFAULT_STOP_TIMEOUT
+    assert_stopped_gracefully(stopped, container, delay)
 
 
 @pytest.mark.fault
@@ -372,7 +428,7 @@ def test_podman_stop_with_the_manifests_grace_period_drains_and_exits_0(
     container = start_container()
     delay = float(plan.environment["PETSAGE_SHUTDOWN_DELAY"])
     readiness = plan.probes["readinessProbe"]
-    load, to_503, stopped_after, exit_code = stop_under_load(
+    stopped = stop_under_load(
         container,
         ["stop", "--time", str(plan.grace_period)],
         delay,
@@ -384,19 +440,17 @@ def test_podman_stop_with_the_manifests_grace_period_drains_and_exits_0(
         injected=f"`podman stop --time {plan.grace_period}` (terminationGracePeriod"
         "Seconds) to the image run as deploy/kubernetes/deployment.yaml runs it",
         load="4 client threads (1 keep-alive), smoke test, until the drain ends",
-        **load.total.counts(),
-        recovery=f"exit {exit_code} {stopped_after:.1f} s after SIGTERM",
+        **stopped.load.total.counts(),
+        recovery=f"exit {stopped.exit_code} {stopped.stopped_after:.1f} s after"
+        " SIGTERM",
     )
     record_figure(
         f"podman stop --time {plan.grace_period} (manifest)",
-        f"exit {exit_code} after {stopped_after:.1f} s (drain {delay:g} s)",
+        f"readiness {stopped.readiness} {stopped.to_503:.2f} s after the command,"
+        f" exit {stopped.exit_code} after {stopped.stopped_after:.1f} s"
+        f" (drain {delay:g} s)",
     )
-    log = container.logs()
-    assert f"Draining: readiness fails now; shutting down in {delay:.1f} s" in log
-    assert to_503 < 1.0
-    assert load.failed == []
-    assert exit_code == 0, f"exit {exit_code} after {stopped_after:.1f} s:\n{log}"
-    assert delay <= stopped_after < plan.grace_period
+    assert_stopped_gracefully(stopped, container, delay)
 
 
 @pytest.mark.parametrize("cpus", [0.5, 2])
@@ -533,8 +587,7 @@ def test_compose_serves_through_nginx_and_stops_cleanly(
     )
     assert health.status == 200 and b'"checks"' in health.body
     for service in ("petsage", "nginx"):
-        checked = podman("healthcheck", "run", f"{project}_{service}_1", check=False)
-        assert checked.returncode == 0, f"{service}: {checked.stdout}{checked.stderr}"
+        run_healthcheck(Container(f"{project}_{service}_1", {}))
     grace = seconds(str(compose_services()["petsage"]["stop_grace_period"]))
     # podman-compose 1.0.3 ignores stop_grace_period: give its value as Compose would.
     stopping = time.monotonic()

@@ -188,6 +188,7 @@ def test_service_hpa_and_pdb_select_the_deployment() -> None:
     assert (target["kind"], target["name"]) == ("Deployment", "petsage-backend")
 
 
+@pytest.mark.slow
 class TestProbeCommand:
     """``petsage probe`` as a Docker HEALTHCHECK runs it: no argument but the path."""
 

@@ -96,6 +96,7 @@ def requests_elsewhere(requested: list[str], origin: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_swagger_ui_renders_offline_in_chromium(
     start_gunicorn: GunicornFactory, tmp_path: Path
@@ -116,6 +117,7 @@ def test_swagger_ui_renders_offline_in_chromium(
     assert f"{origin}/openapi.json" in requested
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_swagger_ui_authorize_sends_the_token_and_shows_checks(
     start_gunicorn: GunicornFactory, tmp_path: Path

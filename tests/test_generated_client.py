@@ -2,11 +2,17 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.gunicorn_process import GunicornFactory
+import pytest
+
+from tests.docs.pages import DOCS, blocks
+from tests.gunicorn_process import REPO_ROOT, GunicornFactory
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
 BIN = Path(sys.executable).parent
 GENERATOR_CONFIG = {
@@ -91,3 +97,15 @@ def test_generated_client_calls_the_service(
     assert answers["health"] == [True, True, "pass", "client-test", "petsage-backend"]
     assert answers["live"] == [True, "pass"]
     assert answers["ready"] == [200, "ProbeStatus"]
+
+
+def test_the_clients_page_generates_the_client_outside_the_checkout() -> None:
+    [command] = [
+        command
+        for block in blocks(DOCS / "api" / "clients.md")
+        for command in block.commands()
+        if "openapi-python-client generate" in command
+    ]
+    arguments = shlex.split(command)
+    output = Path(arguments[arguments.index("--output-path") + 1])
+    assert not (REPO_ROOT / output).resolve().is_relative_to(REPO_ROOT.resolve())

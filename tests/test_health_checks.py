@@ -23,6 +23,9 @@ from petsage.health.checks import (
 from petsage.health.refresher import CheckRefresher
 from tests.listeners import hanging_tcp, http_reply, refusing, serving
 
+# Bounds on waiting for what must happen: far longer than it takes on a busy machine.
+LIVENESS = 60.0
+
 
 @contextmanager
 def basic_auth_server(user: str, password: str) -> Iterator[tuple[int, list[str]]]:
@@ -200,15 +203,22 @@ class TestRefresher:
         assert isinstance(result.value, float) and result.value >= 5
 
     def test_checks_run_concurrently(self) -> None:
-        def slow() -> Observation:
-            time.sleep(0.3)
+        # Each check returns only once all five are inside their call at the same
+        # time; run one after another, the first would wait alone until it fails.
+        together = threading.Barrier(5, timeout=LIVENESS)
+
+        def meet() -> Observation:
+            together.wait()
             return Observation()
 
-        checks = [Check(f"slow{i}", slow, f"slow{i}", "x") for i in range(5)]
-        started = time.monotonic()
+        checks = [
+            Check(f"meet{i}", meet, f"meet{i}", "x", timeout=2 * LIVENESS)
+            for i in range(5)
+        ]
         snapshot = CheckRefresher(checks, 10).run_cycle()
-        assert time.monotonic() - started < 1.2  # 5 x 0.3 s in sequence is 1.5 s
-        assert {result.status for result in snapshot.results.values()} == {"pass"}
+        assert {name: result.status for name, result in snapshot.results.items()} == {
+            f"meet{i}": "pass" for i in range(5)
+        }
 
     def test_a_hung_check_is_reported_and_not_started_again(self) -> None:
         release = threading.Event()

@@ -30,6 +30,10 @@ from tests.listeners import refusing
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PROBES = ("/livez", "/readyz", "/health")
+# Bounds on waiting for what must happen: far longer than it takes on a busy machine.
+LIVENESS = 60.0
+# Longer than any test: a check that hangs this long never returns while it runs.
+HUNG_CHECK_TIMEOUT = 3600.0
 
 
 @dataclass
@@ -40,8 +44,10 @@ class Service:
     client: FlaskClient
     health: Health
 
-    def wait_until(self, path: str, status: int, timeout: float = 5.0) -> TestResponse:
-        """Probe ``path`` until it answers ``status``."""
+    def wait_until(
+        self, path: str, status: int, timeout: float = LIVENESS
+    ) -> TestResponse:
+        """Probe ``path`` until it answers ``status`` (or ``timeout`` passes)."""
         deadline = time.monotonic() + timeout
         while True:
             response = self.client.get(path)
@@ -494,20 +500,43 @@ class TestChecksNeverRunInRequests:
     def test_a_hung_check_never_delays_a_probe(
         self, make_service: ServiceFactory
     ) -> None:
-        never = threading.Event()
-        hung = blocking_check("hung", never, timeout=0.2)
-        service = make_service((hung,), CHECK_PERIOD=0.1)
+        entered, release = threading.Event(), threading.Event()
+        runs = 0
+
+        def hangs_after_its_first_run() -> Observation:
+            nonlocal runs
+            runs += 1
+            if runs > 1:
+                entered.set()
+                release.wait(HUNG_CHECK_TIMEOUT)
+            return Observation()
+
+        # Its timeout is far longer than the test: a probe that waited for the check,
+        # or for the cycle it hangs in, would not return at all.
+        hung = Check(
+            "hung", hangs_after_its_first_run, "hung", "x", timeout=HUNG_CHECK_TIMEOUT
+        )
+        service = make_service((hung,), CHECK_PERIOD=0.05)
+        statuses: list[int] = []
+
+        def probe() -> None:
+            statuses.extend(
+                service.client.get("/readyz").status_code for _ in range(100)
+            )
+
+        prober = threading.Thread(target=probe, daemon=True)
         try:
-            service.wait_until("/readyz", 503)
-            slowest = 0.0
-            for _ in range(100):
-                started = time.perf_counter()
-                service.client.get("/readyz")
-                slowest = max(slowest, time.perf_counter() - started)
+            assert service.wait_until("/readyz", 200).status_code == 200
+            assert entered.wait(LIVENESS), "the check never ran a second time"
+            snapshot = service.health.snapshot
+            prober.start()
+            prober.join(LIVENESS)
+            # Still the first cycle's: the second is still waiting for the check.
+            assert service.health.snapshot is snapshot
         finally:
-            never.set()
-        # The check hangs for a minute; a probe waiting on it would take >= 0.2 s.
-        assert slowest < 0.1
+            release.set()
+        assert not prober.is_alive(), "a probe waited for the hung check"
+        assert statuses == [200] * 100
 
 
 class TestRegistry:

@@ -100,6 +100,7 @@ HOSTILE_REQUESTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(HOSTILE_REQUESTS))
 def test_hostile_request_gets_a_4xx_problem(server: GunicornServer, name: str) -> None:
     answer = raw_exchange(server.port, HOSTILE_REQUESTS[name])
@@ -115,6 +116,7 @@ def test_hostile_request_gets_a_4xx_problem(server: GunicornServer, name: str) -
 HOSTILE_ROUNDS = 10
 
 
+@pytest.mark.slow
 @pytest.mark.fault
 def test_hostile_requests_under_load_leave_every_request_answered(
     server: GunicornServer, fault_record: FaultRecorder
@@ -149,6 +151,7 @@ def test_hostile_requests_under_load_leave_every_request_answered(
     assert load.failed == [], load.failed[:20]
 
 
+@pytest.mark.slow
 def test_a_body_on_get_is_ignored(server: GunicornServer) -> None:
     request = (
         f"GET {SMOKE_TEST} HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n"
@@ -185,6 +188,7 @@ HEADER_VALUE = st.text(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     prefix=st.sampled_from(
@@ -253,11 +257,13 @@ class TestSecurityHeaders:
         assert "connect-src 'self'" in policy
         assert "http" not in policy
 
+    @pytest.mark.slow
     def test_gunicorns_own_errors_carry_them(self, server: GunicornServer) -> None:
         answer = raw_exchange(server.port, b"GARBAGE\r\n\r\n").decode("latin-1")
         assert "X-Content-Type-Options: nosniff" in answer
         assert "Content-Security-Policy: default-src 'none'" in answer
 
+    @pytest.mark.slow
     def test_no_versions_are_revealed(self, server: GunicornServer) -> None:
         for path in ("/", SMOKE_TEST, "/no-such-thing", "/livez"):
             response = server.request("GET", path)

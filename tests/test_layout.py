@@ -11,6 +11,8 @@ import pytest
 
 from tests.gunicorn_process import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 

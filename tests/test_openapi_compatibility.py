@@ -1,4 +1,5 @@
-"""The linters consumers run, and the breaking-change gate against the releases."""
+"""The linters consumers run, and the breaking-change gate against the releases and
+their errata."""
 
 import copy
 import json
@@ -8,12 +9,20 @@ from typing import Any
 
 import pytest
 
+from petsage import create_app
 from tests.gunicorn_process import REPO_ROOT
-from tests.openapi_tools import TOOLS, needs_npm_packages, run_tool
+from tests.openapi_tools import TOOLS, require_npm_packages, run_tool
 
-pytestmark = needs_npm_packages
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
 CONTRACTS = REPO_ROOT / "contracts"
 GATE = TOOLS / "check-compatibility.mjs"
+
+
+@pytest.fixture(autouse=True)
+def npm_packages() -> None:
+    """The tests here run tools/openapi's npm packages: installed first, or skipped."""
+    require_npm_packages()
 
 
 @pytest.fixture
@@ -127,3 +136,44 @@ def test_gate_compares_with_the_latest_release(
     document.write_text(json.dumps({**current, "info": {"version": "2.0.0"}}))
     result = run_tool(["node", GATE, document, contracts])
     assert "with the released 1.10.0.json" in result.stdout, result.stdout
+
+
+def test_gate_says_which_erratum_it_lets_pass_and_why(
+    current: dict[str, Any], tmp_path: Path
+) -> None:
+    status, output = gate(current, tmp_path)
+    assert status == 0, output
+    assert (
+        "erratum of 1.0.0.json: GET /metrics left out of the comparison: 1.0.0's"
+        " document listed it, but the public port never answered it by default"
+    ) in output
+
+
+def test_gate_compares_an_erratum_operation_the_document_still_has(
+    tmp_path: Path,
+) -> None:
+    document: Any = (
+        create_app({"PUBLIC_METRICS": True}).test_client().get("/openapi.json").json
+    )
+    del document["paths"]["/metrics"]["get"]["responses"]["200"]
+    status, output = gate(document, tmp_path)
+    assert status != 0, output
+    assert "erratum of" not in output
+    assert "must not remove response status code 200" in output
+
+
+def test_gate_stops_on_an_erratum_its_release_does_not_list(
+    current: dict[str, Any], tmp_path: Path
+) -> None:
+    contracts = tmp_path / "contracts"
+    contracts.mkdir()
+    shutil.copy(CONTRACTS / "1.0.0.json", contracts / "1.0.0.json")
+    errata = {"1.0.0": {"GET /nowhere": "never listed"}}
+    (contracts / "errata.json").write_text(json.dumps(errata))
+    document = tmp_path / "openapi.json"
+    document.write_text(json.dumps(current))
+    result = run_tool(["node", GATE, document, contracts])
+    assert result.returncode == 2, result.stdout
+    assert "contracts/errata.json: 1.0.0.json has no operation GET /nowhere" in (
+        result.stdout
+    )

@@ -1,8 +1,15 @@
-"""The OpenAPI document is complete and true, checked by schemathesis and by routes."""
+"""The OpenAPI document is complete and true, checked by schemathesis and by routes.
+
+It describes what the public port answers, and nothing else: schemathesis runs every
+check it has against it, undeclared methods included, with /metrics served there and
+in the default configuration, where it is not (the management listener's document is
+tests/test_openapi_management.py's).
+"""
 
 import json
 from typing import Any
 
+import pytest
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, settings
@@ -17,6 +24,11 @@ APP = create_app(
     {"HEALTH_TOKEN": "contract-token", "CHECK_PERIOD": 60, "PUBLIC_METRICS": True}
 )
 SCHEMA = schemathesis.openapi.from_wsgi("/openapi.json", APP)
+# The default configuration's public port, which does not serve /metrics.
+DEFAULTS_SCHEMA = schemathesis.openapi.from_wsgi(
+    "/openapi.json", create_app({"CHECK_PERIOD": 60})
+)
+HEALTH_PATHS = {"/livez", "/readyz", "/livez/<check>", "/readyz/<check>", "/health"}
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Served, but not operations of the API: the document itself and the docs pages.
 UNDOCUMENTED = {
@@ -45,6 +57,14 @@ def test_every_public_response_conforms_to_the_document(
     case.call_and_validate()
 
 
+@DEFAULTS_SCHEMA.parametrize()
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_response_of_the_default_public_port_conforms_to_its_document(
+    case: schemathesis.Case[Any],
+) -> None:
+    case.call_and_validate()
+
+
 def documented_paths(app: Flask) -> set[str]:
     """The paths of the document, in Flask's rule syntax."""
     document = app.test_client().get("/openapi.json").json
@@ -62,8 +82,21 @@ def test_every_flask_route_is_documented() -> None:
 
 
 def test_every_health_endpoint_is_documented() -> None:
-    health = {"/livez", "/readyz", "/livez/<check>", "/readyz/<check>", "/health"}
-    assert health <= documented_paths(APP)
+    assert documented_paths(APP) >= HEALTH_PATHS
+
+
+@pytest.mark.parametrize(
+    ("config", "listed"),
+    [({}, False), ({"PUBLIC_METRICS": True}, True), ({"METRICS": False}, False)],
+    ids=["defaults", "public metrics", "no metrics"],
+)
+def test_the_public_document_lists_metrics_only_where_the_port_serves_them(
+    config: dict[str, Any], listed: bool
+) -> None:
+    app = create_app(config)
+    assert ("/metrics" in documented_paths(app)) == listed
+    served = app.test_client().get("/metrics").status_code == 200
+    assert served == listed
 
 
 def test_every_operation_is_complete() -> None:

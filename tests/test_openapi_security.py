@@ -1,21 +1,24 @@
-"""The document's security is true in every configuration, on a real gunicorn.
+"""The documents' security is true in every configuration, on a real gunicorn.
 
 For each configuration (health token set or not, /metrics on the public port or not,
-trusted networks), a gunicorn with a management listener serves its document; every
-operation is called on the public port, and the health operations and /metrics on
-the management listener too, without a token, with a wrong one and with the right one,
-and schemathesis checks each answer against the document, ``ignored_auth`` included
-(an operation requiring the token must refuse callers without it).
+trusted networks), a gunicorn with a management listener serves a document on each
+listener; every operation of each document is called on its listener, without a
+token, with a wrong one and with the right one, and schemathesis checks each answer
+against the document, ``ignored_auth`` included (an operation requiring the token
+must refuse callers without it).
 """
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import schemathesis
 
-from tests.gunicorn_process import GunicornFactory
+from tests.gunicorn_process import GunicornFactory, HttpResult
 from tests.management import Instance
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
 TOKEN = "security-token"
 SCHEME = "healthToken"
@@ -46,9 +49,9 @@ def path_parameters(item: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def document_of(instance: Instance) -> dict[str, Any]:
-    """The document the instance serves on its public port."""
-    answer = instance.public("/openapi.json")
+def document_of(listener: Callable[[str], HttpResult]) -> dict[str, Any]:
+    """The document a listener serves (``instance.public``, ``instance.management``)."""
+    answer = listener("/openapi.json")
     assert answer.status == 200
     document: dict[str, Any] = json.loads(answer.body)
     return document
@@ -64,8 +67,24 @@ def configured(
     return settings, Instance(start_gunicorn, environ)
 
 
+def expected_security(
+    listener: str, settings: dict[str, str]
+) -> dict[str, list[dict[str, list[str]]]]:
+    """Each operation of the listener's document and its security, as ``settings``
+    make them: /metrics only where it is served."""
+    health = dict.fromkeys(
+        ("/livez", "/livez/{check}", "/readyz", "/readyz/{check}", "/health"),
+        OPTIONAL,
+    )
+    metrics = {"/metrics": REQUIRED if "HEALTH_TOKEN" in settings else []}
+    if listener == "management":
+        return {**health, **metrics}
+    public = {"/": [], "/api/v1/smoke-test": [], **health}
+    return {**public, **metrics} if settings.get("PUBLIC_METRICS") == "true" else public
+
+
 def assert_security_declared(
-    document: dict[str, Any], settings: dict[str, str]
+    document: dict[str, Any], listener: str, settings: dict[str, str]
 ) -> None:
     """The bearer scheme, and each operation's security as ``settings`` make it."""
     scheme = document["components"]["securitySchemes"][SCHEME]
@@ -73,37 +92,26 @@ def assert_security_declared(
     security = {
         path: item["get"]["security"] for path, item in document["paths"].items()
     }
-    token_required = REQUIRED if "HEALTH_TOKEN" in settings else []
-    assert security == {
-        "/": [],
-        "/api/v1/smoke-test": [],
-        "/livez": OPTIONAL,
-        "/livez/{check}": OPTIONAL,
-        "/readyz": OPTIONAL,
-        "/readyz/{check}": OPTIONAL,
-        "/health": OPTIONAL,
-        "/metrics": token_required,
-    }
+    assert security == expected_security(listener, settings)
 
 
 def test_every_answer_in_every_configuration_matches_the_document(
     configured: tuple[dict[str, str], Instance],
 ) -> None:
     settings, instance = configured
-    document = document_of(instance)
-    assert_security_declared(document, settings)
-    schema = schemathesis.openapi.from_dict(document)
-    public = f"http://127.0.0.1:{instance.port}"
-    management = f"http://127.0.0.1:{instance.management_port}"
+    listeners = {
+        "public": (instance.public, instance.port),
+        "management": (instance.management, instance.management_port),
+    }
     token_set = "HEALTH_TOKEN" in settings
     statuses: dict[tuple[str, str, str], int] = {}
-    for path, item in document["paths"].items():
-        operation = item["get"]
-        # The management listener answers the health endpoints and /metrics only.
-        origins = {"public": public}
-        if operation["tags"] == ["Health"]:
-            origins["management"] = management
-        for where, origin in origins.items():
+    for where, (listener, port) in listeners.items():
+        document = document_of(listener)
+        assert_security_declared(document, where, settings)
+        schema = schemathesis.openapi.from_dict(document)
+        origin = f"http://127.0.0.1:{port}"
+        for path, item in document["paths"].items():
+            operation = item["get"]
             for credential, headers in CREDENTIALS.items():
                 case = schema[path]["GET"].Case(path_parameters=path_parameters(item))
                 response = case.call_and_validate(base_url=origin, headers=headers)
@@ -119,6 +127,12 @@ def test_every_answer_in_every_configuration_matches_the_document(
                         where,
                         credential,
                     )
+    for credential, headers in CREDENTIALS.items():
+        # Where the public document leaves /metrics out, the public port must too.
+        statuses.setdefault(
+            ("/metrics", "public", credential),
+            instance.public("/metrics", headers).status,
+        )
     metrics = {
         (where, credential): statuses["/metrics", where, credential]
         for where in ("public", "management")

@@ -23,6 +23,8 @@ from tests.test_reliability import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 OUTSIDE = "127.0.0.2"

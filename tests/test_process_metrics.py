@@ -19,6 +19,8 @@ from tests.management import Instance
 from tests.monitoring import run_tool
 from tests.test_reliability import children
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
 PROCESS_SERIES = (
     "process_resident_memory_bytes",
     "process_virtual_memory_bytes",

@@ -26,6 +26,8 @@ from tests.listeners import serving
 from tests.management import Instance, free_port
 from tests.monitoring import RULES, get_json, serving_process, tool
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
 TOKEN = "prometheus-scrape-token"
 ALERT = "PetSageCriticalCheckFailing"
 WAIT = 20.0

@@ -7,12 +7,21 @@ gunicorn: the smoke test, /readyz, and /health with and without the health token
 
 import time
 
-from tests.gunicorn_process import REPO_ROOT, GunicornFactory, GunicornServer
-from tests.openapi_tools import BIN, TOOLS, needs_npm_packages, run_tool
+import pytest
 
-pytestmark = needs_npm_packages
+from tests.gunicorn_process import REPO_ROOT, GunicornFactory, GunicornServer
+from tests.openapi_tools import BIN, TOOLS, require_npm_packages, run_tool
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
 TOKEN = "typescript-token"
 TYPES = TOOLS / "client" / "petsage.d.ts"
+
+
+@pytest.fixture(autouse=True)
+def npm_packages() -> None:
+    """The tests here run tools/openapi's npm packages: installed first, or skipped."""
+    require_npm_packages()
 
 
 def generate_and_check_types() -> None:

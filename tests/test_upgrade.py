@@ -22,6 +22,8 @@ from tests.gunicorn_process import GunicornFactory, GunicornServer
 from tests.test_instances import readiness
 from tests.test_reliability import free_ports, wait_until
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
 SMOKE_COUNT = re.compile(
     r'^petsage_http_requests_total\{method="GET",route="/api/v1/smoke-test",'
     r'status="200"\} (\S+)$',

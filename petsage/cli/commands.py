@@ -16,6 +16,8 @@ from petsage.instance import InstanceRecord, running_instances
 
 # sysexits.h EX_USAGE: the command was used wrongly.
 USAGE_ERROR = 64
+# The installed distribution whose version ``petsage --version`` prints (setup.cfg).
+DISTRIBUTION = "petsage-backend"
 
 # Flask's own commands (``run``, ``shell``, ``routes``) are left out: PetSage is served
 # by gunicorn, and a development server offered beside drain and smoke would be taken
@@ -34,6 +36,12 @@ cli = FlaskGroup(
 cli.params = [
     option for option in cli.params if option.name not in {"app", "env_file", "debug"}
 ]
+# PetSage's own version, not Flask's (which names Python, Flask and Werkzeug).
+click.version_option(
+    package_name=DISTRIBUTION,
+    message="%(package)s %(version)s",
+    help=f"Show the version of {DISTRIBUTION} installed and exit.",
+)(cli)
 
 
 INSTANCE_HELP = (
@@ -197,7 +205,11 @@ def connection_to(address: str, timeout: float) -> http.client.HTTPConnection:
 @click.argument("path", default="/livez")
 @click.option("--instance", "-i", metavar="PID|ADDRESS|PORT", help=INSTANCE_HELP)
 @click.option(
-    "--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for the connection, and then for the answer.",
 )
 def probe(path: str, instance: str | None, timeout: float) -> None:
     """Exit 0 when the instance here answers PATH (default /livez) with 200, else 1.

@@ -2,7 +2,9 @@
 
 A pipeline runs it after a deploy: it waits until ``/readyz`` answers 200, then checks
 ``/livez``, ``/health``, ``/api/v1/smoke-test`` and ``/openapi.json`` against the
-service's own OpenAPI document, and answers with an exit code.
+service's own OpenAPI document, and answers with an exit code. Pointed at PetSage's
+management listener instead of the public port, it says so (the listener's 404s carry
+a ``PetSage-Listener`` header) rather than fail check after check.
 """
 
 import http.client
@@ -18,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from petsage.cli.contract import response_errors
+from petsage.errors import LISTENER_HEADER, MANAGEMENT_LISTENER
 
 PASSED, FAILED, NOT_READY = 0, 1, 2
 SMOKE_TEST_BODY = {"status": "ok", "message": "PetSage smoke test successful!"}
@@ -74,6 +77,8 @@ class Service:
         self.prefix = parts.path.rstrip("/")
         self.request_timeout = request_timeout
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Set by the first answer that names PetSage's management listener.
+        self.reached_management_listener = False
 
     def get(self, path: str, timeout: float | None = None) -> Answer:
         """GET ``path``; raises OSError when the service cannot be reached."""
@@ -91,6 +96,8 @@ class Service:
             connection.request("GET", self.prefix + path, headers=self.headers)
             response = connection.getresponse()
             body = response.read(10_000_000)
+            if response.getheader(LISTENER_HEADER) == MANAGEMENT_LISTENER:
+                self.reached_management_listener = True
             return Answer(response.status, response.getheader("Content-Type", ""), body)
         except http.client.HTTPException as error:
             raise OSError(f"bad HTTP answer: {type(error).__name__}") from error
@@ -188,6 +195,8 @@ def run_smoke(
     report = SmokeReport(service.url)
     readiness, exit_code = wait_until_ready(service, timeout)
     report.outcomes.append(readiness)
+    if service.reached_management_listener:
+        return wrong_listener(report)
     if not readiness.passed:
         report.exit_code = exit_code
         return report
@@ -235,16 +244,35 @@ def run_smoke(
             return []
         return [f"expected releaseId {expect_release!r}, got {body.get('releaseId')!r}"]
 
-    report.outcomes.append(timed("openapi", check_document))
-    report.outcomes.append(timed("liveness", check_endpoint("/livez")))
-    report.outcomes.append(timed("health", check_endpoint("/health")))
+    checks = [
+        ("openapi", check_document),
+        ("liveness", check_endpoint("/livez")),
+        ("health", check_endpoint("/health")),
+    ]
     if expect_release is not None:
-        report.outcomes.append(timed("release", check_endpoint("/health", release)))
-    report.outcomes.append(
-        timed("smoke-test", check_endpoint("/api/v1/smoke-test", exact_body))
-    )
+        checks.append(("release", check_endpoint("/health", release)))
+    checks.append(("smoke-test", check_endpoint("/api/v1/smoke-test", exact_body)))
+    for name, check in checks:
+        report.outcomes.append(timed(name, check))
+        if service.reached_management_listener:
+            return wrong_listener(report)
     if not all(outcome.passed for outcome in report.outcomes):
         report.exit_code = FAILED
+    return report
+
+
+def wrong_listener(report: SmokeReport) -> SmokeReport:
+    """End ``report`` at its last check, the first to reach PetSage's management
+    listener: it fails saying so, and no further check runs, since there each could
+    only fail without saying why."""
+    last = report.outcomes.pop()
+    detail = (
+        f"{report.url} is PetSage's management listener (PETSAGE_MANAGEMENT_BIND),"
+        " which serves probes and metrics, not the API: point petsage smoke at the"
+        " public port (PETSAGE_BIND)"
+    )
+    report.outcomes.append(Outcome(last.name, False, detail, last.seconds))
+    report.exit_code = FAILED
     return report
 
 

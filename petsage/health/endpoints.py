@@ -26,6 +26,7 @@ from petsage.errors import problem_response
 from petsage.health.checks import Check, Status
 from petsage.health.refresher import FAILURE_PERIOD_FACTOR, CheckResult
 from petsage.health.state import Health, Item, Verdict
+from petsage.methods import ROUTE_METHODS, allow
 from petsage.routes import ROUTE_KEY
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 HEALTH_MEDIA_TYPE = "application/health+json"
 VERBOSE_MEDIA_TYPE = "text/plain; charset=utf-8"
-PROBE_METHODS = ("GET", "HEAD", "OPTIONS")
 SERVICE_ID = "petsage-backend"
 # The health document's "version" is the API's public major version.
 PUBLIC_VERSION = "1"
@@ -85,8 +85,8 @@ class HealthEndpoints:
     def _answer(
         self, path: str, environ: "WSGIEnvironment", start_response: "StartResponse"
     ) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") not in PROBE_METHODS:
-            raise MethodNotAllowed(valid_methods=list(PROBE_METHODS))
+        if environ.get("REQUEST_METHOD") not in ROUTE_METHODS:
+            raise MethodNotAllowed(valid_methods=list(ROUTE_METHODS))
         query = environ.get("QUERY_STRING", "")
         authorized = self.access.allows(environ)
         if path == "/health":
@@ -150,8 +150,9 @@ class HealthEndpoints:
         if status == "fail":
             headers.append(("Retry-After", self._retry_after))
         method = environ.get("REQUEST_METHOD")
+        # A probe answers OPTIONS with its verdict, as GET (petsage/methods.py).
         if method == "OPTIONS":
-            headers.append(("Allow", ", ".join(PROBE_METHODS)))
+            headers.append(("Allow", allow(ROUTE_METHODS)))
         start_response(
             "503 Service Unavailable" if status == "fail" else "200 OK", headers
         )

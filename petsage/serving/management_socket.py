@@ -27,6 +27,9 @@ BACKLOG = 2048
 # The descriptor number a re-executing master hands to its successor.
 HANDOVER_VARIABLE = "PETSAGE_MANAGEMENT_FD"
 SETTING = "PETSAGE_MANAGEMENT_BIND"
+# Why an address is in use, as far as PetSage can tell; the public port's check says
+# the same (petsage/serving/server.py).
+IN_USE = "another PetSage instance, or another program, listens there"
 
 # This master's socket, by the address it was opened for; inherited by its workers.
 _opened: dict[str, socket.socket] = {}
@@ -115,7 +118,7 @@ def opened(bind: str) -> socket.socket:
         return sock
     why = "; ".join(error.strerror or str(error) for error in errors)
     if any(error.errno == errno.EADDRINUSE for error in errors):
-        why += " (another PetSage instance, or another program, listens there)"
+        why += f" ({IN_USE})"
     raise ManagementSocketError(f"{SETTING}={bind!r} cannot be listened on: {why}")
 
 

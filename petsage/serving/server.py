@@ -3,14 +3,17 @@
 ``gunicorn.conf.py`` wires these in; nothing here runs outside gunicorn.
 """
 
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
 from typing import Any
 
+import gunicorn.systemd
 import gunicorn.util
 from flask import Flask
 from gunicorn.glogging import Logger
@@ -22,11 +25,60 @@ from petsage.instance import InstanceRecord, mark_listening
 from petsage.metrics_storage import RETIREMENT
 from petsage.security import problem_error_bytes
 from petsage.serving.logs import AccessAtoms, JsonAccessLines
+from petsage.serving.management_socket import IN_USE
 from petsage.serving.probe_listener import start_probe_listener
 
 logger = logging.getLogger(__name__)
 
 PROBE_PATHS = ("/livez", "/readyz")
+
+
+class AddressInUseError(RuntimeError):
+    """An address gunicorn is to listen on is taken; its message is one line."""
+
+
+def refuse_addresses_in_use(arbiter: Any, petsage_bind: str) -> None:
+    """Raise ``AddressInUseError`` when an address gunicorn is about to bind is taken.
+
+    gunicorn itself tries five times, a second apart, logging two lines a try and
+    never naming the setting. Called as the master starts, before gunicorn binds, this
+    binds each TCP address once the way gunicorn does (SO_REUSEADDR), and lets it go
+    at once. Where gunicorn binds nothing it checks nothing: sockets inherited from
+    systemd or from the master of a SIGUSR2 upgrade, or --reuse-port (every worker
+    binds its own). ``petsage_bind`` is PETSAGE_BIND's value, which gunicorn's
+    ``-b``/``--bind`` (command line or GUNICORN_CMD_ARGS) overrides.
+    """
+    cfg = arbiter.cfg
+    inherited = arbiter.master_pid or gunicorn.systemd.listen_fds(
+        unset_environment=False
+    )
+    if arbiter.LISTENERS or inherited or cfg.reuse_port:
+        return
+    for bind, address in zip(cfg.bind, cfg.address, strict=True):
+        if isinstance(address, tuple) and in_use(address):
+            if cfg.bind == [petsage_bind]:
+                raise AddressInUseError(
+                    f"PETSAGE_BIND={bind!r} cannot be listened on: Address already in"
+                    f" use ({IN_USE}); choose another with PETSAGE_BIND, or with"
+                    " gunicorn's -b/--bind, which overrides it"
+                )
+            raise AddressInUseError(
+                f"gunicorn's -b/--bind {bind!r} (which overrides PETSAGE_BIND) cannot"
+                f" be listened on: Address already in use ({IN_USE})"
+            )
+
+
+def in_use(address: tuple[str, int]) -> bool:
+    """Whether another socket listens on ``address`` (HOST, PORT), so that gunicorn's
+    bind would fail."""
+    family = socket.AF_INET6 if gunicorn.util.is_ipv6(address[0]) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
 
 
 def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> None:

@@ -79,6 +79,16 @@ RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
     "nginx -p /var/lib/petsage-nginx/ -e stderr -c /etc/nginx/petsage.conf": (
         ("tests/docs/test_front_ends.py", "def test_the_nginx_commands_"),
     ),
+    'prefix="$(mktemp -d)"': (
+        ("tests/docs/test_front_ends.py", "def test_the_nginx_commands_as_a_user_"),
+    ),
+    "envsubst '${PETSAGE_NGINX_LISTEN} ${PETSAGE_UPSTREAM}' < deploy/nginx.conf"
+    ' > "$prefix/petsage.conf"': (
+        ("tests/docs/test_front_ends.py", "def test_the_nginx_commands_as_a_user_"),
+    ),
+    'nginx -p "$prefix/" -e stderr -c "$prefix/petsage.conf"': (
+        ("tests/docs/test_front_ends.py", "def test_the_nginx_commands_as_a_user_"),
+    ),
     "npm ci --prefix tools/openapi": ((".ci/run", "npm ci --prefix tools/openapi"),),
     # The test runs the script's own command: openapi-typescript on openapi.json.
     "npm --prefix tools/openapi run generate": (
@@ -99,6 +109,8 @@ RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
     "tests/containers/prepare-host": (
         (".ci/run", "\ntests/containers/prepare-host\n"),
     ),
+    # docs/contributors/tests.md: the fast tier.
+    '.venv/bin/pytest -m "not slow"': (("tests/test_tiers.py", '"not slow"'),),
     ".venv/bin/pytest -m container": (
         (".ci/run", "export PETSAGE_REQUIRE_CONTAINERS=1"),
         ("setup.cfg", "container: builds and runs"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.docs.pages import DOCS, README, name, pages, prose
-from tests.gunicorn_process import REPO_ROOT
+from tests.gunicorn_process import REPO_ROOT, complete_lines
 
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 CONTRACT = DOCS / "api" / "contract.md"
@@ -96,12 +96,13 @@ def exchange(port: int, request: bytes) -> bytes:
         return b""
 
 
+@pytest.mark.slow
 def test_gunicorns_error_log_goes_to_stdout_and_nothing_to_stderr(
     service: Service,
 ) -> None:
     records = [
         json.loads(line)
-        for line in service.stdout.read_text().splitlines()
+        for line in complete_lines(service.stdout.read_text())
         if line.startswith("{")
     ]
     assert any(record["logger"] == "gunicorn.error" for record in records)
@@ -118,6 +119,7 @@ def test_the_pages_say_the_error_log_goes_to_stdout() -> None:
         assert not re.search(r"error log (?:to|on|goes to) stderr", text), name(page)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("claim", list(REFUSED))
 def test_gunicorns_own_refusals_are_problem_json_with_the_documented_status(
     service: Service, claim: str

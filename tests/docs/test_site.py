@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from petsage.config import SETTINGS
 from tests.docs.pages import DOCS, README, blocks, name, pages
 from tests.gunicorn_process import REPO_ROOT
 
@@ -99,7 +100,29 @@ def test_the_readme_says_how_to_build_and_serve_the_docs() -> None:
         for command in block.commands()
     ]
     assert ".venv/bin/mkdocs build --strict" in commands
-    assert ".venv/bin/mkdocs serve" in commands
+    assert ".venv/bin/mkdocs serve -a 127.0.0.1:8001" in commands
+
+
+def service_port() -> str:
+    """The port of the service's default address, PETSAGE_BIND's default."""
+    [bind] = [setting for setting in SETTINGS if setting.env_var == "PETSAGE_BIND"]
+    return str(bind.default).rsplit(":", 1)[1]
+
+
+def test_mkdocs_serve_never_takes_the_services_port() -> None:
+    """mkdocs serve's own default address, 127.0.0.1:8000, is the service's too."""
+    served = [
+        (name(page), match[0])
+        for page in pages()
+        for match in re.finditer(r"mkdocs serve[^`\n]*", page.read_text())
+    ]
+    assert served
+    for page, command in served:
+        address = re.search(r"(?:-a|--dev-addr)[ =](\S+)", command)
+        assert address, f"{page}: {command} names no address (-a HOST:PORT)"
+        assert address[1].rsplit(":", 1)[1] != service_port(), (page, command)
+    config = yaml.safe_load((REPO_ROOT / "mkdocs.yml").read_text())
+    assert config["dev_addr"].rsplit(":", 1)[1] != service_port()
 
 
 def mentioned_paths(page: Path) -> set[str]:

@@ -25,7 +25,7 @@ from tests.fault_record import RECORD_VARIABLE, FaultRow
 from tests.gunicorn_process import REPO_ROOT
 
 OUTPUT = REPO_ROOT / "docs" / "reliability.md"
-QUICK_VARIABLE = "PETSAGE_FAULT_QUICK"
+FULL_VARIABLE = "PETSAGE_FAULT_FULL"
 COLUMNS = ("fault", "injected", "load meanwhile", "sent", "failed", "lost", "recovery")
 
 
@@ -208,8 +208,8 @@ def render(
 ) -> str:
     """The Markdown text of ``docs/reliability.md``."""
     form = (
-        f"short form (`--quick`, {QUICK_VARIABLE}=1: scenarios with a long form, "
-        "such as the soak, run their short one)"
+        "short form (`--quick`, the test suite's own: scenarios with a long form, "
+        f"such as the soak, run their short one unless {FULL_VARIABLE}=1)"
         if quick
         else "full form"
     )
@@ -252,8 +252,8 @@ def render(
         "deployment prevents.",
         "",
         "To regenerate: `bash tests/faults/run` (the full form) or "
-        "`bash tests/faults/run --quick` (the short form, which CI runs inside the "
-        "test suite). It runs `pytest -m fault` with `PETSAGE_FAULT_RECORD` naming a "
+        "`bash tests/faults/run --quick` (the short form, which the test suite and "
+        "CI run). It runs `pytest -m fault` with `PETSAGE_FAULT_RECORD` naming a "
         "fresh file, to which each fault test appends its rows as JSON lines, and "
         "rewrites this file only when every fault test passed (one skipped on the "
         "machine is listed under *Not measured in this run*). Figures vary from run "

@@ -140,6 +140,7 @@ def test_a_malformed_record_line_is_refused(tmp_path: Path) -> None:
     assert read_rows(record) == [ROW]
 
 
+@pytest.mark.slow
 def test_outcomes_are_read_from_pytests_own_junit_xml(tmp_path: Path) -> None:
     # A real pytest run, so that junit_key matches what pytest writes.
     package = tmp_path / "sample"
@@ -184,13 +185,14 @@ def test_outcomes_are_read_from_pytests_own_junit_xml(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_run_script_leaves_the_record_alone_when_pytest_fails() -> None:
     before = OUTPUT.read_bytes() if OUTPUT.exists() else None
     # No fault test selected: pytest exits 5, as it would on a failure, quickly.
     result = subprocess.run(
         ["bash", "tests/faults/run", "--quick"],
         cwd=REPO_ROOT,
-        env={**ENVIRONMENT, "PYTEST_ADDOPTS": "-k no_such_fault_test"},
+        env={**ENVIRONMENT, "PYTEST_ADDOPTS": "-k no_such_fault_test -n 0"},
         capture_output=True,
         text=True,
         check=False,
@@ -222,6 +224,7 @@ def test_the_renderer_writes_nothing_for_a_record_it_refuses(tmp_path: Path) -> 
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_the_committed_record_covers_every_fault_test() -> None:
     """Adding a fault test means regenerating: bash tests/faults/run --quick."""
     text = OUTPUT.read_text()

@@ -14,7 +14,11 @@ queue of connections outlives any one worker. Each worker serves it with a fixed
 of threads:
 
 - A reader waits for new connections and for request bytes with the selector (epoll),
-  which releases the GIL, and accepts without blocking. A worker whose Python cannot
+  which releases the GIL, and accepts without blocking, one connection per wake-up:
+  every worker's reader wakes for a pending connection, so a burst is shared among
+  the workers that run. While ``ACCEPT_PAUSE`` requests wait for its handler threads
+  it accepts nothing, leaving what it cannot serve in the kernel's queue for the
+  others, until they are down to ``ACCEPT_RESUME``. A worker whose Python cannot
   run (a C call holding the GIL, a stopped process) wakes from that wait like the
   others but never gets to ``accept``: a worker that runs takes the connection, and
   the stuck one leaves it in the queue. A blocking ``accept`` would not do, since a
@@ -25,8 +29,14 @@ of threads:
   read), so a client that trickles its head costs a socket, not a thread. It reads at
   most ``MAX_CONNECTIONS`` heads at once; a connection beyond that ends the oldest
   unfinished one.
-- ``HANDLER_THREADS`` threads call the management app for complete requests; at most
-  ``QUEUE_LIMIT`` requests wait for them, and the reader answers any more with 503.
+- ``HANDLER_THREADS`` threads call the management app for complete requests. Since the
+  reader pauses at ``ACCEPT_PAUSE`` waiting requests and reads at most
+  ``MAX_CONNECTIONS`` heads, every request it took waits for them (``QUEUE_LIMIT``
+  covers both); the 503 for a full queue is a safeguard that load does not reach.
+
+Parsing is strict (RFC 9112): a head is refused with 400 at once when its first byte
+starts no method (a TLS ClientHello) or it holds a control character (a NUL), and
+when whole if it has two Host fields or Content-Length fields that disagree.
 
 Every error it answers (a malformed head 400, a head too large 431, a head not sent
 in time 408, too many requests 503) is problem JSON with PetSage's security headers.
@@ -78,15 +88,27 @@ HEAD_LIMIT = 8192
 # Unfinished heads read at once per worker; each costs a socket and HEAD_LIMIT bytes.
 MAX_CONNECTIONS = 256
 # Threads per worker running the management app (each answer takes well under 1 ms
-# but for /metrics), and requests that may wait for one.
+# but for /metrics).
 HANDLER_THREADS = 2
-QUEUE_LIMIT = 64
+# A reader stops accepting while this many requests wait for its handler threads,
+# and accepts again once they are down to ACCEPT_RESUME: what it cannot serve stays
+# in the kernel's queue, for another worker.
+ACCEPT_PAUSE = 32
+ACCEPT_RESUME = 16
+# Requests that may wait for a handler: every head being read may complete while
+# the reader is paused, so with this limit the 503 for a full queue stays a safeguard.
+QUEUE_LIMIT = ACCEPT_PAUSE + MAX_CONNECTIONS
 # Time to send an answer whole, and to let a refused client finish sending (its
 # unread bytes would turn the close into a reset, losing the answer).
 WRITE_DEADLINE = 2.0
 LINGER = 1.0
 HEAD_END = re.compile(rb"\r?\n\r?\n")
 REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (/\S*) (HTTP/1\.[01])")
+# A head can be refused before it is whole: a first byte that starts no method (a TLS
+# ClientHello starts with 0x16), or a control character other than CR, LF and HT
+# anywhere (RFC 9110, section 5.5: NUL, CR and LF are never part of a field value).
+METHOD_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]")
+CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def parse_head(head: bytes, peer: Any, server: tuple[str, int]) -> "WSGIEnvironment":
@@ -107,6 +129,15 @@ def parse_head(head: bytes, peer: Any, server: tuple[str, int]) -> "WSGIEnvironm
         raise RequestHeaderFieldsTooLarge() from None
     if headers.defects:
         raise BadRequest("A header field is malformed.")
+    # RFC 9112, section 3.2: exactly one Host; section 6.3: Content-Length values that
+    # differ, or are not digits, make the message's framing unknowable.
+    if len(headers.get_all("Host", ())) != 1:
+        raise BadRequest("A request must have exactly one Host header field.")
+    lengths = {value.strip() for value in headers.get_all("Content-Length", ())}
+    if len(lengths) > 1 or not all(value.isdigit() for value in lengths):
+        raise BadRequest(
+            "The Content-Length header fields disagree or are not a number."
+        )
     path, _, query = target.partition("?")
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method,
@@ -206,6 +237,11 @@ class ManagementListener:
         self._selector = selectors.DefaultSelector()
         self._reading: dict[int, Connection] = {}
         self._wake, self._waker = socket.socketpair()
+        # Handler threads wake the reader through this pair to accept again.
+        self._resume, self._resumer = socket.socketpair()
+        self._resumer.setblocking(False)
+        # Only the reader thread changes the selector, and with it these two.
+        self._paused = False
         self._accepting = True
         self._threads = [
             threading.Thread(
@@ -225,6 +261,7 @@ class ManagementListener:
         """Start serving, and finish what was accepted when the worker exits."""
         self._selector.register(self.sock, selectors.EVENT_READ)
         self._selector.register(self._wake, selectors.EVENT_READ)
+        self._selector.register(self._resume, selectors.EVENT_READ)
         for thread in self._threads:
             thread.start()
         atexit.register(self.stop)
@@ -250,6 +287,10 @@ class ManagementListener:
                         self._accept()
                     elif key.fileobj is self._wake:
                         self._stop_accepting()
+                    elif key.fileobj is self._resume:
+                        with contextlib.suppress(BlockingIOError):
+                            self._resume.recv(4096)
+                        self._resume_accepting()
                     elif key.data.sock.fileno() >= 0:  # not closed earlier in the batch
                         self._read(key.data)
                 except Exception:
@@ -264,32 +305,51 @@ class ManagementListener:
     def _stop_accepting(self) -> None:
         if self._accepting:
             self._accepting = False
-            self._selector.unregister(self.sock)
+            if not self._paused:
+                self._selector.unregister(self.sock)
             self._selector.unregister(self._wake)
+            self._selector.unregister(self._resume)
 
     def _accept(self) -> None:
-        while True:
-            try:
-                sock, peer = self.sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # another worker took it, or the client gave up
-            except OSError as error:
-                # Out of descriptors or memory: the connections wait in the
-                # queue, for another worker or for later.
-                logger.warning("Management listener cannot accept: %s", error)
-                time.sleep(0.1)
-                return
-            if len(self._reading) >= MAX_CONNECTIONS:
-                # The oldest is the likeliest to be a client that trickles.
-                oldest = next(iter(self._reading.values()))
-                if not oldest.lingering:
-                    with contextlib.suppress(OSError):
-                        oldest.sock.send(error_bytes(RequestTimeout()))
-                self._close(oldest)
-            sock.setblocking(False)
-            connection = Connection(sock, peer, time.monotonic() + HEAD_DEADLINE)
-            self._reading[sock.fileno()] = connection
-            self._selector.register(sock, selectors.EVENT_READ, connection)
+        """Take one connection: every worker's reader wakes for a pending one, so
+        taking one at a time shares a burst among the workers that can run, instead
+        of one worker queueing all of it behind its two handler threads."""
+        if self.requests.qsize() >= ACCEPT_PAUSE:
+            self._pause_accepting()
+            return
+        try:
+            sock, peer = self.sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker took it, or the client gave up
+        except OSError as error:
+            # Out of descriptors or memory: the connections wait in the
+            # queue, for another worker or for later.
+            logger.warning("Management listener cannot accept: %s", error)
+            time.sleep(0.1)
+            return
+        if len(self._reading) >= MAX_CONNECTIONS:
+            # The oldest is the likeliest to be a client that trickles.
+            oldest = next(iter(self._reading.values()))
+            if not oldest.lingering:
+                with contextlib.suppress(OSError):
+                    oldest.sock.send(error_bytes(RequestTimeout()))
+            self._close(oldest)
+        sock.setblocking(False)
+        connection = Connection(sock, peer, time.monotonic() + HEAD_DEADLINE)
+        self._reading[sock.fileno()] = connection
+        self._selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _pause_accepting(self) -> None:
+        """Leave new connections in the kernel's queue until the handler threads
+        have caught up (``_handled`` resumes)."""
+        if self._accepting and not self._paused:
+            self._paused = True
+            self._selector.unregister(self.sock)
+
+    def _resume_accepting(self) -> None:
+        if self._accepting and self._paused:
+            self._paused = False
+            self._selector.register(self.sock, selectors.EVENT_READ)
 
     def _read(self, connection: Connection) -> None:
         wanted = (
@@ -308,6 +368,11 @@ class ManagementListener:
             return  # dropped
         connection.head += data
         end = HEAD_END.search(connection.head)
+        head = connection.head if end is None else connection.head[: end.start()]
+        if not METHOD_START.match(head) or CONTROL.search(head):
+            # Refused at once: no more bytes could make it a request head.
+            self._refuse(connection, BadRequest("This is not an HTTP/1.x request."))
+            return
         if end is None:
             if len(connection.head) > HEAD_LIMIT:
                 self._refuse(connection, RequestHeaderFieldsTooLarge())
@@ -371,6 +436,9 @@ class ManagementListener:
                 answer = error_bytes(InternalServerError())
             request.sock.settimeout(WRITE_DEADLINE)  # for the whole answer
             send_and_close(request.sock, answer)
+            if self._paused and self.requests.qsize() <= ACCEPT_RESUME:
+                with contextlib.suppress(OSError):  # a byte is waiting already
+                    self._resumer.send(b"r")
 
 
 def send_and_close(sock: socket.socket, answer: bytes) -> None:

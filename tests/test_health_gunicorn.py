@@ -5,6 +5,7 @@ tests/test_instance_health.py shows how the workers of one instance share it.
 
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from petsage.instance import HEALTH_SNAPSHOT
+from tests.fault_record import FaultRecorder
 from tests.gunicorn_process import GunicornFactory, GunicornServer
 from tests.listeners import http_reply, refusing, serving
 from tests.load import SMOKE_TEST, ClientLoad
@@ -196,3 +198,61 @@ def leader_of(server: GunicornServer) -> int:
     path = Path("/dev/shm") / f"petsage-{server.process.pid}" / HEALTH_SNAPSHOT
     leader: int = json.loads(path.read_text())["leader"]
     return leader
+
+
+SHUTTING_DOWN_IN = re.compile(
+    r"Draining: readiness fails now; shutting down in ([\d.]+) s"
+)
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize(
+    "step", [-40.0, 40.0], ids=["clock back 40 s", "clock on 40 s"]
+)
+def test_a_wall_clock_step_changes_no_drain(
+    start_gunicorn: GunicornFactory,
+    tmp_path: Path,
+    fault_record: FaultRecorder,
+    step: float,
+) -> None:
+    delay = 5.0
+    drain_file = tmp_path / "petsage.drain"
+    server = start_gunicorn(
+        {"PETSAGE_DRAIN_FILE": str(drain_file), "PETSAGE_SHUTDOWN_DELAY": f"{delay:g}"}
+    )
+    wait_for_status(server, "/readyz", 200)
+    subprocess.run(
+        [str(PETSAGE), "drain", "--instance", str(server.port)],
+        env={"PATH": ""},
+        check=True,
+        timeout=30,
+    )
+    # The wall clock steps between `petsage drain` and the SIGTERM (NTP, a VM
+    # resumed): a wall-clock time written then now reads `step` seconds off, as does
+    # the marker's mtime, which moves with it.
+    written = drain_file.stat().st_mtime
+    os.utime(drain_file, (written - step, written - step))
+    server.process.send_signal(signal.SIGTERM)
+    wait_until(
+        lambda: any(SHUTTING_DOWN_IN.search(line) for line in server.log_lines()),
+        30,
+        "the drain's log line",
+    )
+    [remaining] = [
+        float(match.group(1))
+        for line in server.log_lines()
+        if (match := SHUTTING_DOWN_IN.search(line))
+    ]
+    still_draining = server.request("GET", "/readyz").status
+    fault_record(
+        fault=f"wall clock stepped {'back' if step < 0 else 'on'} 40 s during a drain",
+        injected=f"petsage drain, the drain marker's time moved {-step:+.0f} s, SIGTERM"
+        f" ({delay:g} s drain)",
+        load="none",
+        sent=1,
+        failed=int(still_draining != 503),
+        lost=0,
+        recovery=f"drain ends {remaining:.1f} s after the SIGTERM (of {delay:g} s)",
+    )
+    assert 0 < remaining <= delay
+    assert still_draining == 503

@@ -68,33 +68,52 @@ class DrainMarker:
         """Whether draining has begun."""
         return self.path is not None and os.path.exists(self.path)
 
-    def reason(self) -> str | None:
-        """Why draining began (``shutdown`` or ``manual``), or None if it has not."""
+    def _lines(self) -> list[str] | None:
         if self.path is None:
             return None
         try:
             with open(self.path, encoding="utf-8") as marker:
-                return marker.read().strip() or self.MANUAL
+                return marker.read().split()
         except FileNotFoundError:
             return None
 
+    def reason(self) -> str | None:
+        """Why draining began (``shutdown`` or ``manual``), or None if it has not."""
+        lines = self._lines()
+        if lines is None:
+            return None
+        return lines[0] if lines else self.MANUAL
+
+    def began(self) -> float | None:
+        """When draining began, on the monotonic clock, or None if unknown.
+
+        The marker holds it as ``time.monotonic()`` read where draining began:
+        CLOCK_MONOTONIC is one clock for every process of the host (containers
+        included), and unlike the wall clock (or the file's mtime) no clock step
+        moves it.
+        """
+        lines = self._lines()
+        try:
+            return float(lines[1]) if lines else None
+        except (IndexError, ValueError):
+            return None
+
     def begin(self, reason: str = MANUAL) -> float:
-        """Begin draining for ``reason``; return when draining began (epoch seconds).
+        """Begin draining for ``reason``; return when draining began (monotonic).
 
         Began earlier (``petsage drain`` before a SIGTERM), it keeps that time and
         takes the new reason. Raises OSError when the marker cannot be written.
         """
         if self.path is None:
             raise FileNotFoundError("no drain marker path")
-        try:
-            began = os.stat(self.path).st_mtime
-        except FileNotFoundError:
-            began = None
+        began = self.began()
+        if began is None:
+            began = time.monotonic()
         temporary = f"{self.path}.{os.getpid()}.new"
         with open(temporary, "w", encoding="utf-8") as marker:
-            marker.write(reason + "\n")
+            marker.write(f"{reason}\n{began!r}\n")
         os.replace(temporary, self.path)
-        return began if began is not None else os.stat(self.path).st_mtime
+        return began
 
     def end(self) -> bool:
         """Stop draining: readiness follows the checks again. Whether it was active."""

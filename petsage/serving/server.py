@@ -121,8 +121,12 @@ def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> No
                 marker.path,
                 error.strerror or error,
             )
-            began = time.time()
-        remaining = began + delay - time.time()
+            began = time.monotonic()
+        # Time already spent draining (``petsage drain`` before the SIGTERM), on the
+        # monotonic clock: a wall-clock step lengthens or cuts no drain. A marker
+        # from before a reboot (a later monotonic time) counts as none spent.
+        spent = min(max(time.monotonic() - began, 0.0), delay)
+        remaining = delay - spent
         if remaining <= 0:
             graceful_stop()
             return

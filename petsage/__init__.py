@@ -178,6 +178,7 @@ def wrap_in_middleware(
     if config["METRICS"]:
         metrics = Metrics(version=config["API_VERSION"], release_id=release_id)
         health.listeners.append(partial(metrics.observe_cycle, health))
+        metrics.watch_availability(health)
         management = MetricsEndpoint(management, metrics, health, management_access)
         if config["PUBLIC_METRICS"]:
             public = MetricsEndpoint(public, metrics, health, public_access)

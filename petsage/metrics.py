@@ -22,6 +22,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, Unauthorized
 
@@ -72,7 +74,7 @@ class Metrics:
         # What multiprocess mode leaves out, read when scraped: every process of the
         # instance, its master's count of worker exits, and the versions it runs on
         # (petsage/process_metrics.py).
-        self.scrape_time = (
+        self.scrape_time: tuple[Collector, ...] = (
             InstanceProcessCollector(),
             WorkerRestartsCollector(),
             RuntimeCollector(),
@@ -113,18 +115,6 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
-        self.ready = Gauge(
-            "petsage_ready",
-            "1 when every worker is ready for traffic, else 0.",
-            registry=registry,
-            multiprocess_mode="livemin",
-        )
-        self.draining = Gauge(
-            "petsage_draining",
-            "1 once draining has begun, else 0.",
-            registry=registry,
-            multiprocess_mode="livemax",
-        )
         Gauge(
             "petsage_build_info",
             "The running build: always 1, labelled with version and releaseId.",
@@ -144,12 +134,13 @@ class Metrics:
         for name, result in snapshot.results.items():
             self.check_status.labels(name).set(SEVERITY[result.status])
             self.check_duration.labels(name).set(result.duration_ms / 1000)
-        self.observe_availability(health)
 
-    def observe_availability(self, health: Health) -> None:
-        """Record this worker's readiness and draining state."""
-        self.ready.set(1 if health.readiness().status != "fail" else 0)
-        self.draining.set(1 if health.drain.active() else 0)
+    def watch_availability(self, health: Health) -> None:
+        """Serve ``petsage_ready`` and ``petsage_draining`` as ``health`` answers them
+        when scraped (``AvailabilityCollector``)."""
+        collector = AvailabilityCollector(health)
+        self.scrape_time = (*self.scrape_time, collector)
+        self.registry.register(collector)
 
     def exposition(self) -> bytes:
         """The metrics in the Prometheus text format, summed over all workers."""
@@ -158,6 +149,35 @@ class Metrics:
                 os.environ["PROMETHEUS_MULTIPROC_DIR"], self.scrape_time
             )
         return generate_latest(self.registry)
+
+
+class AvailabilityCollector(Collector):
+    """``petsage_ready`` and ``petsage_draining``, read when scraped.
+
+    Readiness is the instance's (its shared snapshot and drain marker), and the
+    worker that answers a scrape reads it as it would answer ``/readyz`` then. Values
+    stored per worker would disagree with the probes: a worker that has just started
+    holds its gauge's initial 0 until it records one, and a drain begun by
+    ``petsage drain`` reaches stored values only at the next check cycle.
+    """
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+
+    def collect(self) -> Iterable[Metric]:
+        """Both gauges, from this moment's readiness and drain marker."""
+        ready = GaugeMetricFamily(
+            "petsage_ready",
+            "1 while the instance answers /readyz with 200 (ready for traffic),"
+            " else 0.",
+            value=1 if self.health.readiness().status != "fail" else 0,
+        )
+        draining = GaugeMetricFamily(
+            "petsage_draining",
+            "1 once draining has begun, else 0.",
+            value=1 if self.health.drain.active() else 0,
+        )
+        return [ready, draining]
 
 
 class RequestMetrics:
@@ -256,7 +276,6 @@ class MetricsEndpoint:
                 else Forbidden()
             )
             return problem_response(error)(environ, start_response)
-        self.metrics.observe_availability(self.health)
         body = self.metrics.exposition()
         headers = [
             ("Content-Type", CONTENT_TYPE_LATEST),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fault_record import FaultRecorder
 from tests.gunicorn_process import GunicornFactory, GunicornServer
+from tests.load import ClientLoad
 from tests.management import Instance
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
@@ -340,3 +343,41 @@ class TestMetrics:
         instance = Instance(start_gunicorn, METRICS="false", PUBLIC_METRICS="true")
         assert instance.management("/metrics").status == 404
         assert instance.public("/metrics").status == 404
+
+
+@pytest.mark.fault
+def test_the_ready_gauge_agrees_with_readyz_while_workers_recycle(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+) -> None:
+    # Every worker answers 20 requests and is replaced: new workers all the time.
+    instance = Instance(
+        start_gunicorn,
+        {"GUNICORN_CMD_ARGS": "--max-requests 20", "PETSAGE_WORKERS": "3"},
+    )
+    wait_until(lambda: instance.management("/readyz").status == 200, 30)
+    pairs = []
+    with ClientLoad(instance.port, threads=2) as load:
+        load.wait_for_requests(100)
+        for _ in range(30):
+            gauge = scrape(instance)["petsage_ready"][0][1]
+            probe = instance.management("/readyz").status
+            pairs.append((gauge, probe))
+    disagreements = [pair for pair in pairs if (pair[0] == 1.0) != (pair[1] == 200)]
+    restarts = len(BOOTED.findall(instance.server.log())) - 3
+    print(f"\n{len(pairs)} scrapes and probes, {restarts} worker restarts: {pairs}")
+    fault_record(
+        fault="workers recycled (--max-requests 20) while Prometheus scrapes",
+        injected=f"{restarts} worker restarts; petsage_ready scraped, then /readyz"
+        " probed, 30 times",
+        load="2 client threads on the smoke test",
+        sent=len(pairs),
+        failed=len(disagreements),
+        lost=0,
+        recovery="none needed: the gauge is read when scraped",
+    )
+    assert restarts > 0
+    assert disagreements == []
+    assert {probe for _, probe in pairs} == {200}
+
+
+BOOTED = re.compile(r"Booting worker with pid: \d+")

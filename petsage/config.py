@@ -6,15 +6,16 @@ the same table, so the service and its server never disagree about a value.
 """
 
 import difflib
+import importlib
 import ipaddress
 import logging
 import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from petsage.cpu_quota import usable_cpus
 
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A setting has a value PetSage cannot use; its message is one line."""
+
+
+class Refused(ValueError):
+    """A parser's refusal with a reason fit to show: it names no secret."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class Setting:
             return self.default
         try:
             return self.parse(raw.strip())
+        except Refused as reason:
+            raise ConfigError(f"{self.env_var} is not valid: {reason}") from None
         except ValueError:
             shown = self.env_var if self.secret else f"{self.env_var}={raw!r}"
             raise ConfigError(
@@ -137,17 +144,56 @@ def text(raw: str) -> str:
 
 CHECK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
+# The datastore kinds, checked in their own protocol (petsage/health/datastores.py):
+# scheme, the driver's module, and the package extra that installs it.
+DATASTORE_DRIVERS = {
+    "postgresql": ("psycopg", "postgresql"),
+    "postgres": ("psycopg", "postgresql"),
+    "redis": ("redis", "redis"),
+    "rediss": ("redis", "redis"),
+    "unix": ("redis", "redis"),
+}
+SCHEMES = ("tcp", "http", "https", *DATASTORE_DRIVERS)
+# A datastore URL's query parameter naming a file that holds the password (a mounted
+# Kubernetes Secret), read at each connect, so a rotated Secret needs no restart.
+PASSWORD_FILE = "password_file"  # nosec B105: a query parameter's name
+
 
 @dataclass(frozen=True)
 class Dependency:
-    """Another system PetSage needs: checked at ``url``, tcp://HOST:PORT or http(s)."""
+    """Another system PetSage needs, checked at ``url``: tcp://HOST:PORT, http(s),
+    or a datastore (postgresql, redis) in its own protocol."""
 
     name: str
-    url: str
+    # It may hold a password: never in a repr.
+    url: str = field(repr=False)
+
+    @property
+    def scheme(self) -> str:
+        """The URL's scheme, which says how the dependency is checked."""
+        return urlsplit(self.url).scheme
+
+    @property
+    def password_file(self) -> str | None:
+        """The file holding the password, when the URL names one."""
+        values = parse_qs(urlsplit(self.url).query).get(PASSWORD_FILE)
+        return values[-1] if values else None
+
+    @property
+    def driver_url(self) -> str:
+        """The URL the driver is given: PetSage's own query parameter removed."""
+        # Split by hand: urlunsplit would turn unix:///path into unix:/path.
+        base, _, query = self.url.partition("?")
+        kept = [
+            parameter
+            for parameter in query.split("&")
+            if parameter and parameter.partition("=")[0] != PASSWORD_FILE
+        ]
+        return f"{base}?{'&'.join(kept)}" if kept else base
 
 
 def parse_dependencies(raw: str) -> tuple[Dependency, ...]:
-    """``name=URL`` entries, comma-separated; unique names, tcp or http(s) URLs.
+    """``name=URL`` entries, comma-separated; unique names, known kinds of URL.
 
     Credentials in a URL are percent-encoded (RFC 3986) and decoded before use: a
     comma is written %2C (a bare one ends the entry), "#" %23, "/" %2F, "%" %25.
@@ -161,14 +207,52 @@ def parse_dependencies(raw: str) -> tuple[Dependency, ...]:
         if name in {dependency.name for dependency in dependencies}:
             raise ValueError(entry)
         parts = urlsplit(url)
-        if parts.scheme not in ("tcp", "http", "https") or not parts.hostname:
+        if parts.scheme not in SCHEMES:
             raise ValueError(entry)
         # A fragment is an unencoded "#", as in a password: the host seen would be
         # wrong. parts.port raises ValueError for a port that is no number.
         if parts.fragment or (parts.port is None and parts.scheme == "tcp"):
             raise ValueError(entry)
-        dependencies.append(Dependency(name, url))
+        dependency = Dependency(name, url)
+        if parts.scheme in DATASTORE_DRIVERS:
+            check_datastore_url(dependency)
+        elif not parts.hostname:
+            raise ValueError(entry)
+        dependencies.append(dependency)
     return tuple(dependencies)
+
+
+def check_datastore_url(dependency: Dependency) -> None:
+    """Refuse a datastore URL whose driver is missing, or that its driver refuses.
+
+    Refused names the dependency, never its URL, which may hold a password.
+    """
+    parts = urlsplit(dependency.url)
+    module, extra = DATASTORE_DRIVERS[parts.scheme]
+    try:
+        driver = importlib.import_module(module)
+    except ImportError:
+        raise Refused(
+            f"{dependency.name} is a {parts.scheme}:// dependency, and its driver"
+            f" ({module}) is not installed: install petsage-backend[{extra}]"
+        ) from None
+    if dependency.password_file is not None and parts.password is not None:
+        raise Refused(
+            f"{dependency.name}: a password in the URL and a {PASSWORD_FILE}:"
+            " expected one of them"
+        )
+    url = dependency.driver_url
+    try:
+        if module == "psycopg":
+            driver.conninfo.conninfo_to_dict(url)
+        else:
+            driver.connection.parse_url(url)
+    except (ValueError, getattr(driver, "Error", ValueError)):
+        raise Refused(
+            f"{dependency.name} is not a {parts.scheme}:// URL its driver accepts"
+        ) from None
+    if module == "redis" and parts.scheme != "unix" and not parts.hostname:
+        raise Refused(f"{dependency.name}: a {parts.scheme}:// URL needs a host")
 
 
 def parse_probe_bind(raw: str) -> str:
@@ -243,6 +327,21 @@ def worker_count(
         workers, reason = running, "set by gunicorn's --workers option"
     return workers, f"{workers} worker{'' if workers == 1 else 's'}: {reason}"
 
+
+DEPENDENCY_URLS = (
+    "comma-separated name=URL entries, URL tcp://HOST:PORT, http(s)://...,"
+    " postgresql://... (libpq URI; postgres://), redis://, rediss:// or unix://...,"
+    " credentials percent-encoded (a comma as %2C)"
+)
+DEPENDENCY_MEANING = (
+    # (bandit reads "SELECT" in this f-string as a query: it is a description.)
+    " tcp connects, http(s) expects 2xx; postgresql runs SELECT 1 and redis PING,"  # nosec B608
+    " over one connection per dependency per instance, reused (drivers: the"
+    " petsage-backend[postgresql] and [redis] extras). A password may come from a"
+    " file instead of the URL (a mounted Kubernetes Secret): the URL's query"
+    f" parameter {PASSWORD_FILE}=PATH, read at each connect; one trailing newline"
+    " is dropped."
+)
 
 SETTINGS = (
     Setting(
@@ -421,18 +520,18 @@ SETTINGS = (
         "CRITICAL_DEPENDENCIES",
         (),
         parse_dependencies,
-        "comma-separated name=URL entries, URL tcp://HOST:PORT or http(s)://...,"
-        " credentials percent-encoded (a comma as %2C)",
-        "Dependencies that readiness requires: a failing one makes /readyz 503.",
+        DEPENDENCY_URLS,
+        "Dependencies that readiness requires: a failing one makes /readyz 503."
+        + DEPENDENCY_MEANING,
         secret=True,
     ),
     Setting(
         "OPTIONAL_DEPENDENCIES",
         (),
         parse_dependencies,
-        "comma-separated name=URL entries, URL tcp://HOST:PORT or http(s)://...,"
-        " credentials percent-encoded (a comma as %2C)",
-        "Dependencies whose failure only makes health warn (still 200).",
+        DEPENDENCY_URLS,
+        "Dependencies whose failure only makes health warn (still 200)."
+        + DEPENDENCY_MEANING,
         secret=True,
     ),
 )

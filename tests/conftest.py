@@ -75,6 +75,12 @@ def fault_record(request: pytest.FixtureRequest) -> FaultRecorder:
     return record
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the tests marked ``long`` first: pytest-xdist hands tests out in order,
+    and one that takes minutes, handed out last, would keep the whole run waiting."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """In a pytest-xdist worker, hand the container figures to the controller."""
     workeroutput = getattr(session.config, "workeroutput", None)

@@ -1,5 +1,6 @@
 """ruff and mypy pass on the whole project, as part of the test command."""
 
+import configparser
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,18 @@ BIN = Path(sys.executable).parent
 # The files that decide what ruff and mypy check.
 CONFIGURATION = ("ruff.toml", "setup.cfg", "pyproject.toml", ".gitignore")
 # What setup.cfg's mypy ``files`` names, stood in for by empty modules.
-MYPY_FILES = ("petsage/__init__.py", "tests/__init__.py", "wsgi.py", "gunicorn.conf.py")
+
+
+def mypy_stand_ins() -> list[str]:
+    """A stand-in file for each entry of mypy's ``files`` (setup.cfg): the file, or a
+    package's ``__init__.py``."""
+    config = configparser.ConfigParser()
+    config.read(REPO_ROOT / "setup.cfg")
+    entries = [entry.strip() for entry in config["mypy"]["files"].split(",")]
+    return [
+        entry if (REPO_ROOT / entry).is_file() else f"{entry}/__init__.py"
+        for entry in entries
+    ]
 
 
 def run_tool(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
@@ -53,7 +65,7 @@ def test_a_python_client_generated_into_the_root_is_not_checked(
     for name in CONFIGURATION:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / name, root / name)
-    for name in MYPY_FILES:
+    for name in mypy_stand_ins():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text('"""A stand-in."""\n')
     generated = subprocess.run(

@@ -52,6 +52,7 @@ from tests.test_reliability import wait_until
 # fixtures build.
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.long,  # two minutes in all, in one worker
     pytest.mark.container,
     pytest.mark.xdist_group("container"),
 ]

@@ -13,16 +13,22 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from petsage import create_app
+from petsage import API_PREFIX, create_app
 from petsage.health import health_of
 from tests.fault_record import FaultRecorder
 from tests.gunicorn_process import GunicornServer
 from tests.load import ClientLoad
 
 SMOKE_TEST = "/api/v1/smoke-test"
+# The service's own paths, every feature's (from the URL map), and two that nothing
+# answers.
 PATHS = [
     "/",
-    SMOKE_TEST,
+    *sorted(
+        rule.rule
+        for rule in create_app().url_map.iter_rules()
+        if rule.rule.startswith(f"{API_PREFIX}/") and not rule.arguments
+    ),
     "/livez",
     "/readyz",
     "/health",

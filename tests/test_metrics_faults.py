@@ -349,6 +349,7 @@ class TestStorageFaults:
         assert crashes(server) == []
 
     @pytest.mark.fault
+    @pytest.mark.long
     def test_storage_stays_bounded_over_worker_restarts(
         self,
         start_gunicorn: GunicornFactory,

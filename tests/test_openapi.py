@@ -160,5 +160,9 @@ def test_the_health_token_is_a_bearer_security_scheme(document: dict[str, Any]) 
 def test_every_operation_declares_its_security(document: dict[str, Any]) -> None:
     schemes = set(document["components"]["securitySchemes"])
     for operation in operations(document):
+        assert "security" in operation, (
+            f"operation {operation.get('operationId')} declares no security: give its"
+            " view @bp.doc(security=[]) if it is public"
+        )
         requirements = operation["security"]
         assert all(set(requirement) <= schemes for requirement in requirements)

@@ -9,12 +9,15 @@ must refuse callers without it).
 """
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import schemathesis
 
+from petsage import API_PREFIX, create_app
+from petsage.health import health_of
 from tests.gunicorn_process import GunicornFactory, HttpResult
 from tests.management import Instance
 
@@ -38,6 +41,17 @@ CREDENTIALS = {
     "wrong token": {"Authorization": "Bearer not-the-token"},
     "token": {"Authorization": f"Bearer {TOKEN}"},
 }
+
+
+def feature_paths() -> list[str]:
+    """Every feature's path, from the URL map, as the document writes it."""
+    app = create_app()
+    health_of(app).refresher.stop()
+    return [
+        re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(f"{API_PREFIX}/")
+    ]
 
 
 def path_parameters(item: dict[str, Any]) -> dict[str, str]:
@@ -71,7 +85,8 @@ def expected_security(
     listener: str, settings: dict[str, str]
 ) -> dict[str, list[dict[str, list[str]]]]:
     """Each operation of the listener's document and its security, as ``settings``
-    make them: /metrics only where it is served."""
+    make them: /metrics only where it is served; Flask's routes (the welcome page and
+    every feature's, from the URL map) are public."""
     health = dict.fromkeys(
         ("/livez", "/livez/{check}", "/readyz", "/readyz/{check}", "/health"),
         OPTIONAL,
@@ -79,7 +94,7 @@ def expected_security(
     metrics = {"/metrics": REQUIRED if "HEALTH_TOKEN" in settings else []}
     if listener == "management":
         return {**health, **metrics}
-    public = {"/": [], "/api/v1/smoke-test": [], **health}
+    public = {"/": [], **{path: [] for path in feature_paths()}, **health}
     return {**public, **metrics} if settings.get("PUBLIC_METRICS") == "true" else public
 
 
@@ -89,6 +104,15 @@ def assert_security_declared(
     """The bearer scheme, and each operation's security as ``settings`` make it."""
     scheme = document["components"]["securitySchemes"][SCHEME]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    undeclared = [
+        path
+        for path, item in document["paths"].items()
+        if "security" not in item["get"]
+    ]
+    assert undeclared == [], (
+        f"GET {', '.join(undeclared)} declares no security: give the view"
+        " @bp.doc(security=[]) if it is public"
+    )
     security = {
         path: item["get"]["security"] for path, item in document["paths"].items()
     }

@@ -21,9 +21,19 @@ def setup_requirements(option: str, section: str = "options") -> list[Requiremen
     return [Requirement(line) for line in lines if line.strip()]
 
 
+# The extras whose drivers the image carries, pinned in requirements.txt with
+# install_requires (the datastore checks' drivers, petsage/health/datastores.py).
+RUNTIME_EXTRAS = ("postgresql", "redis")
+
+
 def install_requires() -> list[Requirement]:
-    """What the service needs: setup.cfg's install_requires."""
-    return setup_requirements("install_requires")
+    """What the service needs: setup.cfg's install_requires and the runtime extras."""
+    extras = [
+        requirement
+        for extra in RUNTIME_EXTRAS
+        for requirement in setup_requirements(extra, "options.extras_require")
+    ]
+    return setup_requirements("install_requires") + extras
 
 
 def extra_test_tools() -> list[Requirement]:
@@ -87,7 +97,7 @@ def test_every_range_of_setup_cfg_is_pinned_within_it(
         assert requirement.specifier.contains(version), f"{requirement}: {version}"
 
 
-def test_runtime_pins_are_exactly_what_install_requires_brings_in() -> None:
+def test_runtime_pins_are_exactly_what_the_service_and_its_drivers_bring_in() -> None:
     assert set(pins("requirements.txt")) == dependency_closure(install_requires())
 
 

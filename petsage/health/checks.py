@@ -82,6 +82,11 @@ def process_uptime_check(started: float) -> Check:
 def redact_url(url: str) -> str:
     """``url`` without credentials or query, fit to show to an operator."""
     parts = urlsplit(url)
+    if parts.hostname is None or "%" in parts.netloc.rpartition("@")[2]:
+        # No host (a unix socket's path), or a libpq socket directory written
+        # percent-encoded as the host: kept as written, which lowercasing would alter.
+        # By hand: urlunsplit would write unix:///path as unix:/path.
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -90,19 +95,26 @@ def redact_url(url: str) -> str:
 
 
 def dependency_check(dependency: Dependency, critical: bool, timeout: float) -> Check:
-    """A check that ``dependency`` answers: TCP connect, or HTTP GET expecting 2xx."""
+    """A check that ``dependency`` answers: TCP connect, HTTP GET expecting 2xx, or a
+    datastore's protocol (petsage/health/datastores.py)."""
+    # Imported here: datastores builds on this module's Observation and CheckFailed.
+    from petsage.health.datastores import DATASTORE_PROBES
+
     parts = urlsplit(dependency.url)
-    run = (
-        tcp_probe(parts.hostname or "", parts.port or 0, timeout)
-        if parts.scheme == "tcp"
-        else http_probe(dependency.url, timeout)
-    )
+    run: Callable[[], Observation]
+    if parts.scheme in DATASTORE_PROBES:
+        run = DATASTORE_PROBES[parts.scheme](dependency, timeout)
+    elif parts.scheme == "tcp":
+        run = tcp_probe(parts.hostname or "", parts.port or 0, timeout)
+    else:
+        run = http_probe(dependency.url, timeout)
+    is_datastore = parts.scheme == "tcp" or parts.scheme in DATASTORE_PROBES
     return Check(
         name=dependency.name,
         run=run,
         component=dependency.name,
         measurement="responseTime",
-        component_type="datastore" if parts.scheme == "tcp" else "component",
+        component_type="datastore" if is_datastore else "component",
         critical=critical,
         timeout=timeout,
         target=redact_url(dependency.url),

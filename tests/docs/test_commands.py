@@ -25,6 +25,7 @@ from tests.gunicorn_process import REPO_ROOT
 from tests.test_readme import START_COMMAND, TEST_COMMAND
 
 PIP_COMPILE_TEST = "def test_readme_gives_the_command_that_generated_the_pins("
+FEATURE_PIPELINE = "tests/test_feature_pipeline.py"
 
 # Each command of a block not marked illustrative, and where it runs: a file of the
 # repository and a fragment of that file which runs (or, where noted, checks) it.
@@ -41,7 +42,8 @@ RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
         (".ci/run", ".venv/bin/mkdocs build --strict"),
     ),
     # Checked, not run: they are the commands written in the pins' own headers.
-    ".venv/bin/pip-compile --no-emit-find-links --no-emit-index-url"
+    ".venv/bin/pip-compile --extra=postgresql --extra=redis"
+    " --no-emit-find-links --no-emit-index-url"
     " --output-file=requirements.txt --strip-extras setup.cfg": (
         ("tests/test_requirements.py", PIP_COMPILE_TEST),
     ),
@@ -109,6 +111,21 @@ RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
     "tests/containers/prepare-host": (
         (".ci/run", "\ntests/containers/prepare-host\n"),
     ),
+    # docs/contributors/adding-a-feature.md: the pipeline test runs them as written.
+    "tools/new-feature pet_profile": (
+        (FEATURE_PIPELINE, 'NEW_FEATURE = "tools/new-feature pet_profile"'),
+    ),
+    "tools/new-feature pet_profile --dry-run": (
+        (FEATURE_PIPELINE, 'DRY_RUN = "tools/new-feature pet_profile --dry-run"'),
+    ),
+    "tools/new-feature health_tracker --path /api/v1/pets/health-log": (
+        (FEATURE_PIPELINE, '"tools/new-feature health_tracker --path /api/v1/pets/'),
+    ),
+    "tools/new-feature --remove pet_profile": (
+        (FEATURE_PIPELINE, 'REMOVE = "tools/new-feature --remove pet_profile"'),
+    ),
+    # The README's test command ends with it.
+    ".venv/bin/pytest": ((".ci/run", "&& .venv/bin/pytest\n"),),
     # docs/contributors/tests.md: the fast tier.
     '.venv/bin/pytest -m "not slow"': (("tests/test_tiers.py", '"not slow"'),),
     ".venv/bin/pytest -m container": (

@@ -13,9 +13,10 @@ from tests.gunicorn_process import REPO_ROOT
 
 MKDOCS = Path(sys.executable).parent / "mkdocs"
 README_MOST_LINES = 200
-# Repository paths the pages name, checked below; placeholders (<name>) are skipped.
+# Repository paths the pages name, checked below; a path with a placeholder
+# (tests/features/test_<name>.py) is skipped.
 PATH = re.compile(
-    r"(?<![\w./-])((?:petsage|tests|deploy|bench|docs|tools|contracts)/[\w./-]*)"
+    r"(?<![\w./-])((?:petsage|tests|deploy|bench|docs|tools|contracts)/[\w./<>-]*)"
 )
 # Made by a test or a tool, never committed.
 GENERATED = {"tools/openapi/client/petsage.d.ts"}

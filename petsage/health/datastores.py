@@ -1,0 +1,323 @@
+"""Dependency checks in a datastore's own protocol: PostgreSQL ``SELECT 1``, Redis PING.
+
+A TCP connect proves a port is open; these prove a login works and the server answers.
+Each check keeps one connection, opened at its first run, reused by every later run
+and replaced after a failure. Checks run in one process of the instance (the leader,
+petsage/health/shared.py), one run of a check at a time (a run still hanging is not
+started again), so the server sees one PetSage connection per dependency per instance:
+a leader that ends takes its connection with it (the kernel closes the socket), and
+the next leader opens its own at its first cycle.
+
+The drivers (psycopg 3, redis-py) are the package's ``postgresql`` and ``redis``
+extras, imported only by a check that needs one; ``petsage.config`` refuses at start a
+dependency whose driver is missing.
+"""
+
+import contextlib
+import importlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote, unquote, urlsplit
+
+from petsage.config import Dependency
+from petsage.health.checks import CheckFailed, Observation, describe_error
+
+# The server lists the connection under this name (pg_stat_activity.application_name,
+# Redis CLIENT LIST), so an operator can tell PetSage's checks from the application.
+CLIENT_NAME = "petsage"
+
+Connection = TypeVar("Connection")
+
+
+def read_password(path: str) -> str:
+    """The password a file holds (a mounted Secret), one trailing newline dropped."""
+    try:
+        with open(path, encoding="utf-8") as source:
+            content = source.read()
+    except OSError as error:
+        raise CheckFailed(f"password file: {describe_error(error)}") from None
+    return content.removesuffix("\n").removesuffix("\r")
+
+
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since ``started`` (perf_counter), to the microsecond."""
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+class HeldConnection(Generic[Connection]):
+    """One connection to a datastore, opened when first needed and reused.
+
+    ``use`` runs ``work`` over the held connection; when that fails on a connection
+    opened by an earlier run (the server restarted, an idle timeout closed it), the
+    connection is closed and the work tried once more over a new one, so a restarted
+    server passes again at the next cycle. Any failure closes the connection: the next
+    run opens a new one. A process that inherited the connection through a fork
+    forgets it without closing it, since the socket is its parent's.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        close: Callable[[Connection], None],
+    ) -> None:
+        self._connect = connect
+        self._close = close
+        self._connection: Connection | None = None
+        self._owner = os.getpid()
+
+    def use(
+        self, work: Callable[[Connection, float], Observation], timeout: float
+    ) -> Observation:
+        """``work`` over the connection, given the run's deadline (monotonic clock);
+        over a new connection once more if a reused one fails before the deadline."""
+        deadline = time.monotonic() + timeout
+        if self._owner != os.getpid():
+            self._connection, self._owner = None, os.getpid()
+        if self._connection is not None:
+            try:
+                return work(self._connection, deadline)
+            except Exception:
+                self.discard()
+                if time.monotonic() >= deadline:
+                    raise
+        self._connection = self._connect()
+        try:
+            return work(self._connection, deadline)
+        except Exception:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Close the held connection, if any; the next run opens a new one."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            # A broken connection may fail to close: it is dropped all the same.
+            with contextlib.suppress(Exception):
+                self._close(connection)
+
+
+class HeldProbe:
+    """A check's ``run`` that holds a connection: call it to observe; ``close`` lets
+    the connection go (the process's end does it too)."""
+
+    def __init__(
+        self, observe: Callable[[], Observation], held: HeldConnection[Any]
+    ) -> None:
+        self._observe = observe
+        self._held = held
+
+    def __call__(self) -> Observation:
+        """Run the check once."""
+        return self._observe()
+
+    def close(self) -> None:
+        """Close the held connection; the next run opens a new one."""
+        self._held.discard()
+
+
+def driver(module: str) -> ModuleType:
+    """The driver's module; petsage.config made sure at start that it imports."""
+    return importlib.import_module(module)
+
+
+def without_secret(text: str, password: str | None) -> str:
+    """``text`` with ``password`` (as given, and percent-encoded) masked."""
+    if password:
+        for form in {password, quote(password, safe="")}:
+            text = text.replace(form, "***")
+    return text
+
+
+def shutdown_at(descriptor: int, deadline: float) -> threading.Timer:
+    """Shut socket ``descriptor`` down at ``deadline`` (monotonic) unless cancelled.
+
+    libpq waits for a reply without a deadline of its own, and a frozen server's
+    kernel still accepts and acknowledges: shutting the socket down wakes the waiting
+    driver with an error. shutdown(2) leaves the descriptor open, so it cannot close
+    a descriptor number reused meanwhile.
+    """
+
+    def shut() -> None:
+        try:
+            with socket.socket(fileno=os.dup(descriptor)) as duplicate:
+                duplicate.shutdown(socket.SHUT_RDWR)
+        except OSError:  # nosec B110: already closed, nothing to stop
+            pass
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), shut)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def postgresql_probe(dependency: Dependency, timeout: float) -> HeldProbe:
+    """Run ``SELECT 1`` over one held connection; observe its round trip in ms."""
+    psycopg = driver("psycopg")
+    conninfo = dependency.driver_url
+    password_file = dependency.password_file
+    url_password = urlsplit(dependency.url).password
+    # The server cancels a statement running longer than the check may take.
+    statement_timeout_ms = max(1, int(timeout * 1000))
+    # libpq's unit is whole seconds, at least 2; the refresher reports the check timed
+    # out at its own timeout whatever the driver does.
+    connect_timeout = max(2, int(timeout + 0.999))
+
+    def connect() -> Any:
+        options: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": connect_timeout,
+            # The URL's application_name, if it gives one, wins.
+            "fallback_application_name": CLIENT_NAME,
+        }
+        if password_file is not None:
+            options["password"] = read_password(password_file)
+        connection = psycopg.connect(conninfo, **options)
+        timer = shutdown_at(connection.pgconn.socket, time.monotonic() + timeout)
+        try:
+            connection.execute(
+                "SELECT set_config('statement_timeout', %s, false)",
+                [f"{statement_timeout_ms}ms"],
+            )
+        except BaseException:
+            connection.close()  # not held yet: nobody else would close it
+            raise
+        finally:
+            timer.cancel()
+        return connection
+
+    def query(connection: Any, deadline: float) -> Observation:
+        timer = shutdown_at(connection.pgconn.socket, deadline)
+        try:
+            started = time.perf_counter()
+            row = connection.execute("SELECT 1, pg_is_in_recovery()").fetchone()
+            round_trip = elapsed_ms(started)
+        except psycopg.Error:
+            if time.monotonic() >= deadline:
+                raise CheckFailed("timed out") from None  # the socket was shut down
+            raise
+        finally:
+            timer.cancel()
+        standby = bool(row and row[1])
+        version = connection.info.server_version
+        role = "read-only standby" if standby else "primary"
+        described = f"PostgreSQL {version // 10000}.{version % 10000}, {role}"
+        return Observation(round_trip, "ms", output=described)
+
+    held: HeldConnection[Any] = HeldConnection(connect, lambda c: c.close())
+
+    def observe() -> Observation:
+        try:
+            return held.use(query, timeout)
+        except psycopg.Error as error:
+            password = url_password and unquote(url_password)
+            reason = describe_postgresql_error(psycopg, error)
+            raise CheckFailed(without_secret(reason, password)) from None
+
+    return HeldProbe(observe, held)
+
+
+def describe_postgresql_error(psycopg: ModuleType, error: Exception) -> str:
+    """The kind of a psycopg error and the server's (or libpq's) reason, no host.
+
+    libpq says ``connection to server at "HOST", port N failed: REASON``; only the
+    reason is kept.
+    """
+    if isinstance(error, psycopg.errors.ConnectionTimeout):
+        return "timed out"
+    diagnostic = getattr(error, "diag", None)
+    primary = diagnostic.message_primary if diagnostic is not None else None
+    message = primary or str(error)
+    reason = message.rpartition(" failed: ")[2] if " failed: " in message else message
+    reason = " ".join(reason.strip().splitlines()[0].split()) if reason.strip() else ""
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+
+
+def redis_probe(dependency: Dependency, timeout: float) -> HeldProbe:
+    """AUTH when credentials are given, PING, INFO: over one held connection."""
+    redis = driver("redis")
+    retry_module = importlib.import_module("redis.retry")
+    backoff_module = importlib.import_module("redis.backoff")
+    url = dependency.driver_url
+    parts = urlsplit(dependency.url)
+    username = unquote(parts.username) if parts.username else None
+    url_password = unquote(parts.password) if parts.password else None
+    password_file = dependency.password_file
+
+    def password() -> str | None:
+        return read_password(password_file) if password_file else url_password
+
+    def connect() -> Any:
+        options: dict[str, Any] = {
+            "single_connection_client": True,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "client_name": CLIENT_NAME,
+            # Never retried inside a run: HeldConnection retries once, and only a
+            # connection reused from an earlier run.
+            "retry": retry_module.Retry(backoff_module.NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
+        if password_file is not None:
+            options["password"] = read_password(password_file)
+        return redis.Redis.from_url(url, **options)
+
+    def ping(client: Any, deadline: float) -> Observation:
+        del deadline  # redis-py's socket timeout bounds each command
+        secret = password()
+        if secret is not None:
+            # Every run, not only at connect: a password changed on the server
+            # (requirepass, ACL) leaves connections logged in already logged in, and
+            # the check must see that the configured one no longer works.
+            client.execute_command("AUTH", *filter(None, (username, secret)))
+        started = time.perf_counter()
+        if client.ping() is not True:
+            raise CheckFailed("PING: unexpected reply")
+        round_trip = elapsed_ms(started)
+        role = client.info("replication").get("role", "unknown")
+        version = client.info("server").get("redis_version", "unknown")
+        return Observation(round_trip, "ms", output=f"Redis {version}, role {role}")
+
+    held: HeldConnection[Any] = HeldConnection(connect, lambda c: c.close())
+
+    def observe() -> Observation:
+        try:
+            return held.use(ping, timeout)
+        except redis.RedisError as error:
+            reason = describe_redis_error(redis, error)
+            raise CheckFailed(without_secret(reason, password_or_none())) from None
+
+    def password_or_none() -> str | None:
+        try:
+            return password()
+        except CheckFailed:
+            return url_password
+
+    return HeldProbe(observe, held)
+
+
+def describe_redis_error(redis: ModuleType, error: Exception) -> str:
+    """The kind of a redis-py error and the server's or the OS's reason, no host."""
+    if isinstance(error, redis.TimeoutError):
+        return "timed out"
+    cause = error.__cause__ or error.__context__
+    if isinstance(error, redis.ConnectionError) and isinstance(cause, OSError):
+        return describe_error(cause)
+    if isinstance(error, redis.ConnectionError) and str(error).startswith("Error "):
+        return type(error).__name__  # "Error N connecting to HOST:PORT. ..."
+    reason = " ".join(str(error).split())
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+
+
+DATASTORE_PROBES: dict[str, Callable[[Dependency, float], HeldProbe]]
+DATASTORE_PROBES = {
+    "postgresql": postgresql_probe,
+    "postgres": postgresql_probe,
+    "redis": redis_probe,
+    "rediss": redis_probe,
+    "unix": redis_probe,
+}

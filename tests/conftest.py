@@ -11,6 +11,13 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from petsage import create_app
 from petsage.health import health_of
 from tests.containers.figures import FIGURES, figure_lines
+from tests.datastores import (
+    PETSAGE_PASSWORD,
+    PostgresServer,
+    RedisServer,
+    running_postgres,
+    running_redis,
+)
 from tests.fault_record import FaultRecorder as FaultRecorder
 from tests.fault_record import FaultRow, record_fault
 from tests.gunicorn_process import GunicornFactory, GunicornServer
@@ -60,6 +67,38 @@ def start_gunicorn() -> Iterator[GunicornFactory]:
 def gunicorn(start_gunicorn: GunicornFactory) -> GunicornServer:
     """One real gunicorn serving PetSage on a free 127.0.0.1 port."""
     return start_gunicorn()
+
+
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL of the test module's own (tests/datastores.py)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis of the test module's own (tests/datastores.py)."""
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    """The module's PostgreSQL, running and answering however a test left it."""
+    postgres_server.ensure_running()
+    yield postgres_server
+    postgres_server.ensure_running()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The module's Redis, running, with its own password, however a test left it."""
+    redis_server.ensure_running()
+    yield redis_server
+    redis_server.ensure_running()
+    with redis_server.admin() as client:
+        client.config_set("requirepass", PETSAGE_PASSWORD)
 
 
 @pytest.fixture

@@ -18,8 +18,6 @@ from tests.datastores import (
     PETSAGE_PASSWORD,
     PostgresServer,
     RedisServer,
-    running_postgres,
-    running_redis,
     wait_for,
 )
 
@@ -28,36 +26,6 @@ pytestmark = pytest.mark.slow  # real servers: not in the fast tier
 TIMEOUT = 1.0
 # Far longer than any run takes: a bound for waiting, never a measurement.
 BOUND = 30.0
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-@pytest.fixture
-def postgres(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
-    """The module's PostgreSQL, running and answering however a test left it."""
-    postgres_server.ensure_running()
-    yield postgres_server
-    postgres_server.ensure_running()
-
-
-@pytest.fixture
-def redis(redis_server: RedisServer) -> Iterator[RedisServer]:
-    """The module's Redis, running, with its own password, however a test left it."""
-    redis_server.ensure_running()
-    yield redis_server
-    redis_server.ensure_running()
-    with redis_server.admin() as client:
-        client.config_set("requirepass", PETSAGE_PASSWORD)
 
 
 MADE: list[Check] = []

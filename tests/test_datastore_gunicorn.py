@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -20,8 +19,6 @@ from tests.datastores import (
     PETSAGE_PASSWORD,
     PostgresServer,
     RedisServer,
-    running_postgres,
-    running_redis,
     wait_for,
 )
 from tests.fault_record import FaultRecorder
@@ -48,34 +45,6 @@ POLL_EVERY = 0.05
 POLL_LOAD = "1 client polling /readyz every 50 ms, new connection each, 1 s timeout"
 
 Store = PostgresServer | RedisServer
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-@pytest.fixture
-def postgres(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
-    postgres_server.ensure_running()
-    yield postgres_server
-    postgres_server.ensure_running()
-
-
-@pytest.fixture
-def redis(redis_server: RedisServer) -> Iterator[RedisServer]:
-    redis_server.ensure_running()
-    yield redis_server
-    redis_server.ensure_running()
-    with redis_server.admin() as client:
-        client.config_set("requirepass", PETSAGE_PASSWORD)
 
 
 @pytest.fixture(params=["postgresql", "redis"])

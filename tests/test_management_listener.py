@@ -144,7 +144,10 @@ def test_simultaneous_requests_are_all_answered_ready(
 
 
 @pytest.mark.fault
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+@pytest.mark.skipif(
+    shutil.which("wrk") is None,
+    reason="wrk is not installed (Debian: apt-get install -y wrk)",
+)
 def test_wrk_on_readyz_gets_no_answer_but_200(
     instance: Instance, fault_record: FaultRecorder
 ) -> None:

@@ -113,7 +113,9 @@ def mounted(*arguments: str) -> Iterator[None]:
     """``mount arguments...`` for the block; skip the test where mounting is refused."""
     target = arguments[-1]
     if shutil.which("mount") is None:
-        pytest.skip("no mount command on this machine")
+        pytest.skip(
+            "no mount command on this machine (Debian: apt-get install -y mount)"
+        )
     result = subprocess.run(
         ["mount", *arguments], capture_output=True, text=True, check=False
     )

@@ -147,7 +147,10 @@ def test_a_failed_install_is_not_tried_again_in_the_same_run(
     assert len(npm_calls(env)) == 2
 
 
-@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+@pytest.mark.skipif(
+    shutil.which("npm") is None,
+    reason="npm is not installed (Debian: apt-get install -y npm)",
+)
 def test_an_unreachable_registry_leaves_the_packages_missing_saying_why(
     tools: Path, tmp_path: Path
 ) -> None:

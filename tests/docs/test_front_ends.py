@@ -86,7 +86,10 @@ def test_the_nginx_commands_are_the_ones_in_nginx_conf() -> None:
         assert command in comment.splitlines(), command
 
 
-@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
+@pytest.mark.skipif(
+    HAPROXY is None,
+    reason="haproxy is not installed (Debian: apt-get install -y haproxy)",
+)
 def test_the_haproxy_command_loads_deploy_haproxy_cfg() -> None:
     assert HAPROXY is not None
     [command] = [
@@ -119,7 +122,9 @@ def test_the_haproxy_command_loads_deploy_haproxy_cfg() -> None:
 
 
 @pytest.mark.skipif(
-    NGINX is None or ENVSUBST is None, reason="nginx or envsubst is not installed"
+    NGINX is None or ENVSUBST is None,
+    reason="nginx or envsubst is not installed (Debian: apt-get install -y nginx"
+    " gettext-base)",
 )
 def test_the_nginx_commands_fill_in_and_load_deploy_nginx_conf(tmp_path: Path) -> None:
     (tmp_path / "deploy").symlink_to(REPO_ROOT / "deploy")
@@ -158,7 +163,9 @@ def test_the_nginx_commands_need_root_or_say_how_to_do_without() -> None:
 
 
 @pytest.mark.skipif(
-    NGINX is None or ENVSUBST is None, reason="nginx or envsubst is not installed"
+    NGINX is None or ENVSUBST is None,
+    reason="nginx or envsubst is not installed (Debian: apt-get install -y nginx"
+    " gettext-base)",
 )
 def test_the_nginx_commands_as_a_user_fill_in_and_load_in_a_temporary_prefix(
     open_directory: Path,

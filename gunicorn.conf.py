@@ -7,27 +7,43 @@ import tempfile
 from typing import Any
 
 
+def name_of_this_master() -> str:
+    """This master's instance name, unique on the host: ``petsage-<pid>-<pid
+    namespace>-<start time>`` (petsage/instance/directory.py).
+
+    Masters in different PID namespaces may share a pid (each container's is 1), and
+    pids are reused over time; with its namespace and start time, no two share it.
+    """
+    pid = os.getpid()
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    with open("/proc/self/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return f"petsage-{pid}-{namespace}-{fields[19]}"
+
+
+INSTANCE_NAME = name_of_this_master()
+
+
 def metrics_directory_of_this_master() -> str:
     """Where this master's workers keep their metrics files: a directory of its own.
 
     PROMETHEUS_MULTIPROC_DIR, when the operator sets it, is the parent of one
-    ``petsage-<pid>`` directory per instance; unset, the metrics live in the
-    instance's directory under PETSAGE_STATE_DIR (petsage/instance.py). A value that
-    PetSage set itself (this master before a reload, or the master that re-executed
-    this one on SIGUSR2) is recognised by its name and not taken for the operator's.
+    directory per instance, named like the instance; unset, the metrics live in the
+    instance's directory under PETSAGE_STATE_DIR. A value that PetSage set itself
+    (this master before a reload, or the master that re-executed this one on
+    SIGUSR2) is recognised by its name and not taken for the operator's.
     """
-    pid = os.getpid()
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
-    named = re.fullmatch(r"(.+)/petsage-\d+(/metrics)?", given)
+    named = re.fullmatch(r"(.+)/petsage-[\d-]+(/metrics)?", given)
     parent = (
         (named.group(1) if named and not named.group(2) else None) if named else given
     )
     if parent:
-        return os.path.join(parent, f"petsage-{pid}")
+        return os.path.join(parent, INSTANCE_NAME)
     state = os.environ.get("PETSAGE_STATE_DIR", "").strip() or (
         "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     )
-    return os.path.join(state, f"petsage-{pid}", "metrics")
+    return os.path.join(state, INSTANCE_NAME, "metrics")
 
 
 # prometheus_client picks its multiprocess mode when first imported, and importing
@@ -41,9 +57,9 @@ from petsage.config import (  # noqa: E402
     warn_about_unknown_settings,
     worker_count,
 )
-from petsage.health.state import DrainMarker  # noqa: E402
-from petsage.instance import InstanceError, this_instance  # noqa: E402
-from petsage.process_metrics import WORKER_RESTARTS  # noqa: E402
+from petsage.health.state import Drain  # noqa: E402
+from petsage.instance.directory import InstanceError, this_instance  # noqa: E402
+from petsage.metrics.process import WORKER_RESTARTS  # noqa: E402
 from petsage.serving.logs import ACCESS_LOG_FORMAT, logging_config  # noqa: E402
 from petsage.serving.management_socket import (  # noqa: E402
     ManagementSocketError,
@@ -52,21 +68,26 @@ from petsage.serving.management_socket import (  # noqa: E402
 )
 from petsage.serving.server import (  # noqa: E402
     AddressInUseError,
+    InstanceKeeper,
     ProbeQuietLogger,
     answer_gunicorn_errors_with_problems,
+    assign_health_slot,
     drain_before_stopping,
     forget_worker_metrics,
     record_listeners,
     refuse_addresses_in_use,
+    release_health_slot,
     start_worker_services,
 )
 
 try:
     settings = load_settings(os.environ, warn_unknown=False)
-    # This master's directory: its record, drain marker and metrics. It is removed
-    # when the master exits, also after a start that failed.
+    # This master's memory (drain state, health) and directory (lock, record,
+    # metrics). The directory is removed when the master exits, also after a start
+    # that failed.
     instance = this_instance(
         settings["STATE_DIR"],
+        INSTANCE_NAME,
         drain_file=os.environ.get("PETSAGE_DRAIN_FILE") and settings["DRAIN_FILE"],
         metrics_directory=os.environ["PROMETHEUS_MULTIPROC_DIR"],
         management_bind=settings["MANAGEMENT_BIND"],
@@ -103,7 +124,7 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 control_socket_disable = True
 
 # Drain on SIGTERM, start checks at boot, keep successful probes out of the access log.
-drain_marker = DrainMarker(instance.drain_file)
+drain = Drain(instance.memory, instance.record.drain_file)
 logger_class = ProbeQuietLogger
 
 
@@ -119,15 +140,17 @@ def on_starting(server: Any) -> None:
         sys.exit(1)
     server.log.info("%s", worker_count(os.environ, server.cfg.workers)[1])
     warn_about_unknown_settings(os.environ)
-    if instance.metrics_problem:
-        server.log.error("Metrics are degraded: %s", instance.metrics_problem)
+    if instance.record.metrics_problem:
+        server.log.error("Metrics are degraded: %s", instance.record.metrics_problem)
 
 
 def when_ready(server: Any) -> None:
-    """Record where this instance listens; make SIGTERM drain before stopping; export
-    the worker restart count from 0."""
+    """Record where this instance listens; make SIGTERM drain before stopping; keep
+    the instance's directory and replace wedged workers; export the worker restart
+    count from 0."""
     record_listeners(server, instance)
-    drain_before_stopping(server, drain_marker, settings["SHUTDOWN_DELAY"])
+    drain_before_stopping(server, drain, settings["SHUTDOWN_DELAY"])
+    InstanceKeeper(server, instance).install()
     WORKER_RESTARTS.start()
 
 
@@ -136,14 +159,14 @@ def on_reload(server: Any) -> None:
     record_listeners(server, instance)
 
 
+def pre_fork(server: Any, worker: Any) -> None:
+    """Give the worker its slot in the instance's memory: its heartbeat and lease."""
+    assign_health_slot(server, worker, instance.memory)
+
+
 def post_worker_init(worker: Any) -> None:
     """Answer from the instance's health snapshot at once; open the probe listener."""
-    start_worker_services(
-        worker,
-        settings["MANAGEMENT_BIND"],
-        instance.drain_file,
-        instance_directory=instance.directory,
-    )
+    start_worker_services(worker, settings["MANAGEMENT_BIND"], instance)
 
 
 def pre_exec(server: Any) -> None:
@@ -152,7 +175,8 @@ def pre_exec(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Count the worker's exit; fold its metrics into the instance's and drop its live
-    gauges."""
+    """Count the worker's exit; empty its slot; fold its metrics into the instance's
+    and drop its live gauges."""
     WORKER_RESTARTS.count()
+    release_health_slot(worker, instance.memory)
     forget_worker_metrics(worker.pid)

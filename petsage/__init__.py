@@ -2,13 +2,12 @@
 
 This package is the WSGI application and its request path: ``create_app`` here, the
 layers in front of Flask (``access``, ``security``, ``request_ids``, ``routes``,
-``metrics``), the API (``api``, ``errors``, ``methods``, ``welcome``, ``docs``,
+``metrics/``), the API (``api``, ``errors``, ``methods``, ``welcome``, ``docs``,
 ``json_provider``), ``features/`` and ``health/``. Two programs are built on it, each
 in a package of its own: ``serving/``, what runs only inside gunicorn, and ``cli/``,
 the ``petsage`` command. A few modules serve all three: ``config`` (with
-``cpu_quota``) for settings, ``instance`` for the records of the instances on a host,
-and ``metrics_storage`` and ``process_metrics``, which the app's ``/metrics`` reads
-and the gunicorn master writes.
+``cpu_quota``) for settings, and ``instance/`` for an instance's identity on a host
+and the memory its master shares with its workers.
 
 Who may import whom, checked by import-linter (contracts in ``setup.cfg``, run by
 ``tests/test_layout.py``):

@@ -274,7 +274,8 @@ def file_path(raw: str) -> str:
     """A path naming a file (not empty, not ending in a slash).
 
     Whether its directory exists is checked when an instance starts
-    (petsage/instance.py), not here: a worker booting later must not fail on it.
+    (petsage/instance/directory.py), not here: a worker booting later must not fail
+    on it.
     """
     if not raw or raw.endswith("/"):
         raise ValueError(raw)
@@ -490,8 +491,8 @@ SETTINGS = (
         None,
         file_path,
         "a file path in an existing directory",
-        "Marker file that makes every worker's readiness 503 while it exists;"
-        " default: the instance's own, in its directory under STATE_DIR.",
+        "A file that makes every worker's readiness 503 while it exists, beside"
+        " petsage drain and SIGTERM, which need no file.",
     ),
     Setting(
         "STATE_DIR",
@@ -499,8 +500,8 @@ SETTINGS = (
         directory_path,
         "the path of an existing directory",
         "Where each running instance (gunicorn master) keeps a private directory"
-        " petsage-<pid>: its addresses, drain marker and metrics files; default"
-        " /dev/shm (or the temporary directory).",
+        " petsage-<pid>-<pid namespace>-<start time>: its lock, its addresses and"
+        " its metrics files; default /dev/shm (or the temporary directory).",
     ),
     Setting(
         "CHECK_PERIOD",

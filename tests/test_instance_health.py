@@ -11,16 +11,21 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from petsage.health import Health
-from petsage.health.refresher import JITTER, CheckResult, Snapshot
-from petsage.health.shared import Published, decode, encode
-from petsage.instance import HEALTH_SNAPSHOT
+from petsage.health.refresher import JITTER, CheckRefresher, CheckResult, Snapshot
+from petsage.health.shared import (
+    SHORT_OUTPUT,
+    InstanceHealth,
+    Published,
+    decode,
+    encode,
+)
+from petsage.instance.directory import InstanceRecord
+from petsage.instance.memory import SNAPSHOT_CAPACITY, InstanceMemory
 from tests.fault_record import FaultRecorder
 from tests.gunicorn_process import GunicornFactory, GunicornServer
 from tests.listeners import answering, refusing, serving
@@ -48,17 +53,19 @@ def slow_dependency(port: int) -> dict[str, str]:
     }
 
 
-def snapshot_file(server: GunicornServer) -> Path:
-    """Where ``server``'s instance publishes its health snapshot."""
-    return instance_directory(server) / HEALTH_SNAPSHOT
+def instance_memory(server: GunicornServer, state: str = "/dev/shm") -> InstanceMemory:
+    """The memory ``server``'s master shares with its workers, mapped here as
+    ``petsage drain`` maps it."""
+    record = InstanceRecord.load(str(instance_directory(server, state)))
+    return InstanceMemory.attach(record.pid, record.memory_fd, record.name)
 
 
-def published(server: GunicornServer) -> dict[str, Any] | None:
+def published(server: GunicornServer, state: str = "/dev/shm") -> dict[str, Any] | None:
     """The instance's published snapshot, or None before its first cycle."""
-    try:
-        document: dict[str, Any] = json.loads(snapshot_file(server).read_text())
-    except FileNotFoundError:
+    found = instance_memory(server, state).read_snapshot()
+    if found is None:
         return None
+    document: dict[str, Any] = json.loads(found[2])
     return document
 
 
@@ -429,15 +436,17 @@ class TestSnapshotWithoutGunicorn:
         with pytest.raises(ValueError):
             decode(content)
 
-    def test_a_worker_that_cannot_share_runs_its_own_checks(
-        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    def test_a_snapshot_too_long_for_the_memory_is_shared_with_short_outputs(
+        self,
     ) -> None:
-        health = Health([], period=10, drain_file=None)
-        try:
-            health.share(str(tmp_path / "no-such-directory"))
-            wait_until(lambda: health.snapshot is not None, 5, "a first cycle")
-            assert health.instance is None
-            assert health.readiness().status == "pass"
-        finally:
-            health.refresher.stop()
-        assert "this worker runs its own checks" in caplog.text
+        memory = InstanceMemory.create("petsage-1-2-3")
+        long = CheckResult("fail", None, None, "x" * SNAPSHOT_CAPACITY, "t", 1.5, 3)
+        slot = memory.assign_slot(set())
+        assert slot is not None
+        refresher = CheckRefresher([], period=10)
+        instance = InstanceHealth(memory, slot, refresher, lambda snapshot: None)
+        instance.publish(Snapshot({"db": long}, time.monotonic()))
+        found = memory.read_snapshot()
+        assert found is not None
+        shared = decode(found[2]).snapshot.results["db"]
+        assert shared.output == "x" * SHORT_OUTPUT

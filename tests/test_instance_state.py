@@ -1,10 +1,27 @@
-"""petsage/instance.py on its own: what counts as dead, what may be deleted."""
+"""petsage/instance/directory.py on its own: what counts as dead, what may be
+deleted, and what a master puts back."""
 
+import fcntl
+import json
+import logging
 import os
+import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from petsage.instance import InstanceRecord, remove_dead_instances
+import pytest
+
+from petsage.instance.directory import (
+    LOCK,
+    RECORD,
+    InstanceRecord,
+    create_instance,
+    lock_held,
+    remove_dead_instances,
+    running_instances,
+)
 
 
 def dead_pid() -> int:
@@ -12,6 +29,76 @@ def dead_pid() -> int:
     finished = subprocess.Popen(["true"])
     finished.wait()
     return finished.pid
+
+
+def record(directory: Path) -> InstanceRecord:
+    """A record of an instance kept in ``directory``."""
+    return InstanceRecord(directory.name, 1, 1, str(directory), str(directory / "m"))
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[Path]:
+    """An instance directory whose lock another live process holds, as a master
+    holds its own for life."""
+    directory = tmp_path / "petsage-7-8-9"
+    directory.mkdir()
+    record(directory).save()
+    (directory / LOCK).touch()
+    script = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR);"
+        " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(directory / LOCK)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline() == "held\n"
+            yield directory
+        finally:
+            process.kill()
+
+
+def test_a_directory_whose_lock_nobody_holds_is_removed(
+    tmp_path: Path, holder: Path
+) -> None:
+    dead = tmp_path / "petsage-1-4026531836-5"
+    dead.mkdir()
+    record(dead).save()
+    (dead / LOCK).touch()
+    remove_dead_instances(str(tmp_path), None)
+    assert not dead.exists()
+    assert holder.exists(), "a held lock is a live instance, whatever its pid says"
+    assert [r.name for r in running_instances(str(tmp_path))] == [holder.name]
+
+
+def test_a_directory_without_a_lock_is_left_alone(tmp_path: Path) -> None:
+    # Its master is putting its lock back: removing it would remove a live instance.
+    repairing = tmp_path / "petsage-1-2-3"
+    repairing.mkdir()
+    record(repairing).save()
+    remove_dead_instances(str(tmp_path), None)
+    assert repairing.exists()
+    assert lock_held(str(repairing)) is None
+    assert running_instances(str(tmp_path)) == []
+
+
+def test_an_earlier_releases_directory_is_judged_by_its_pid(tmp_path: Path) -> None:
+    dead = tmp_path / f"petsage-{dead_pid()}"
+    dead.mkdir()
+    (dead / RECORD).write_text(json.dumps({"pid": int(dead.name[8:]), "started": 1}))
+    (dead / "drain").write_text("manual\n")
+    (dead / "health.json").write_text("{}")
+    mine = tmp_path / f"petsage-{os.getpid()}"
+    mine.mkdir()
+    started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    (mine / RECORD).write_text(json.dumps({"pid": os.getpid(), "started": started}))
+    remove_dead_instances(str(tmp_path), None)
+    assert not dead.exists()
+    assert mine.exists()
 
 
 def test_an_earlier_releases_metrics_directory_is_removed_once_nobody_writes_it(
@@ -34,30 +121,74 @@ def test_an_earlier_releases_metrics_directory_is_removed_once_nobody_writes_it(
     assert (foreign / "inventory.db").exists()
 
 
-def test_a_dead_masters_directory_is_removed_a_live_ones_kept(tmp_path: Path) -> None:
-    pid = dead_pid()
-    dead = tmp_path / f"petsage-{pid}"
-    dead.mkdir()
-    InstanceRecord(pid, 1, str(dead), str(dead / "drain"), str(dead / "m")).save()
-    (dead / "drain").write_text("manual\n")
-    live = tmp_path / "petsage-1"  # init: alive, but its start time differs
-    live.mkdir()
-    InstanceRecord(1, 0, str(live), str(live / "drain"), str(live / "m")).save()
-    mine = tmp_path / f"petsage-{os.getpid()}"
-    mine.mkdir()
-    started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-    InstanceRecord(os.getpid(), started, str(mine), "", "").save()
-    remove_dead_instances(str(tmp_path), None)
-    assert not dead.exists()
-    assert not live.exists(), "a pid reused by another process is not the master"
-    assert mine.exists()
-
-
 def test_a_record_is_named_by_pid_address_or_port() -> None:
-    record = InstanceRecord(
-        4242, 1, "/d", "/d/drain", "/d/m", ("127.0.0.1:8000", "unix:/run/p.sock")
+    named = InstanceRecord(
+        "petsage-4242-1-2",
+        4242,
+        1,
+        "/d",
+        "/d/m",
+        binds=("127.0.0.1:8000", "unix:/run/p.sock"),
     )
     for name in ("4242", "127.0.0.1:8000", "8000", "unix:/run/p.sock"):
-        assert record.matches(name), name
+        assert named.matches(name), name
     for name in ("8001", "127.0.0.1:80", "42", "unix:/run/other.sock"):
-        assert not record.matches(name), name
+        assert not named.matches(name), name
+
+
+class TestRepair:
+    """A master puts back what vanished of its directory."""
+
+    @pytest.fixture
+    def directory(self, tmp_path: Path) -> Path:
+        return tmp_path / "petsage-1-2-3"
+
+    def test_a_deleted_directory_comes_back_locked_with_its_record(
+        self, tmp_path: Path, directory: Path
+    ) -> None:
+        instance = create_instance(
+            str(tmp_path), directory.name, None, str(directory / "metrics")
+        )
+        shutil.rmtree(directory)
+        assert running_instances(str(tmp_path)) == []
+        instance.repair()
+        assert lock_held(str(directory)) is True
+        assert InstanceRecord.load(str(directory)) == instance.record
+        assert (directory / "metrics").is_dir()
+        assert [r.name for r in running_instances(str(tmp_path))] == [directory.name]
+
+    def test_a_deleted_lock_comes_back_held(
+        self, tmp_path: Path, directory: Path
+    ) -> None:
+        instance = create_instance(
+            str(tmp_path), directory.name, None, str(directory / "metrics")
+        )
+        (directory / LOCK).unlink()
+        instance.repair()
+        descriptor = os.open(directory / LOCK, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(descriptor)
+
+    def test_a_record_that_could_not_be_written_is_written_later(
+        self, tmp_path: Path, directory: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        instance = create_instance(
+            str(tmp_path), directory.name, None, str(directory / "metrics")
+        )
+        caplog.set_level(logging.INFO)
+        # A directory where the record's temporary file goes: no write can succeed,
+        # whoever writes (root ignores a read-only mode).
+        blocker = directory / (RECORD + ".new")
+        blocker.mkdir()
+        instance.mark_listening(["127.0.0.1:8000"])
+        for _ in range(3):
+            instance.repair()
+        blocker.rmdir()
+        problems = [r for r in caplog.records if "cannot keep" in r.getMessage()]
+        assert len(problems) == 1, "a problem is logged once"
+        instance.repair()
+        assert InstanceRecord.load(str(directory)).binds == ("127.0.0.1:8000",)
+        assert "can be written again" in caplog.text

@@ -36,7 +36,7 @@ LOAD = "4 client threads (smoke test, /, /livez, /readyz, /health), new connecti
 LOAD_SECONDS = 2.0
 BOOTED = re.compile(r"Booting worker with pid: (\d+)")
 DEGRADED_IN = re.compile(r"metrics are degraded in worker (\d+)")
-STORAGE_LOGGER = "petsage.metrics_storage"
+STORAGE_LOGGER = "petsage.metrics.storage"
 # A live worker's files: its counters, histograms and two kinds of live gauges (livesum,
 # livemax); readiness and draining are read when scraped, stored nowhere.
 FILES_PER_WORKER = 4

@@ -1,4 +1,4 @@
-"""Metrics storage (petsage/metrics_storage.py) on its own: the fold of dead workers'
+"""Metrics storage (petsage/metrics/storage.py) on its own: the fold of dead workers'
 files into the archive, the lock between fold and scrape, and allocation up front."""
 
 import signal
@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from petsage.metrics_storage import (
+from petsage.metrics.storage import (
     WorkerRetirement,
     directory_lock,
     fold_into_archive,
@@ -144,7 +144,7 @@ class TestFold:
 FILL_THE_FILE = """
 import sys
 from prometheus_client.mmap_dict import MmapedDict
-from petsage.metrics_storage import AllocatedMmapedDict
+from petsage.metrics.storage import AllocatedMmapedDict
 kind = {"library": MmapedDict, "petsage": AllocatedMmapedDict}[sys.argv[1]]
 try:
     stored = kind(sys.argv[2])

@@ -26,7 +26,7 @@ from werkzeug.test import EnvironBuilder
 
 from petsage import create_app
 from petsage.metrics import Metrics, RequestMetrics
-from petsage.metrics_storage import (
+from petsage.metrics.storage import (
     PROCESS_ID,
     StorageState,
     degradable_value_class,

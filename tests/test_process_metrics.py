@@ -1,6 +1,6 @@
 """/metrics on a real instance: clean for ``promtool check metrics``, and with what
 multiprocess mode leaves out: every process's memory, CPU and file descriptors,
-worker restarts, the Python and gunicorn versions (petsage/process_metrics.py)."""
+worker restarts, the Python and gunicorn versions (petsage/metrics/process.py)."""
 
 import os
 import platform

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from petsage.instance import InstanceRecord, running_instances
+from petsage.instance.directory import InstanceRecord, running_instances
 from tests.fault_record import FaultRecorder
 from tests.gunicorn_process import GunicornFactory, GunicornServer
-from tests.test_instances import readiness
+from tests.test_instances import instance_name, readiness
 from tests.test_reliability import free_ports, wait_until
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
@@ -128,12 +128,12 @@ def test_the_new_instances_counts_survive_the_old_masters_exit(
 ) -> None:
     server, state = upgraded
     new = new_master(server, state)
+    old = Path(state["PETSAGE_STATE_DIR"], instance_name(server.process.pid))
+    assert old.is_dir()
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=40) == 0
     assert Path(new.metrics_directory).is_dir()
-    assert not Path(
-        state["PETSAGE_STATE_DIR"], f"petsage-{server.process.pid}"
-    ).exists()
+    assert not old.exists()
     before = smoke_tests_counted(server)
     for _ in range(50):
         assert server.request("GET", "/api/v1/smoke-test").status == 200

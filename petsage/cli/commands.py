@@ -4,6 +4,7 @@ import http.client
 import os
 import socket
 import sys
+import time
 
 import click
 from flask.cli import FlaskGroup
@@ -11,9 +12,13 @@ from flask.cli import FlaskGroup
 from petsage import create_app
 from petsage.cli.deploy_check import RENDERERS, Service, run_smoke
 from petsage.config import ConfigError, read_setting
-from petsage.health.state import DrainMarker
-from petsage.instance import InstanceRecord, running_instances
+from petsage.health.state import Drain
+from petsage.instance.directory import InstanceRecord, running_instances
+from petsage.instance.memory import InstanceMemory
 
+# A master puts back a deleted instance directory within about a second: a command
+# that finds no instance looks again for this long before it gives up.
+DISCOVERY_WAIT = 3.0
 # sysexits.h EX_USAGE: the command was used wrongly.
 USAGE_ERROR = 64
 # The installed distribution whose version ``petsage --version`` prints (setup.cfg).
@@ -51,20 +56,34 @@ INSTANCE_HELP = (
 
 
 def chosen_instance(name: str | None) -> InstanceRecord:
-    """The running instance ``name`` names, or the only one running.
+    """The running instance ``name`` names, or the only one running, among those in
+    this PID namespace (others' pids mean other processes here).
 
-    None found is a failure (exit 1); several, without a name that picks one, a
-    usage error (exit 64) that lists them.
+    None found is a failure (exit 1), after DISCOVERY_WAIT seconds in case a master
+    is putting its directory back; several, without a name that picks one, a usage
+    error (exit 64) that lists them.
     """
     state_directory = read_setting("STATE_DIR", os.environ)
-    running = running_instances(state_directory)
-    matching = [record for record in running if name is None or record.matches(name)]
+    deadline = time.monotonic() + DISCOVERY_WAIT
+    while True:
+        found = running_instances(state_directory)
+        running = [record for record in found if record.here]
+        matching = [r for r in running if name is None or r.matches(name)]
+        if matching or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     if len(matching) == 1:
         return matching[0]
     listed = "; ".join(record.describe() for record in (matching or running))
     if not matching:
         named = f" named {name!r}" if name is not None else ""
         others = f" (running: {listed})" if running else ""
+        elsewhere = len(found) - len(running)
+        if elsewhere:
+            others += (
+                f"; {elsewhere} more in other PID namespaces, which only a command"
+                " run in theirs may drain or probe"
+            )
         raise click.ClickException(
             f"no running PetSage instance{named} in {state_directory}{others}"
         )
@@ -72,6 +91,19 @@ def chosen_instance(name: str | None) -> InstanceRecord:
         f"{len(matching)} PetSage instances run here; name one with --instance:"
         f" {listed}"
     )
+
+
+def drain_of(record: InstanceRecord) -> Drain:
+    """The drain state of the instance ``record`` describes, in its shared memory."""
+    try:
+        memory = InstanceMemory.attach(record.pid, record.memory_fd, record.name)
+    except (OSError, ValueError) as error:
+        detail = error.strerror if isinstance(error, OSError) else str(error)
+        raise click.ClickException(
+            f"cannot reach the memory of instance {record.describe()}: {detail};"
+            " run petsage as its user (or root)"
+        ) from None
+    return Drain(memory, record.drain_file)
 
 
 @cli.command(with_appcontext=False)
@@ -86,10 +118,10 @@ def drain(instance: str | None, cancel: bool) -> None:
     began cannot be cancelled: the stop is already scheduled.
     """
     record = chosen_instance(instance)
-    marker = DrainMarker(record.drain_file)
-    reason = marker.reason()
+    drain = drain_of(record)
+    reason = drain.reason()
     if cancel:
-        if reason == DrainMarker.SHUTDOWN:
+        if reason == Drain.SHUTDOWN:
             raise click.ClickException(
                 f"instance {record.describe()} is shutting down (SIGTERM);"
                 " its drain cannot be cancelled"
@@ -97,7 +129,7 @@ def drain(instance: str | None, cancel: bool) -> None:
         if reason is None:
             click.echo(f"petsage: instance {record.describe()} was not draining")
             return
-        marker.end()
+        drain.end()
         click.echo(
             f"petsage: instance {record.describe()}: draining cancelled;"
             " readiness follows its checks again"
@@ -106,12 +138,7 @@ def drain(instance: str | None, cancel: bool) -> None:
     if reason is not None:
         click.echo(f"petsage: instance {record.describe()} is already draining")
         return
-    try:
-        marker.begin(DrainMarker.MANUAL)
-    except OSError as error:
-        raise click.ClickException(
-            f"cannot write the drain marker {marker.path}: {error.strerror}"
-        ) from None
+    drain.begin(Drain.MANUAL)
     click.echo(
         f"petsage: instance {record.describe()}: draining; readiness fails now,"
         " requests are still served"

@@ -106,7 +106,7 @@ class CheckRefresher:
         self._lock = threading.Lock()
         # Its own generator: jitter must not draw from, or disturb, the global one.
         # Jitter spreads load; nothing about it needs to be unpredictable. Seeded
-        # again by the thread that runs the cycles (see _loop).
+        # again in the process that runs the cycles (see seed).
         self._random = random.Random()  # nosec B311
 
     @property
@@ -148,11 +148,14 @@ class CheckRefresher:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def _loop(self) -> None:
-        # Seeded here, in the process that runs the cycles: with --preload the
-        # refresher is made before gunicorn forks, and a generator copied into every
-        # worker would draw the same jitter in each.
+    def seed(self) -> None:
+        """Seed the jitter again, in the process that runs the cycles: with
+        --preload the refresher is made before gunicorn forks, and a generator
+        copied into every worker would draw the same jitter in each."""
         self._random = random.Random()  # nosec B311
+
+    def _loop(self) -> None:
+        self.seed()
         while not self._stopping.is_set():
             due = self.next_cycle_at
             if self._stopping.wait(0.0 if due is None else due - time.monotonic()):

@@ -1,43 +1,59 @@
 """Health of a gunicorn instance: one worker runs the checks, every worker answers.
 
 A load balancer asks the instance, and gets whichever worker the kernel picks; checks
-must not multiply by the worker count; a new worker must not make a serving instance
-unready. So, within the instance's private directory (petsage/instance.py):
+must not multiply by the worker count; and no one worker, thread or file may make a
+serving instance unready. So, in the memory the master shares with its workers
+(petsage/instance/memory.py):
 
-- **One leader.** Every worker has a thread blocked on an exclusive ``flock`` of
-  ``health.lock``; the worker that holds it runs the checks (CheckRefresher). The
-  kernel releases the lock when that process ends, however it ends (SIGKILL, timeout,
-  ``max_requests``, a reload), and one of the blocked workers has it at once. The new
-  leader carries on with the last published results (consecutive failures, logged
-  transitions) and the published time of the next cycle, so a change of leader
-  neither repeats a cycle nor logs a transition twice.
-- **One snapshot.** The leader writes each cycle's results to ``health.json`` (write,
-  then rename: a reader sees the old file or the new one, never half of one).
-- **A copy in every worker.** A thread stats the file every FOLLOW_INTERVAL seconds
-  and reloads it when it changed; probes read the copy in memory and do no I/O. A
-  worker loads the file before it serves, so a new, respawned or reloaded worker
-  answers from the instance's current results at once.
+- **A lease, not a lock.** Each worker's health thread (``petsage-health`` in ``top
+  -H``) writes a heartbeat into its own slot every TICK seconds. The leader is the
+  worker whose claim has the highest term, the oldest among equals, while its
+  heartbeat is fresh; it runs the checks (CheckRefresher). When the leader's
+  heartbeat is older than its lease (the longest check timeout plus LEASE_MARGIN),
+  whether its process or only its thread is stuck, another worker claims the next
+  term and leads, while the old leader still lives. A leader that comes back sees
+  the newer term and only follows: it never publishes over the new leader's cycles.
+  When a worker exits, its master empties its slot, and the next leader takes over
+  at its next tick. A new leader carries on with the last published results
+  (consecutive failures, logged transitions) and the published time of the next
+  cycle.
+- **One snapshot.** The leader writes each cycle's results into the shared memory; a
+  probe compares one generation number with the one it last decoded and reads the
+  memory only when a cycle changed it: no I/O, no thread between the cycle and the
+  answer. A new, respawned or reloaded worker answers from the instance's current
+  results at once.
+- **Its own liveness.** A worker whose health thread has not run for longer than its
+  lease fails ``/livez`` on every poll it answers, and the master replaces it
+  (petsage/serving/server.py) once it has been silent for REPLACE_AFTER leases.
 """
 
-import fcntl
+import ctypes
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 from petsage.health.checks import SEVERITY
-from petsage.health.refresher import CheckRefresher, CheckResult, Snapshot
-from petsage.instance import HEALTH_LOCK, HEALTH_SNAPSHOT
+from petsage.health.refresher import JITTER, CheckRefresher, CheckResult, Snapshot
+from petsage.instance.memory import InstanceMemory, Slot
 
 logger = logging.getLogger(__name__)
 
-# How often a worker looks for a newer snapshot: one stat(2) of a file on tmpfs. It
-# bounds how long workers may disagree after a cycle changes the answer.
-FOLLOW_INTERVAL = 0.1
+# How often each worker's health thread beats, looks at the lease and, while it
+# leads, at the next cycle's due time.
+TICK = 0.25
+# A lease: how long a leader's heartbeat may be silent before another worker takes
+# over, beyond the longest check timeout (a cycle waits for its checks that long).
+LEASE_MARGIN = 3.0
+# The master replaces a worker whose health thread has been silent this many leases.
+REPLACE_AFTER = 3
+# A snapshot's outputs are shortened to this many characters when it does not fit.
+SHORT_OUTPUT = 200
+THREAD_NAME = "petsage-health"
 
 
 @dataclass(frozen=True)
@@ -51,22 +67,30 @@ class Published:
     next_cycle_at: float | None
 
 
-def encode(published: Published) -> bytes:
-    """The snapshot file's content."""
+def encode(published: Published, output_limit: int | None = None) -> bytes:
+    """The snapshot as it is shared: JSON, outputs cut to ``output_limit``."""
     snapshot = published.snapshot
+    results = {
+        name: asdict(
+            result
+            if output_limit is None
+            else replace(result, output=result.output[:output_limit])
+        )
+        for name, result in snapshot.results.items()
+    }
     document = {
         "leader": published.leader,
-        # For people reading the file; ages are computed from completed_at.
+        # For people reading it; ages are computed from completed_at.
         "completed": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "completed_at": snapshot.completed_at,
         "next_cycle_at": published.next_cycle_at,
-        "results": {name: asdict(result) for name, result in snapshot.results.items()},
+        "results": results,
     }
     return json.dumps(document, separators=(",", ":")).encode()
 
 
 def decode(content: bytes) -> Published:
-    """A snapshot file's content as a Published; ValueError when it is not one."""
+    """A shared snapshot as a Published; ValueError when it is not one."""
     try:
         document = json.loads(content)
         results = {
@@ -86,121 +110,135 @@ def decode(content: bytes) -> Published:
     )
 
 
-FileSignature = tuple[int, int, int]
+def rightful_leader(slots: Sequence[Slot]) -> Slot | None:
+    """The slot whose claim wins, fresh or not: highest term, oldest among equals."""
+    if not slots:
+        return None
+    return max(slots, key=lambda slot: (slot.term, -slot.started, -slot.index))
+
+
+def leader_of(slots: Sequence[Slot], now: float) -> Slot | None:
+    """The leading slot: the rightful leader while its heartbeat is fresh, else None
+    (until another worker claims the next term)."""
+    leader = rightful_leader(slots)
+    if leader is None or now - leader.beat > leader.lease:
+        return None
+    return leader
+
+
+def name_this_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the operating system (``top -H``, ``ps
+    -L``, ``/proc/<pid>/task/<tid>/comm``), where Python 3.11 leaves the process's."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_name = 15
+    libc.prctl(pr_set_name, name.encode()[:15], 0, 0, 0)
 
 
 class InstanceHealth:
     """This worker's part in its instance's health.
 
-    It keeps a copy of the instance's snapshot, kept fresh by a follower thread, and
-    bids to lead: the worker holding the lock runs ``refresher`` on its bidding
-    thread and publishes each cycle. ``adopted`` is called with each snapshot this
-    worker starts answering from.
+    It answers from the instance's snapshot in shared memory, and its health thread
+    beats in slot ``slot`` and runs ``refresher``'s cycles while it leads.
+    ``adopted`` is called with each snapshot this worker starts answering from.
     """
 
     def __init__(
         self,
-        directory: str,
+        memory: InstanceMemory,
+        slot: int,
         refresher: CheckRefresher,
         adopted: Callable[[Snapshot], None],
     ) -> None:
-        self.path = os.path.join(directory, HEALTH_SNAPSHOT)
-        self.lock_path = os.path.join(directory, HEALTH_LOCK)
+        self.memory = memory
+        self.slot = slot
         self.refresher = refresher
+        self.lease = (
+            max((check.timeout for check in refresher.checks), default=0.0)
+            + LEASE_MARGIN
+        )
         self.published: Published | None = None
         self.leading = False
-        # When the follower last looked at the file (monotonic clock).
-        self.followed_at = time.monotonic()
+        self.term = 0
+        self.started = time.monotonic()
+        # When this worker's health thread last ran (monotonic clock).
+        self.beat_at = self.started
+        self._generation = -1
         self._adopted = adopted
         self._lock = threading.Lock()
-        self._signature: FileSignature | None = None
-        self._threads: list[threading.Thread] = []
-        # The problem last logged, by what failed: "reading" or "writing".
-        self._problems: dict[str, str] = {}
+        self._thread: threading.Thread | None = None
+        self._claimed_at: float | None = None
+        self._problem: str | None = None
+
+    @property
+    def stale_after(self) -> float:
+        """Age after which the instance's snapshot can no longer be trusted: the
+        refresher's, or, with short periods, the longest a takeover can take (the
+        cycle that was due, a lease for the stuck leader, one for the claim, the new
+        leader's cycle), whichever is longer."""
+        refresher = self.refresher
+        longest = max((check.timeout for check in refresher.checks), default=0.0)
+        takeover = refresher.period * (1 + JITTER) + 2 * self.lease + longest
+        return max(refresher.stale_after, takeover)
 
     @property
     def snapshot(self) -> Snapshot | None:
-        """The instance's latest snapshot as this worker knows it.
-
-        Until the instance's first cycle reaches this worker, a probe looks at the file
-        itself (one stat), so a worker that booted before the leader published answers
-        from the first cycle at once, not up to one follow interval later.
-        """
-        if self.published is None and self._threads:
+        """The instance's latest snapshot: read from memory when a cycle changed it."""
+        if self.memory.generation() != self._generation:
             self.follow()
         published = self.published
         return published.snapshot if published else None
 
     @property
     def alive(self) -> bool:
-        """Whether this worker still follows the snapshot and still bids or leads."""
-        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+        """Whether this worker's health thread runs and has beaten within its lease."""
+        thread = self._thread
+        return (
+            thread is not None
+            and thread.is_alive()
+            and time.monotonic() - self.beat_at <= self.lease
+        )
 
     def start(self) -> None:
-        """Load the instance's snapshot now, then follow it and bid to lead.
+        """Load the instance's snapshot now, then beat, and lead when chosen.
 
         Call it before the worker serves, so that its first answer is the instance's.
-        Raises OSError when the lock file cannot be opened.
         """
-        descriptor = os.open(
-            self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
         self.follow()
-        self._threads = [
-            threading.Thread(
-                target=self._follow_forever,
-                name="petsage-health-follower",
-                daemon=True,
-            ),
-            threading.Thread(
-                target=self._lead_when_chosen,
-                args=(descriptor,),
-                name="petsage-health-leader",
-                daemon=True,
-            ),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._beat(time.monotonic())
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+        self._thread.start()
 
     def follow(self) -> None:
-        """Load the snapshot file if it changed since this worker last read it."""
-        self.followed_at = time.monotonic()
-        try:
-            status = os.stat(self.path)
-        except FileNotFoundError:
-            return  # no cycle has completed in this instance yet
-        except OSError as error:
-            self._report("reading", f"cannot read {self.path}: {error.strerror}")
-            return
-        signature = (status.st_ino, status.st_mtime_ns, status.st_size)
-        if signature == self._signature:
-            return
-        try:
-            with open(self.path, "rb") as source:
-                published = decode(source.read())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as error:
-            self._report("reading", f"cannot read {self.path}: {error}")
-            return
-        self._signature = signature
-        self._recovered("reading")
+        """Answer from the newest snapshot in memory, if it is newer than this one."""
+        with self._lock:
+            generation = self.memory.generation()
+            if generation == self._generation:
+                return
+            found = self.memory.read_snapshot()
+            if found is None:
+                return  # none published yet, or one is being written: next time
+            self._generation = found[0]
+            try:
+                published = decode(found[2])
+            except ValueError as error:
+                self._report(f"cannot read the shared snapshot: {error}")
+                return
         self._adopt(published)
 
     def publish(self, snapshot: Snapshot) -> None:
-        """Share a cycle the leader completed with every worker, this one first."""
+        """Share a cycle this worker completed, unless it no longer leads."""
+        now = time.monotonic()
+        self._beat(now)
+        leader = leader_of(self.memory.slots(), now)
+        if leader is None or leader.index != self.slot:
+            self._step_down(leader)
+            return
         published = Published(snapshot, os.getpid(), self.refresher.next_cycle_at)
-        temporary = self.path + ".new"
-        try:
-            with open(temporary, "wb") as out:
-                out.write(encode(published))
-            os.replace(temporary, self.path)
-        except OSError as error:
-            # The other workers' copies age until the file can be written again,
-            # and readiness fails there as stale: logged once, and its end too.
-            self._report("writing", f"cannot write {self.path}: {error.strerror}")
-        else:
-            self._recovered("writing")
+        fits = self.memory.publish(encode(published), self.term) or (
+            self.memory.publish(encode(published, SHORT_OUTPUT), self.term)
+        )
+        if not fits:
+            self._report("a cycle's results do not fit in the shared memory")
         self._adopt(published)
 
     def _adopt(self, published: Published) -> None:
@@ -214,49 +252,92 @@ class InstanceHealth:
             self.published = published
         self._adopted(published.snapshot)
 
-    def _follow_forever(self) -> None:
-        while True:
-            time.sleep(FOLLOW_INTERVAL)
-            try:
-                self.follow()
-            except Exception:
-                # A listener's failure (metrics) must not end the following.
-                logger.exception("Health snapshot: following failed")
+    def _beat(self, now: float) -> None:
+        self.beat_at = now
+        self.memory.write_slot(
+            Slot(self.slot, os.getpid(), self.term, now, self.started, self.lease)
+        )
 
-    def _lead_when_chosen(self, descriptor: int) -> None:
-        try:
-            # Blocks until no other worker of the instance holds the lock.
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            self.leading = True
-            logger.info(
-                "This worker (pid %d) now runs the instance's health checks",
-                os.getpid(),
-            )
+    def _run(self) -> None:
+        name_this_thread(THREAD_NAME)
+        while True:
+            try:
+                delay = self.tick()
+            except Exception:
+                # A listener's failure (metrics) must not end the beating.
+                logger.exception("Health: this worker's health thread failed a tick")
+                delay = TICK
+            time.sleep(delay)
+
+    def tick(self) -> float:
+        """Beat; take the lead, keep it or leave it; run a cycle when one is due.
+
+        Returns how long to wait before the next tick.
+        """
+        now = time.monotonic()
+        self._beat(now)
+        self.follow()
+        slots = self.memory.slots()
+        leader = leader_of(slots, now)
+        if leader is None:
+            # The rightful leader's heartbeat is stale: its process or its thread is
+            # stuck. Claim the next term; lead from the next tick, once a rival's
+            # claim would show (the oldest claimant wins).
+            self.term = max((slot.term for slot in slots), default=0) + 1
+            self._claimed_at = now
+            self._beat(now)
+            return TICK
+        if leader.index != self.slot:
+            self._step_down(leader)
+            return TICK
+        if self._claimed_at is not None and now - self._claimed_at < TICK:
+            return TICK
+        if not self.leading:
             self._take_over()
-            self.refresher.run()
-        finally:
-            # Whatever ended the cycles, another worker must be able to lead.
-            self.leading = False
-            os.close(descriptor)
+        due = self.refresher.next_cycle_at
+        if due is None or now >= due:
+            self.refresher.run_cycle()
+            due = self.refresher.next_cycle_at
+        if due is None:
+            return TICK
+        return min(TICK, max(0.0, due - time.monotonic()))
 
     def _take_over(self) -> None:
         """Carry on from the last published cycle, as if this worker had run it."""
+        self.leading = True
+        self._claimed_at = None
+        logger.info(
+            "This worker (pid %d) now runs the instance's health checks (term %d)",
+            os.getpid(),
+            self.term,
+        )
+        refresher = self.refresher
+        refresher.seed()
         self.follow()
         published = self.published
         if published is None:
             return
-        refresher = self.refresher
         refresher.snapshot = published.snapshot
         # Checks that changed with a reload (new code) run at once.
         names = {check.name for check in refresher.checks}
-        if names == set(published.snapshot.results):
-            refresher.next_cycle_at = published.next_cycle_at
+        refresher.next_cycle_at = (
+            published.next_cycle_at
+            if names == set(published.snapshot.results)
+            else None
+        )
 
-    def _report(self, action: str, problem: str) -> None:
-        if self._problems.get(action) != problem:
-            self._problems[action] = problem
+    def _step_down(self, leader: Slot | None) -> None:
+        self._claimed_at = None
+        if self.leading:
+            self.leading = False
+            logger.warning(
+                "This worker (pid %d) no longer runs the instance's health checks:"
+                " %s leads now",
+                os.getpid(),
+                f"pid {leader.pid}" if leader else "another worker",
+            )
+
+    def _report(self, problem: str) -> None:
+        if self._problem != problem:
+            self._problem = problem
             logger.error("Health snapshot: %s", problem)
-
-    def _recovered(self, action: str) -> None:
-        if self._problems.pop(action, None) is not None:
-            logger.info("Health snapshot: %s %s works again", action, self.path)

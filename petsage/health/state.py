@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from petsage.health.checks import Check, Status, worst
 from petsage.health.refresher import CheckRefresher, Snapshot
 from petsage.health.shared import InstanceHealth
+from petsage.instance.memory import DrainState, InstanceMemory
 
 logger = logging.getLogger(__name__)
 
@@ -48,82 +49,87 @@ class Verdict:
         )
 
 
-class DrainMarker:
-    """A file whose existence tells every worker of an instance to fail readiness.
+class Drain:
+    """Whether the instance drains, which makes every worker's readiness fail.
 
-    A file, because the master (on SIGTERM) and ``petsage drain`` (a separate process)
-    both start draining, and every worker must see it at once. It holds why draining
-    began: ``shutdown`` (SIGTERM; it cannot be cancelled, the stop is scheduled) or
-    ``manual`` (``petsage drain``). With no path (an app outside gunicorn) nothing
-    ever drains.
+    Under gunicorn the drain state lives in the memory the master shares with its
+    workers (petsage/instance/memory.py): the master begins a shutdown drain on
+    SIGTERM and ``petsage drain`` a manual one, every worker sees it at its next
+    probe, and no full, read-only or deleted directory can stop either. A marker
+    file (PETSAGE_DRAIN_FILE, when the operator sets one) drains too, for as long as
+    it exists. A shutdown drain cannot be cancelled: the stop is scheduled. With
+    neither (an app outside gunicorn) nothing ever drains.
     """
 
     SHUTDOWN = "shutdown"
     MANUAL = "manual"
 
-    def __init__(self, path: str | None) -> None:
-        self.path = path
+    def __init__(
+        self, memory: InstanceMemory | None = None, marker: str | None = None
+    ) -> None:
+        self.memory = memory
+        self.marker = marker or None
+
+    def _state(self) -> DrainState:
+        if self.memory is None:
+            return DrainState(None, None)
+        return self.memory.drain_state()
+
+    def _marked(self) -> bool:
+        return self.marker is not None and os.path.exists(self.marker)
 
     def active(self) -> bool:
         """Whether draining has begun."""
-        return self.path is not None and os.path.exists(self.path)
-
-    def _lines(self) -> list[str] | None:
-        if self.path is None:
-            return None
-        try:
-            with open(self.path, encoding="utf-8") as marker:
-                return marker.read().split()
-        except FileNotFoundError:
-            return None
+        return self._state().began is not None or self._marked()
 
     def reason(self) -> str | None:
         """Why draining began (``shutdown`` or ``manual``), or None if it has not."""
-        lines = self._lines()
-        if lines is None:
-            return None
-        return lines[0] if lines else self.MANUAL
+        state = self._state()
+        if state.shutdown is not None:
+            return self.SHUTDOWN
+        if state.manual is not None or self._marked():
+            return self.MANUAL
+        return None
 
     def began(self) -> float | None:
-        """When draining began, on the monotonic clock, or None if unknown.
-
-        The marker holds it as ``time.monotonic()`` read where draining began:
-        CLOCK_MONOTONIC is one clock for every process of the host (containers
-        included), and unlike the wall clock (or the file's mtime) no clock step
-        moves it.
-        """
-        lines = self._lines()
-        try:
-            return float(lines[1]) if lines else None
-        except (IndexError, ValueError):
-            return None
+        """When draining began, on the monotonic clock (one clock for every process
+        of the host, which no wall-clock step moves), or None if unknown."""
+        return self._state().began
 
     def begin(self, reason: str = MANUAL) -> float:
         """Begin draining for ``reason``; return when draining began (monotonic).
 
-        Began earlier (``petsage drain`` before a SIGTERM), it keeps that time and
-        takes the new reason. Raises OSError when the marker cannot be written.
+        Began earlier (``petsage drain`` before a SIGTERM), it keeps that time.
+        Without shared memory (an app outside gunicorn) it creates the marker file,
+        and raises OSError when it cannot, RuntimeError when there is none.
         """
-        if self.path is None:
-            raise FileNotFoundError("no drain marker path")
-        began = self.began()
-        if began is None:
-            began = time.monotonic()
-        temporary = f"{self.path}.{os.getpid()}.new"
-        with open(temporary, "w", encoding="utf-8") as marker:
-            marker.write(f"{reason}\n{began!r}\n")
-        os.replace(temporary, self.path)
+        if self.memory is None:
+            if self.marker is None:
+                raise RuntimeError("nothing to drain: no shared memory, no marker")
+            with open(self.marker, "a", encoding="utf-8"):
+                pass
+            return time.monotonic()
+        state = self._state()
+        began = state.began or time.monotonic()
+        if reason == self.SHUTDOWN:
+            self.memory.set_shutdown_drain(state.shutdown or began)
+        elif state.manual is None:
+            self.memory.set_manual_drain(began)
         return began
 
     def end(self) -> bool:
-        """Stop draining: readiness follows the checks again. Whether it was active."""
-        if self.path is None:
-            return False
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            return False
-        return True
+        """Stop a manual drain (and remove the marker file): readiness follows the
+        checks again. Whether it was draining."""
+        was = self._state().manual is not None
+        if self.memory is not None:
+            self.memory.set_manual_drain(None)
+        if self.marker is not None:
+            try:
+                os.unlink(self.marker)
+                was = True
+            except FileNotFoundError:
+                pass
+        return was
 
 
 class Health:
@@ -139,7 +145,7 @@ class Health:
     ) -> None:
         self.refresher = CheckRefresher(checks, period)
         self.refresher.listeners.append(self._cycle_completed)
-        self.drain = DrainMarker(drain_file)
+        self.drain = Drain(None, drain_file)
         self.broken_reason: str | None = None
         # The instance's shared health, once ``share`` succeeded.
         self.instance: InstanceHealth | None = None
@@ -177,28 +183,29 @@ class Health:
         if self.instance is None:
             self.refresher.start()
 
-    def share(self, directory: str) -> None:
-        """Answer from the snapshot of the instance whose directory is ``directory``,
-        loaded before this returns; run the checks while this worker leads.
+    def share(self, memory: InstanceMemory, slot: int | None) -> None:
+        """Answer from the instance's snapshot in ``memory``, loaded before this
+        returns, and drain with the instance; beat in ``slot`` and run the checks
+        while this worker leads.
 
-        When the directory cannot be used, this worker runs its own checks, as
-        outside gunicorn, and says so once.
+        With no slot (more workers than slots) this worker only answers, and another
+        runs the checks.
         """
         if self.started:
             raise RuntimeError("health checks already started in this process")
-        instance = InstanceHealth(directory, self.refresher, self._notify)
+        self.drain = Drain(memory, self.drain.marker)
+        instance = InstanceHealth(
+            memory, -1 if slot is None else slot, self.refresher, self._notify
+        )
         self.instance = instance
-        try:
-            instance.start()
-        except OSError as error:
-            self.instance = None
-            logger.error(
-                "Health: cannot share check results in %s (%s); this worker runs"
-                " its own checks",
-                directory,
-                error.strerror or error,
+        if slot is None:
+            logger.warning(
+                "Health: no slot left in the instance's shared memory; this worker"
+                " answers probes but never runs the checks"
             )
-            self.refresher.start()
+            instance.follow()
+            return
+        instance.start()
 
     def mark_broken(self, reason: str) -> None:
         """Fail liveness from now on: for a state only a restart can mend."""
@@ -207,20 +214,16 @@ class Health:
     def liveness(self) -> Verdict:
         """Is this process fit to keep running? In-memory state only, no I/O.
 
-        Sharing the instance's results, a worker is wedged when it no longer follows
-        them, or leads and completes no cycle; a stale snapshot another worker
-        should have refreshed fails readiness, not this worker's liveness.
+        Sharing the instance's results, a worker is wedged when its health thread
+        no longer beats within its lease (another worker has taken over the checks
+        meanwhile); a stale snapshot fails readiness, not this worker's liveness.
         """
         refresher = self.refresher
         instance = self.instance
-        stale = self._snapshot_age() > refresher.stale_after
         if instance is not None:
-            wedged = (
-                not instance.alive
-                or time.monotonic() - instance.followed_at > refresher.stale_after
-                or (instance.leading and stale)
-            )
+            wedged = instance.slot >= 0 and not instance.alive
         else:
+            stale = self._snapshot_age() > refresher.stale_after
             wedged = refresher.started and (not refresher.alive or stale)
         return Verdict(
             (
@@ -245,8 +248,13 @@ class Health:
             if self.drain.active()
             else Item("shutdown", "pass"),
         ]
+        stale_after = (
+            refresher.stale_after
+            if self.instance is None
+            else self.instance.stale_after
+        )
         if snapshot is not None and (
-            not self._refreshed() or self._snapshot_age() > refresher.stale_after
+            not self._refreshed() or self._snapshot_age() > stale_after
         ):
             items.append(Item("refresher", "fail", "stale"))
         else:
@@ -264,7 +272,7 @@ class Health:
     def _refreshed(self) -> bool:
         """Whether something still refreshes the snapshot this worker answers from."""
         if self.instance is not None:
-            return self.instance.alive
+            return True  # any worker may lead: the snapshot's age tells
         return not self.refresher.started or self.refresher.alive
 
     def _snapshot_age(self) -> float:

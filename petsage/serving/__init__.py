@@ -8,7 +8,7 @@ applies to its own records and PetSage's alike.
 
 Who may import whom (import-linter contracts in ``setup.cfg``, run by
 ``tests/test_layout.py``): this package may import the application (``petsage``, its
-request path, ``features``, ``health``) and the modules shared by every program
-(``config``, ``instance``, ``metrics_storage``, ...). Nothing in the application
-imports it, and it and ``petsage.cli`` never import each other.
+request path, ``features``, ``health``, ``metrics``) and the modules shared by every
+program (``config``, ``instance``, ...). Nothing in the application imports it, and it
+and ``petsage.cli`` never import each other.
 """

@@ -20,9 +20,11 @@ from gunicorn.glogging import Logger
 
 from petsage import PROBE_APP
 from petsage.health import EXTENSION, health_of
-from petsage.health.state import DrainMarker
-from petsage.instance import InstanceRecord, mark_listening
-from petsage.metrics_storage import RETIREMENT
+from petsage.health.shared import REPLACE_AFTER
+from petsage.health.state import Drain
+from petsage.instance.directory import OwnInstance
+from petsage.instance.memory import InstanceMemory
+from petsage.metrics.storage import RETIREMENT
 from petsage.security import problem_error_bytes
 from petsage.serving.logs import AccessAtoms, JsonAccessLines
 from petsage.serving.management_socket import IN_USE
@@ -81,12 +83,12 @@ def in_use(address: tuple[str, int]) -> bool:
     return False
 
 
-def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> None:
+def drain_before_stopping(arbiter: Any, drain: Drain, delay: float) -> None:
     """Make the master's first SIGTERM drain for ``delay`` seconds before stopping.
 
     gunicorn closes its listeners as soon as it handles SIGTERM, so connections a load
     balancer still sends are reset rather than answered. Instead, the first SIGTERM
-    creates the drain marker (readiness 503 in every worker while they keep serving)
+    begins the drain (readiness 503 in every worker while they keep serving)
     and schedules the real SIGTERM for when the delay, counted from when draining
     began (``petsage drain`` may have begun it earlier), has passed. A second SIGTERM
     stops at once, gracefully; SIGINT and SIGQUIT keep their quick shutdown.
@@ -110,18 +112,8 @@ def drain_before_stopping(arbiter: Any, marker: DrainMarker, delay: float) -> No
             graceful_stop()
             return
         draining.set()
-        try:
-            began = marker.begin(DrainMarker.SHUTDOWN)
-        except OSError as error:
-            # Readiness cannot fail without the marker; the stop still waits the
-            # delay, so that requests in flight and those still sent are answered.
-            arbiter.log.error(
-                "Draining: cannot write the drain marker %s (%s); readiness keeps"
-                " passing until the stop",
-                marker.path,
-                error.strerror or error,
-            )
-            began = time.monotonic()
+        # In the memory the master shares with its workers: no storage can fail it.
+        began = drain.begin(Drain.SHUTDOWN)
         # Time already spent draining (``petsage drain`` before the SIGTERM), on the
         # monotonic clock: a wall-clock step lengthens or cuts no drain. A marker
         # from before a reboot (a later monotonic time) counts as none spent.
@@ -152,7 +144,7 @@ def upgraded_by(arbiter: Any) -> bool:
     return True
 
 
-def record_listeners(arbiter: Any, instance: InstanceRecord) -> None:
+def record_listeners(arbiter: Any, instance: OwnInstance) -> None:
     """Write down the addresses gunicorn really bound, for ``petsage drain`` and probe.
 
     They may come from PETSAGE_BIND, ``-b``, GUNICORN_CMD_ARGS or a config override;
@@ -160,7 +152,87 @@ def record_listeners(arbiter: Any, instance: InstanceRecord) -> None:
     nothing (each worker binds its own socket), so the configured addresses tell.
     """
     listeners = [str(listener) for listener in arbiter.LISTENERS]
-    mark_listening(instance, listeners or map(address_text, arbiter.cfg.address))
+    instance.mark_listening(listeners or map(address_text, arbiter.cfg.address))
+
+
+def assign_health_slot(arbiter: Any, worker: Any, memory: InstanceMemory) -> None:
+    """Give a worker about to be forked its own slot in the instance's memory."""
+    taken = {getattr(other, "petsage_slot", None) for other in arbiter.WORKERS.values()}
+    worker.petsage_slot = memory.assign_slot(
+        {slot for slot in taken if slot is not None}
+    )
+
+
+def release_health_slot(worker: Any, memory: InstanceMemory) -> None:
+    """Empty an exited worker's slot, so that another leads at once if it led."""
+    slot = getattr(worker, "petsage_slot", None)
+    if slot is not None:
+        memory.clear_slot(slot)
+
+
+class InstanceKeeper:
+    """What the master does about once a second, beside gunicorn's own loop: put
+    back what vanished of the instance's directory, and replace a worker whose
+    health thread has been silent for REPLACE_AFTER leases.
+
+    That worker fails its own liveness from one lease on, and another worker runs
+    the checks; the master stops it gracefully (SIGTERM: requests in flight are
+    answered), and kills it if it has not exited a graceful timeout later.
+    """
+
+    def __init__(self, arbiter: Any, instance: OwnInstance) -> None:
+        self.arbiter = arbiter
+        self.instance = instance
+        # Workers being replaced: pid -> when they were told to stop (monotonic).
+        self.replacing: dict[int, float] = {}
+
+    def install(self) -> None:
+        """Run after each pass of gunicorn's loop (it wakes at least once a second)."""
+        murder_workers = self.arbiter.murder_workers
+
+        def murder_then_keep() -> None:
+            murder_workers()
+            self.keep()
+
+        self.arbiter.murder_workers = murder_then_keep
+
+    def keep(self) -> None:
+        """One pass: repair the directory, replace wedged workers."""
+        try:
+            self.instance.repair()
+            self.replace_wedged_workers()
+        except Exception:
+            self.arbiter.log.exception("Instance upkeep failed")
+
+    def replace_wedged_workers(self) -> None:
+        """Stop workers whose health thread is silent; kill those that ignore it."""
+        arbiter = self.arbiter
+        memory = self.instance.memory
+        now = time.monotonic()
+        workers = arbiter.WORKERS
+        for pid in list(self.replacing):
+            if pid not in workers:
+                del self.replacing[pid]
+        for pid, worker in list(workers.items()):
+            told = self.replacing.get(pid)
+            if told is not None:
+                if now - told > arbiter.cfg.graceful_timeout:
+                    arbiter.kill_worker(pid, signal.SIGKILL)
+                continue
+            index = getattr(worker, "petsage_slot", None)
+            slot = None if index is None else memory.read_slot(index)
+            if slot is None or slot.pid != pid:
+                continue  # still booting, or no slot
+            silent = now - slot.beat
+            if silent > REPLACE_AFTER * slot.lease:
+                arbiter.log.error(
+                    "Worker %d: its health thread has not run for %.0f s; replacing"
+                    " the worker",
+                    pid,
+                    silent,
+                )
+                self.replacing[pid] = now
+                arbiter.kill_worker(pid, signal.SIGTERM)
 
 
 def address_text(address: tuple[str, int] | str) -> str:
@@ -191,7 +263,7 @@ def forget_worker_metrics(pid: int) -> None:
 
     Storage stays bounded however many workers come and go: a small constant number of
     files per live worker, plus one archive file per metric kind
-    (petsage/metrics_storage.py). A failure is logged once and never stops the master.
+    (petsage/metrics/storage.py). A failure is logged once and never stops the master.
     """
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
@@ -199,12 +271,11 @@ def forget_worker_metrics(pid: int) -> None:
 
 
 def start_worker_services(
-    worker: Any, management_bind: str, drain_file: str, *, instance_directory: str
+    worker: Any, management_bind: str, instance: OwnInstance
 ) -> None:
-    """Point readiness at the instance's drain marker, answer probes from the
-    instance's shared health snapshot (loaded now, before the worker serves; the
-    worker runs the checks while it leads), and open the probe listener when
-    ``management_bind`` is set.
+    """Answer probes from the instance's shared snapshot and drain state (loaded
+    now, before the worker serves; the worker runs the checks while it leads), and
+    open the probe listener when ``management_bind`` is set.
 
     Another application served with this config (a benchmark baseline) has no health
     state, and is left alone.
@@ -212,8 +283,8 @@ def start_worker_services(
     app = worker.wsgi
     if isinstance(app, Flask) and EXTENSION in app.extensions:
         health = health_of(app)
-        health.drain.path = drain_file
-        health.share(instance_directory)
+        health.drain.marker = instance.record.drain_file or None
+        health.share(instance.memory, getattr(worker, "petsage_slot", None))
         if management_bind:
             start_probe_listener(management_bind, app.extensions[PROBE_APP])
 

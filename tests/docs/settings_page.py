@@ -27,7 +27,7 @@ END = "<!-- end of the generated table -->"
 # the page would mislead readers on every other machine, so the page says how.
 DESCRIBED_DEFAULTS = {
     "WORKERS": "2 x usable CPUs + 1",
-    "DRAIN_FILE": "the instance's own, `<STATE_DIR>/petsage-<pid>/drain`",
+    "DRAIN_FILE": "none",
     "STATE_DIR": "`/dev/shm` (or the temporary directory)",
 }
 

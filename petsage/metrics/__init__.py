@@ -4,7 +4,7 @@ Under gunicorn every worker is a process of its own, so prometheus_client runs i
 multiprocess mode: ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh
 directory before anything imports prometheus_client, and a scrape of any worker sums
 the files of all of them. Without that variable (tests, ``flask run``) the metrics live
-in the process. The files are petsage/metrics_storage.py's concern: a storage failure
+in the process. The files are petsage/metrics/storage.py's concern: a storage failure
 degrades metrics, never a request, and dead workers' files are folded into an archive.
 """
 
@@ -35,16 +35,16 @@ from petsage.health.openapi import TOKEN_REQUIRED, add_path
 from petsage.health.refresher import Snapshot
 from petsage.health.state import Health
 from petsage.methods import other_method_response
-from petsage.metrics_storage import (
+from petsage.metrics.process import (
+    InstanceProcessCollector,
+    RuntimeCollector,
+    WorkerRestartsCollector,
+)
+from petsage.metrics.storage import (
     STORAGE,
     DegradedCollector,
     install,
     shared_exposition,
-)
-from petsage.process_metrics import (
-    InstanceProcessCollector,
-    RuntimeCollector,
-    WorkerRestartsCollector,
 )
 from petsage.routes import ROUTE_KEY
 
@@ -73,7 +73,7 @@ class Metrics:
         registry.register(DegradedCollector())
         # What multiprocess mode leaves out, read when scraped: every process of the
         # instance, its master's count of worker exits, and the versions it runs on
-        # (petsage/process_metrics.py).
+        # (petsage/metrics/process.py).
         self.scrape_time: tuple[Collector, ...] = (
             InstanceProcessCollector(),
             WorkerRestartsCollector(),

@@ -1,0 +1,249 @@
+"""Memory a master shares with its workers: drain state, heartbeats, the snapshot.
+
+The master makes it before it forks (a memfd, mapped shared), so every worker has
+it from birth, and none of it lives in a directory: a full, read-only or deleted
+state directory cannot touch readiness or draining. It holds:
+
+- **the drain state**: when a manual drain (``petsage drain``) and a shutdown drain
+  (SIGTERM) began, on the monotonic clock;
+- **one slot per worker**, which only that worker writes: its pid, when its health
+  thread last ran (its heartbeat), the lease it claims and the term of that claim
+  (petsage/health/shared.py elects the leader from them);
+- **the latest health snapshot**, in two buffers the leader writes in turn.
+
+The ``petsage`` command maps the same memory through ``/proc/<master>/fd/<fd>`` (as
+the master's user or root, in its PID namespace) to begin or cancel a drain.
+
+Nothing here takes a lock, so a process stopped or killed halfway through a write
+blocks no other. Each field has one writer, or is written so that a reader can tell
+a write in progress and read again: a sequence number that is odd while a slot is
+written, a value stored twice, a checksum over a snapshot.
+"""
+
+import mmap
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+MAGIC = b"PETSAGE1"
+HEADER = struct.Struct("<8sII64s")  # magic, slots in use, slot count, instance name
+# Two copies of each drain time: a reader that sees them differ read during a write.
+DRAIN = struct.Struct("<dddd")  # manual, manual again, shutdown, shutdown again
+SLOT = struct.Struct("<QIIQddd")  # sequence, pid, unused, term, beat, started, lease
+BUFFER = struct.Struct("<QQII")  # generation, term, length, CRC-32 of the content
+
+SLOT_COUNT = 256
+# A snapshot's JSON: about 300 bytes a check, so room for a few hundred checks.
+SNAPSHOT_CAPACITY = 64 * 1024
+
+DRAIN_AT = 128
+SLOTS_AT = 192
+BUFFERS_AT = SLOTS_AT + SLOT_COUNT * SLOT.size
+SIZE = BUFFERS_AT + 2 * (BUFFER.size + SNAPSHOT_CAPACITY)
+
+# How often a reader tries again when it met a write in progress.
+READ_ATTEMPTS = 100
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker's slot, as last written by that worker."""
+
+    index: int
+    pid: int
+    term: int
+    # When its health thread last ran, and when it started (monotonic clock).
+    beat: float
+    started: float
+    # How long it may stay silent before another worker takes over from it.
+    lease: float
+
+
+@dataclass(frozen=True)
+class DrainState:
+    """When draining began (monotonic clock), by what; None where it has not."""
+
+    manual: float | None
+    shutdown: float | None
+
+    @property
+    def began(self) -> float | None:
+        """When the drain began: the earlier of the two, or None."""
+        times = [t for t in (self.manual, self.shutdown) if t is not None]
+        return min(times) if times else None
+
+
+class InstanceMemory:
+    """The shared memory of one instance, as a master, a worker or a command maps it."""
+
+    def __init__(self, fd: int, memory: mmap.mmap) -> None:
+        self.fd = fd
+        self._memory = memory
+
+    @classmethod
+    def create(cls, name: str) -> "InstanceMemory":
+        """Make the memory of the instance called ``name``, in the master.
+
+        Every page is written now, so that no later write needs memory the kernel
+        might not have. The descriptor is closed on exec: a new master that a
+        SIGUSR2 upgrade starts makes its own.
+        """
+        fd = os.memfd_create("petsage-instance", os.MFD_CLOEXEC)
+        os.ftruncate(fd, SIZE)
+        memory = mmap.mmap(fd, SIZE, mmap.MAP_SHARED)
+        memory.write(bytes(SIZE))
+        HEADER.pack_into(memory, 0, MAGIC, 0, SLOT_COUNT, name.encode()[:64])
+        return cls(fd, memory)
+
+    @classmethod
+    def attach(cls, pid: int, fd: int, name: str) -> "InstanceMemory":
+        """Map the memory of the instance ``name``, whose master is ``pid`` here.
+
+        OSError when the master's descriptors cannot be opened (another user, another
+        PID namespace, a master gone); ValueError when ``fd`` is not its memory.
+        """
+        own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if os.fstat(own).st_size != SIZE:
+                raise ValueError(f"descriptor {fd} of pid {pid} is not PetSage's")
+            memory = mmap.mmap(own, SIZE, mmap.MAP_SHARED)
+        finally:
+            os.close(own)
+        magic, _, _, named = HEADER.unpack_from(memory, 0)
+        if magic != MAGIC or named.rstrip(b"\0") != name.encode()[:64]:
+            memory.close()
+            raise ValueError(f"descriptor {fd} of pid {pid} is not {name}'s memory")
+        return cls(-1, memory)
+
+    # The drain state: the manual half written by ``petsage drain``, the shutdown
+    # half by the master.
+
+    def drain_state(self) -> DrainState:
+        """When each kind of drain began."""
+        for _ in range(READ_ATTEMPTS):
+            manual, manual_again, shutdown, shutdown_again = DRAIN.unpack_from(
+                self._memory, DRAIN_AT
+            )
+            if manual == manual_again and shutdown == shutdown_again:
+                break
+        return DrainState(manual or None, shutdown or None)
+
+    def set_manual_drain(self, began: float | None) -> None:
+        """Record when a manual drain began, or (None) that it ended."""
+        value = began or 0.0
+        struct.pack_into("<dd", self._memory, DRAIN_AT, value, value)
+
+    def set_shutdown_drain(self, began: float) -> None:
+        """Record when the shutdown drain began."""
+        struct.pack_into("<dd", self._memory, DRAIN_AT + 16, began, began)
+
+    # Worker slots: each written by its worker only, or by the master while no
+    # worker owns it.
+
+    def assign_slot(self, taken: set[int]) -> int | None:
+        """A free slot for a worker about to be forked, cleared; None if none is."""
+        for index in range(SLOT_COUNT):
+            if index not in taken:
+                self.clear_slot(index)
+                in_use = HEADER.unpack_from(self._memory, 0)[1]
+                if index >= in_use:
+                    struct.pack_into("<I", self._memory, 8, index + 1)
+                return index
+        return None
+
+    def clear_slot(self, index: int) -> None:
+        """Empty a slot whose worker is gone, or not yet forked."""
+        self.write_slot(Slot(index, 0, 0, 0.0, 0.0, 0.0))
+
+    def write_slot(self, slot: Slot) -> None:
+        """Write ``slot`` (its writer's own): odd sequence, fields, even sequence."""
+        offset = SLOTS_AT + slot.index * SLOT.size
+        sequence = struct.unpack_from("<Q", self._memory, offset)[0]
+        if sequence % 2:
+            sequence += 1  # its earlier writer died halfway through
+        struct.pack_into("<Q", self._memory, offset, sequence + 1)
+        SLOT.pack_into(
+            self._memory,
+            offset,
+            sequence + 1,
+            slot.pid,
+            0,
+            slot.term,
+            slot.beat,
+            slot.started,
+            slot.lease,
+        )
+        struct.pack_into("<Q", self._memory, offset, sequence + 2)
+
+    def read_slot(self, index: int) -> Slot | None:
+        """Slot ``index`` as last written; None when empty or being written."""
+        offset = SLOTS_AT + index * SLOT.size
+        for _ in range(READ_ATTEMPTS):
+            sequence, pid, _, term, beat, started, lease = SLOT.unpack_from(
+                self._memory, offset
+            )
+            if sequence % 2 == 0 and struct.unpack_from("<Q", self._memory, offset) == (
+                sequence,
+            ):
+                break
+        else:
+            return None
+        if not pid or not beat:
+            return None
+        return Slot(index, pid, term, beat, started, lease)
+
+    def slots(self) -> list[Slot]:
+        """Every slot a worker has written."""
+        in_use = HEADER.unpack_from(self._memory, 0)[1]
+        found = (self.read_slot(index) for index in range(min(in_use, SLOT_COUNT)))
+        return [slot for slot in found if slot is not None]
+
+    # The snapshot: two buffers, the newer one valid while the other is written.
+
+    def _buffer_at(self, which: int) -> int:
+        return BUFFERS_AT + which * (BUFFER.size + SNAPSHOT_CAPACITY)
+
+    def generation(self) -> int:
+        """The newest snapshot's generation: it changes with every publication."""
+        first: int = struct.unpack_from("<Q", self._memory, self._buffer_at(0))[0]
+        second: int = struct.unpack_from("<Q", self._memory, self._buffer_at(1))[0]
+        return max(first, second)
+
+    def publish(self, content: bytes, term: int) -> bool:
+        """Write a snapshot into the older buffer; False when it does not fit."""
+        if len(content) > SNAPSHOT_CAPACITY:
+            return False
+        generations = [
+            struct.unpack_from("<Q", self._memory, self._buffer_at(which))[0]
+            for which in (0, 1)
+        ]
+        which = 0 if generations[0] <= generations[1] else 1
+        at = self._buffer_at(which)
+        struct.pack_into("<Q", self._memory, at, 0)  # invalid while written
+        self._memory[at + BUFFER.size : at + BUFFER.size + len(content)] = content
+        BUFFER.pack_into(self._memory, at, 0, term, len(content), zlib.crc32(content))
+        struct.pack_into("<Q", self._memory, at, max(generations) + 1)
+        return True
+
+    def read_snapshot(self) -> tuple[int, int, bytes] | None:
+        """The newest whole snapshot: (generation, term, content), or None."""
+        for _ in range(READ_ATTEMPTS):
+            candidates = []
+            for which in (0, 1):
+                at = self._buffer_at(which)
+                generation = struct.unpack_from("<Q", self._memory, at)[0]
+                if generation:
+                    candidates.append((generation, at))
+            if not candidates:
+                return None
+            for generation, at in sorted(candidates, reverse=True):
+                _, term, length, checksum = BUFFER.unpack_from(self._memory, at)
+                if length > SNAPSHOT_CAPACITY:
+                    continue
+                start = at + BUFFER.size
+                content = self._memory[start : start + length]
+                unchanged = struct.unpack_from("<Q", self._memory, at)[0] == generation
+                if unchanged and zlib.crc32(content) == checksum:
+                    return generation, term, content
+        return None

@@ -92,6 +92,9 @@ try:
         metrics_directory=os.environ["PROMETHEUS_MULTIPROC_DIR"],
         management_bind=settings["MANAGEMENT_BIND"],
     )
+    # Kept over reloads: under --daemon the pid (and so the name worked out above)
+    # changed since the instance was made.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = instance.record.metrics_directory
     # The management listener's socket, opened here once, in the master: every
     # worker inherits it (petsage/serving/management_socket.py). Kept across reloads.
     listening_socket(settings["MANAGEMENT_BIND"])

@@ -51,18 +51,23 @@ class TestMemory:
         assert memory.read_slot(0) == slot
         assert memory.slots() == [slot]
 
-    def test_a_slot_half_written_reads_as_none_until_written_again(
+    def test_a_slot_half_written_reads_as_its_last_whole_copy(
         self, memory: InstanceMemory
     ) -> None:
         memory.assign_slot(set())
-        memory.write_slot(Slot(0, 4242, 3, 10.5, 1.5, 4.0))
-        # A writer killed between its two sequence numbers: the sequence stays odd.
-        sequence = struct.unpack_from("<Q", memory._memory, SLOTS_AT)[0]
-        struct.pack_into("<Q", memory._memory, SLOTS_AT, sequence + 1)
-        assert memory.read_slot(0) is None
-        slot = Slot(0, 4243, 0, 11.0, 2.0, 4.0)
-        memory.write_slot(slot)
-        assert memory.read_slot(0) == slot
+        whole = Slot(0, 4242, 3, 10.5, 1.5, 4.0)
+        memory.write_slot(whole)
+        assert memory.read_slot(0) == whole
+        # Its writer stopped after the first bytes of the next write: the fields no
+        # longer match their checksum.
+        struct.pack_into("<d", memory._memory, SLOTS_AT + 16, 11.0)
+        assert memory.read_slot(0) == whole, "a worker stopped mid-write is not gone"
+        stranger = InstanceMemory.attach(os.getpid(), memory.fd, NAME)
+        assert stranger.read_slot(0) is None, "never read whole: unknown"
+        again = Slot(0, 4242, 3, 11.0, 1.5, 4.0)
+        memory.write_slot(again)
+        assert memory.read_slot(0) == again
+        assert stranger.read_slot(0) == again
 
     def test_slots_are_taken_lowest_first_and_cleared_when_freed(
         self, memory: InstanceMemory
@@ -72,6 +77,10 @@ class TestMemory:
         memory.clear_slot(2)
         assert memory.slots() == []
         assert SLOT.size == 48
+
+    def test_its_size_is_sealed(self, memory: InstanceMemory) -> None:
+        with pytest.raises(PermissionError):
+            os.ftruncate(memory.fd, 4096)
 
     def test_the_drain_state_has_two_halves(self, memory: InstanceMemory) -> None:
         assert memory.drain_state().began is None

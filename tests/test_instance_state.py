@@ -19,6 +19,7 @@ from petsage.instance.directory import (
     InstanceRecord,
     create_instance,
     lock_held,
+    pid_namespace,
     remove_dead_instances,
     running_instances,
 )
@@ -192,3 +193,20 @@ class TestRepair:
         instance.repair()
         assert InstanceRecord.load(str(directory)).binds == ("127.0.0.1:8000",)
         assert "can be written again" in caplog.text
+
+
+def test_a_directory_another_user_planted_is_never_acted_on(
+    tmp_path: Path, holder: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    # The default state directory, /dev/shm, is writable by every user: one could
+    # plant a record naming a live process and holding a lock.
+    planted = InstanceRecord(
+        holder.name, os.getpid(), pid_namespace(), str(holder), str(holder / "m")
+    )
+    planted.save()
+    assert [r.name for r in running_instances(str(tmp_path))] == [holder.name]
+    os.chown(holder, 65534, 65534)  # nobody's, its "master" (this test) root's
+    assert lock_held(str(holder)) is True
+    assert running_instances(str(tmp_path)) == []

@@ -1,5 +1,6 @@
 """The ``petsage`` command: drain, probe, smoke, and flask-smorest's ``openapi``."""
 
+import contextlib
 import http.client
 import os
 import socket
@@ -103,7 +104,13 @@ def drain_of(record: InstanceRecord) -> Drain:
             f"cannot reach the memory of instance {record.describe()}: {detail};"
             " run petsage as its user (or root)"
         ) from None
-    return Drain(memory, record.drain_file)
+    marker = record.drain_file or None
+    with contextlib.suppress(OSError):
+        # A marker file is the instance's only when its user owns it: --cancel
+        # removes it, and a record must never make this command remove another's.
+        if marker and os.lstat(marker).st_uid != os.lstat(record.directory).st_uid:
+            marker = None
+    return Drain(memory, marker)
 
 
 @cli.command(with_appcontext=False)

@@ -148,8 +148,13 @@ class InstanceHealth:
         slot: int,
         refresher: CheckRefresher,
         adopted: Callable[[Snapshot], None],
+        serving: Callable[[], bool] = lambda: True,
     ) -> None:
         self.memory = memory
+        # False once the worker is shutting down (a reload, max_requests): it then
+        # gives up its slot, so that a worker staying on leads.
+        self.serving = serving
+        self.retired = False
         self.slot = slot
         self.refresher = refresher
         self.lease = (
@@ -192,7 +197,7 @@ class InstanceHealth:
     def alive(self) -> bool:
         """Whether this worker's health thread runs and has beaten within its lease."""
         thread = self._thread
-        return (
+        return self.retired or (
             thread is not None
             and thread.is_alive()
             and time.monotonic() - self.beat_at <= self.lease
@@ -261,6 +266,9 @@ class InstanceHealth:
     def _run(self) -> None:
         name_this_thread(THREAD_NAME)
         while True:
+            if not self.serving():
+                self._retire()
+                return
             try:
                 delay = self.tick()
             except Exception:
@@ -335,6 +343,18 @@ class InstanceHealth:
                 " %s leads now",
                 os.getpid(),
                 f"pid {leader.pid}" if leader else "another worker",
+            )
+
+    def _retire(self) -> None:
+        """Give up the slot: this worker is leaving, and another leads at once."""
+        self.retired = True
+        self.memory.clear_slot(self.slot)
+        if self.leading:
+            self.leading = False
+            logger.info(
+                "This worker (pid %d) is shutting down and no longer runs the"
+                " instance's health checks",
+                os.getpid(),
             )
 
     def _report(self, problem: str) -> None:

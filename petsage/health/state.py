@@ -183,19 +183,24 @@ class Health:
         if self.instance is None:
             self.refresher.start()
 
-    def share(self, memory: InstanceMemory, slot: int | None) -> None:
+    def share(
+        self,
+        memory: InstanceMemory,
+        slot: int | None,
+        serving: Callable[[], bool] = lambda: True,
+    ) -> None:
         """Answer from the instance's snapshot in ``memory``, loaded before this
         returns, and drain with the instance; beat in ``slot`` and run the checks
         while this worker leads.
 
         With no slot (more workers than slots) this worker only answers, and another
-        runs the checks.
+        runs the checks. ``serving`` turns false when the worker is shutting down.
         """
         if self.started:
             raise RuntimeError("health checks already started in this process")
         self.drain = Drain(memory, self.drain.marker)
         instance = InstanceHealth(
-            memory, -1 if slot is None else slot, self.refresher, self._notify
+            memory, -1 if slot is None else slot, self.refresher, self._notify, serving
         )
         self.instance = instance
         if slot is None:

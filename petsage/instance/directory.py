@@ -172,13 +172,29 @@ def instance_directories(state_directory: str) -> Iterable[str]:
                 yield entry.path
 
 
+def trusted(record: InstanceRecord) -> bool:
+    """Whether ``record`` is one this process may act on: its directory belongs to
+    this user, or, for root, to the user its master runs as.
+
+    The default state directory, ``/dev/shm``, is writable by every user: a record
+    another user planted there must steer nothing (which memory ``petsage drain``
+    writes, which marker file ``--cancel`` removes).
+    """
+    owner = os.lstat(record.directory).st_uid
+    user = os.geteuid()
+    if owner == user:
+        return True
+    return user == 0 and record.here and os.stat(f"/proc/{record.pid}").st_uid == owner
+
+
 def running_instances(state_directory: str) -> list[InstanceRecord]:
-    """The live instances whose state is in ``state_directory``, oldest pid first."""
+    """The live instances in ``state_directory`` this process may act on (see
+    ``trusted``), oldest pid first."""
     found = []
     for directory in instance_directories(state_directory):
         with contextlib.suppress(OSError, ValueError, TypeError):
             record = InstanceRecord.load(directory)
-            if record.alive:
+            if record.alive and trusted(record):
                 found.append(record)
     return sorted(found, key=lambda record: record.pid)
 
@@ -228,6 +244,7 @@ def remove_dead_instances(
     is putting it back) is left alone. ``own`` is the name of this master's.
     """
     removed = 0
+    dead_names = set()
     with contextlib.suppress(OSError):
         for entry in list(os.scandir(state_directory)):
             name, path = entry.name, entry.path
@@ -242,17 +259,29 @@ def remove_dead_instances(
                 continue
             if dead:
                 remove_instance_directory(path)
+                dead_names.add(name)
                 removed += 1
     removed += remove_legacy_metrics_directories(state_directory)
     if metrics_parent:
         with contextlib.suppress(OSError):
             for entry in list(os.scandir(metrics_parent)):
                 name = entry.name
-                if name == own or not (
-                    NAME.fullmatch(name) or LEGACY_NAME.fullmatch(name)
-                ):
+                if name == own:
                     continue
-                if not os.path.isdir(os.path.join(state_directory, name)):
+                # Only a dead instance's: one whose directory is missing may be
+                # having it put back by its master, and its workers write here.
+                instance = os.path.join(state_directory, name)
+                orphan = bool(LEGACY_NAME.fullmatch(name)) and not os.path.isdir(
+                    instance
+                )
+                if (
+                    name in dead_names
+                    or orphan
+                    or (
+                        NAME.fullmatch(name) is not None
+                        and lock_held(instance) is False
+                    )
+                ):
                     remove_metrics_directory(entry.path)
                     removed += 1
     return removed
@@ -324,7 +353,10 @@ class OwnInstance:
         # Private: no other user may read, plant or remove what steers the instance.
         os.mkdir(building, 0o700)
         try:
-            self._take_lock(os.path.join(building, LOCK))
+            # Locked under another name first: a scan sees no unheld lock, ever.
+            lock = os.path.join(building, LOCK)
+            self._take_lock(lock + ".new")
+            os.rename(lock + ".new", lock)
             os.rename(building, final)
         except OSError:
             shutil.rmtree(building, ignore_errors=True)
@@ -474,9 +506,16 @@ def create_instance(
         None if metrics_directory == own_metrics else os.path.dirname(metrics_directory)
     )
     remove_dead_instances(state_directory, metrics_parent, own=name)
+    # The master a SIGUSR2 upgrade started this one from shares its settings, and
+    # its drain file, by design.
+    upgraded_from = int(os.environ.get("GUNICORN_PID", "0") or 0)
     if drain_file is not None:
         for other in running_instances(state_directory):
-            if other.name != name and other.drain_file == drain_file:
+            if (
+                other.name != name
+                and other.drain_file == drain_file
+                and not (other.here and other.pid == upgraded_from)
+            ):
                 raise InstanceError(
                     f"PETSAGE_DRAIN_FILE={drain_file!r} is the drain marker of the"
                     f" running instance {other.describe()}: give each its own"

@@ -15,14 +15,18 @@ The ``petsage`` command maps the same memory through ``/proc/<master>/fd/<fd>`` 
 the master's user or root, in its PID namespace) to begin or cancel a drain.
 
 Nothing here takes a lock, so a process stopped or killed halfway through a write
-blocks no other. Each field has one writer, or is written so that a reader can tell
-a write in progress and read again: a sequence number that is odd while a slot is
-written, a value stored twice, a checksum over a snapshot.
+blocks no other. Each field has one writer, and is written so that a reader can tell
+a write in progress, whatever order another CPU sees the bytes land in, and read
+again: a checksum over each slot and each snapshot, each drain time stored twice. A
+reader that keeps meeting a write in progress (its writer stopped halfway) uses the
+last whole value it read.
 """
 
+import fcntl
 import mmap
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -30,7 +34,8 @@ MAGIC = b"PETSAGE1"
 HEADER = struct.Struct("<8sII64s")  # magic, slots in use, slot count, instance name
 # Two copies of each drain time: a reader that sees them differ read during a write.
 DRAIN = struct.Struct("<dddd")  # manual, manual again, shutdown, shutdown again
-SLOT = struct.Struct("<QIIQddd")  # sequence, pid, unused, term, beat, started, lease
+SLOT = struct.Struct("<QQdddI4x")  # pid, term, beat, started, lease, CRC-32 of those
+SLOT_FIELDS = 40  # the bytes the CRC covers
 BUFFER = struct.Struct("<QQII")  # generation, term, length, CRC-32 of the content
 
 SLOT_COUNT = 256
@@ -80,21 +85,28 @@ class InstanceMemory:
     def __init__(self, fd: int, memory: mmap.mmap) -> None:
         self.fd = fd
         self._memory = memory
+        # The last whole copy of each slot this process read.
+        self._slots: dict[int, Slot | None] = {}
 
     @classmethod
     def create(cls, name: str) -> "InstanceMemory":
         """Make the memory of the instance called ``name``, in the master.
 
         Every page is written now, so that no later write needs memory the kernel
-        might not have. The descriptor is closed on exec: a new master that a
-        SIGUSR2 upgrade starts makes its own.
+        might not have, and its size is sealed: nobody (a command opening it through
+        ``/proc``) can shrink it under the processes that map it. The descriptor is
+        closed on exec: a new master that a SIGUSR2 upgrade starts makes its own.
         """
-        fd = os.memfd_create("petsage-instance", os.MFD_CLOEXEC)
+        fd = os.memfd_create("petsage-instance", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, SIZE)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
         memory = mmap.mmap(fd, SIZE, mmap.MAP_SHARED)
         memory.write(bytes(SIZE))
         HEADER.pack_into(memory, 0, MAGIC, 0, SLOT_COUNT, name.encode()[:64])
-        return cls(fd, memory)
+        created = cls(fd, memory)
+        for index in range(SLOT_COUNT):
+            created.clear_slot(index)
+        return created
 
     @classmethod
     def attach(cls, pid: int, fd: int, name: str) -> "InstanceMemory":
@@ -157,41 +169,33 @@ class InstanceMemory:
         self.write_slot(Slot(index, 0, 0, 0.0, 0.0, 0.0))
 
     def write_slot(self, slot: Slot) -> None:
-        """Write ``slot`` (its writer's own): odd sequence, fields, even sequence."""
+        """Write ``slot`` (its writer's own): the fields, then their checksum."""
         offset = SLOTS_AT + slot.index * SLOT.size
-        sequence = struct.unpack_from("<Q", self._memory, offset)[0]
-        if sequence % 2:
-            sequence += 1  # its earlier writer died halfway through
-        struct.pack_into("<Q", self._memory, offset, sequence + 1)
-        SLOT.pack_into(
-            self._memory,
-            offset,
-            sequence + 1,
-            slot.pid,
-            0,
-            slot.term,
-            slot.beat,
-            slot.started,
-            slot.lease,
-        )
-        struct.pack_into("<Q", self._memory, offset, sequence + 2)
+        fields = SLOT.pack(slot.pid, slot.term, slot.beat, slot.started, slot.lease, 0)[
+            :SLOT_FIELDS
+        ]
+        self._memory[offset : offset + SLOT_FIELDS] = fields
+        struct.pack_into("<I", self._memory, offset + SLOT_FIELDS, zlib.crc32(fields))
 
     def read_slot(self, index: int) -> Slot | None:
-        """Slot ``index`` as last written; None when empty or being written."""
+        """Slot ``index`` as last written whole; None when empty.
+
+        A slot being written is read again, letting other threads run between
+        tries; one whose writer stopped halfway reads as the last whole copy this
+        process saw, so that a worker stopped mid-write is neither taken for gone
+        nor for a newcomer.
+        """
         offset = SLOTS_AT + index * SLOT.size
-        for _ in range(READ_ATTEMPTS):
-            sequence, pid, _, term, beat, started, lease = SLOT.unpack_from(
-                self._memory, offset
-            )
-            if sequence % 2 == 0 and struct.unpack_from("<Q", self._memory, offset) == (
-                sequence,
-            ):
-                break
-        else:
-            return None
-        if not pid or not beat:
-            return None
-        return Slot(index, pid, term, beat, started, lease)
+        for attempt in range(READ_ATTEMPTS):
+            raw = self._memory[offset : offset + SLOT.size]
+            pid, term, beat, started, lease, checksum = SLOT.unpack(raw)
+            if zlib.crc32(raw[:SLOT_FIELDS]) == checksum:
+                slot = Slot(index, pid, term, beat, started, lease) if pid else None
+                self._slots[index] = slot
+                return slot
+            if attempt % 10 == 9:
+                time.sleep(0)
+        return self._slots.get(index)
 
     def slots(self) -> list[Slot]:
         """Every slot a worker has written."""

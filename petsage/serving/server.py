@@ -178,13 +178,27 @@ class InstanceKeeper:
     That worker fails its own liveness from one lease on, and another worker runs
     the checks; the master stops it gracefully (SIGTERM: requests in flight are
     answered), and kills it if it has not exited a graceful timeout later.
+
+    Silence is what the master itself saw: how long a worker's heartbeat has not
+    changed while the master was running. A pause of the whole instance (a frozen
+    cgroup, ``docker pause``, a stalled VM) stops the master too, and on resume it
+    counts from then, instead of finding every worker silent at once. And it
+    replaces one worker a lease at most.
     """
+
+    # A pass of gunicorn's loop comes at least once a second; a longer gap means the
+    # master did not run.
+    PAUSE = 2.0
 
     def __init__(self, arbiter: Any, instance: OwnInstance) -> None:
         self.arbiter = arbiter
         self.instance = instance
         # Workers being replaced: pid -> when they were told to stop (monotonic).
         self.replacing: dict[int, float] = {}
+        # Each worker's last heartbeat seen, and when the master saw it change.
+        self.seen: dict[int, tuple[float, float]] = {}
+        self.last_pass = time.monotonic()
+        self.last_replaced = float("-inf")
 
     def install(self) -> None:
         """Run after each pass of gunicorn's loop (it wakes at least once a second)."""
@@ -205,14 +219,17 @@ class InstanceKeeper:
             self.arbiter.log.exception("Instance upkeep failed")
 
     def replace_wedged_workers(self) -> None:
-        """Stop workers whose health thread is silent; kill those that ignore it."""
+        """Stop a worker whose health thread is silent; kill one that ignores it."""
         arbiter = self.arbiter
         memory = self.instance.memory
         now = time.monotonic()
+        paused = now - self.last_pass > self.PAUSE
+        self.last_pass = now
         workers = arbiter.WORKERS
-        for pid in list(self.replacing):
-            if pid not in workers:
-                del self.replacing[pid]
+        for gone in set(self.replacing) - set(workers):
+            del self.replacing[gone]
+        for gone in set(self.seen) - set(workers):
+            del self.seen[gone]
         for pid, worker in list(workers.items()):
             told = self.replacing.get(pid)
             if told is not None:
@@ -223,8 +240,15 @@ class InstanceKeeper:
             slot = None if index is None else memory.read_slot(index)
             if slot is None or slot.pid != pid:
                 continue  # still booting, or no slot
-            silent = now - slot.beat
-            if silent > REPLACE_AFTER * slot.lease:
+            beat, since = self.seen.get(pid, (slot.beat, now))
+            if slot.beat != beat or paused:
+                beat, since = slot.beat, now
+            self.seen[pid] = (beat, since)
+            silent = now - since
+            if (
+                silent > REPLACE_AFTER * slot.lease
+                and now - self.last_replaced > slot.lease
+            ):
                 arbiter.log.error(
                     "Worker %d: its health thread has not run for %.0f s; replacing"
                     " the worker",
@@ -232,6 +256,7 @@ class InstanceKeeper:
                     silent,
                 )
                 self.replacing[pid] = now
+                self.last_replaced = now
                 arbiter.kill_worker(pid, signal.SIGTERM)
 
 
@@ -284,7 +309,11 @@ def start_worker_services(
     if isinstance(app, Flask) and EXTENSION in app.extensions:
         health = health_of(app)
         health.drain.marker = instance.record.drain_file or None
-        health.share(instance.memory, getattr(worker, "petsage_slot", None))
+        health.share(
+            instance.memory,
+            getattr(worker, "petsage_slot", None),
+            serving=lambda: bool(worker.alive),
+        )
         if management_bind:
             start_probe_listener(management_bind, app.extensions[PROBE_APP])
 

@@ -262,3 +262,67 @@ def test_a_stuck_worker_never_makes_the_instance_unready(
         answered = [status for status in livez if status is not None]
         assert answered and set(answered) == {503}, livez
         assert not running(target)
+
+
+def whole_instance(master: int) -> list[int]:
+    """The master and its workers."""
+    return [master, *sorted(children(master))]
+
+
+@pytest.mark.fault
+def test_a_pause_of_the_whole_instance_replaces_no_worker(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+) -> None:
+    instance = Instance(
+        start_gunicorn,
+        {"PETSAGE_WORKERS": "3", "PETSAGE_CHECK_PERIOD": f"{PERIOD:g}"},
+    )
+    master = instance.server.process.pid
+    wait_until(lambda: len(children(master)) == 3, LIVENESS, "every worker")
+    with Publications(instance) as publications:
+        workers = children(master)
+        # A frozen cgroup, docker pause, a stalled VM: every process stops, for
+        # longer than the master's replacement bound (3 leases).
+        paused = whole_instance(master)
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(4 * LEASE)
+        # The master first, and for more than one pass of its loop (it wakes every
+        # second) before the workers: it sees every heartbeat older than 3 leases,
+        # as on a resume where the workers get a CPU last.
+        os.kill(master, signal.SIGCONT)
+        time.sleep(1.5)
+        for pid in paused[1:]:
+            os.kill(pid, signal.SIGCONT)
+        resumed = len(publications.seen)
+        wait_until(
+            lambda: len(publications.seen) >= resumed + 3,
+            LIVENESS,
+            "three cycles after the pause",
+        )
+        answers = [
+            answers_of(port)
+            for _ in range(10)
+            for port in (instance.port, instance.management_port)
+        ]
+    replaced = [
+        line for line in instance.server.log_lines() if "replacing the worker" in line
+    ]
+    fault_record(
+        fault="a pause of the whole instance (3 workers)",
+        injected=f"SIGSTOP to the master and every worker for {4 * LEASE:g} s, then"
+        " SIGCONT, the master 1.5 s before the workers",
+        load="20 /readyz polls on both ports after the pause",
+        sent=len(answers),
+        failed=sum(answer not in (200, None) for answer in answers),
+        lost=answers.count(None),
+        recovery=f"{len(replaced)} workers replaced; 3 cycles after the resume",
+    )
+    assert replaced == []
+    assert children(master) == workers
+    assert answers == [200] * len(answers)
+
+
+def answers_of(port: int) -> int | None:
+    """/readyz on ``port``, on a new connection."""
+    return answers(port, "/readyz")

@@ -20,13 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from petsage.instance.directory import process_start_time
+from petsage.instance.directory import (
+    InstanceRecord,
+    process_start_time,
+    running_instances,
+)
 from tests.fault_record import FaultRecorder
-from tests.gunicorn_process import REPO_ROOT, GunicornFactory, GunicornServer
+from tests.gunicorn_process import GUNICORN, REPO_ROOT, GunicornFactory, GunicornServer
 from tests.load import ClientLoad
 from tests.test_reliability import (
     CLIENT_TIMEOUT,
     DRAIN_DELAY,
+    answers,
     children,
     free_ports,
     haproxy,
@@ -513,3 +518,46 @@ def test_only_the_metrics_librarys_files_are_ever_deleted(
     with sqlite3.connect(unrelated) as database:
         assert database.execute("SELECT count(*) FROM pets").fetchone() == (0,)
     database.close()
+
+
+def test_a_daemon_keeps_its_metrics_directory_over_a_reload(tmp_path: Path) -> None:
+    # gunicorn --daemon forks after reading the config: the master's pid changes,
+    # and a reload reads the config again under the new pid.
+    port = free_ports(1)[0]
+    env = {
+        **os.environ,
+        "PETSAGE_STATE_DIR": str(tmp_path),
+        "PETSAGE_BIND": f"127.0.0.1:{port}",
+        "PETSAGE_WORKERS": "2",
+        "PETSAGE_SHUTDOWN_DELAY": "0",
+    }
+    subprocess.run(
+        [GUNICORN, "--daemon"], cwd=REPO_ROOT, env=env, check=True, timeout=60
+    )
+    records: list[InstanceRecord] = []
+
+    def listening() -> bool:
+        records[:] = [r for r in running_instances(str(tmp_path)) if r.ready]
+        return bool(records)
+
+    wait_until(listening, 30, "the daemon listening")
+    daemon = records[0].pid
+    try:
+        before = children(daemon)
+        os.kill(daemon, signal.SIGHUP)
+        wait_until(
+            lambda: len(children(daemon)) == 2 and not children(daemon) & before,
+            60,
+            "the reload's workers",
+        )
+        for _ in range(20):
+            assert answers(port, "/api/v1/smoke-test") == 200
+        # The reload's workers count their requests where the instance's scrapes
+        # read them.
+        metrics = Path(records[0].metrics_directory)
+        for worker in children(daemon):
+            assert list(metrics.glob(f"*_{worker}.db")), f"worker {worker}'s metrics"
+    finally:
+        os.kill(daemon, signal.SIGTERM)
+        os.kill(daemon, signal.SIGTERM)
+        wait_until(lambda: not Path(f"/proc/{daemon}").exists(), 60, "daemon gone")

@@ -146,3 +146,26 @@ def test_with_preload_the_build_info_reads_one(
     server = start_gunicorn({"PETSAGE_PUBLIC_METRICS": "true"}, args=["--preload"])
     body = server.request("GET", "/metrics").body.decode()
     assert re.search(r"^petsage_build_info\{[^}]*\} 1\.0$", body, re.MULTILINE), body
+
+
+def test_an_upgrade_shares_the_drain_file_with_the_master_it_came_from(
+    start_gunicorn: GunicornFactory, tmp_path: Path
+) -> None:
+    # A drain file is refused when a running instance has it, but the new master of
+    # an upgrade inherits the old one's settings, this one with them.
+    state = {
+        "PETSAGE_STATE_DIR": str(tmp_path),
+        "PETSAGE_DRAIN_FILE": str(tmp_path / "drain"),
+    }
+    server = start_gunicorn(state, args=["-b", f"127.0.0.1:{free_ports(1)[0]}"])
+    try:
+        new = new_master(server, state)
+        assert new.alive
+        assert new.drain_file == state["PETSAGE_DRAIN_FILE"]
+        assert "is the drain marker of the running instance" not in server.log()
+    finally:
+        for record in running_instances(str(tmp_path)):
+            if record.pid != server.process.pid:
+                os.kill(record.pid, signal.SIGTERM)
+                os.kill(record.pid, signal.SIGTERM)
+                wait_until(partial(gone, record.pid), 40, "the new master exited")

@@ -161,6 +161,13 @@ class InstanceHealth:
             max((check.timeout for check in refresher.checks), default=0.0)
             + LEASE_MARGIN
         )
+        # Age after which the instance's snapshot can no longer be trusted: the
+        # refresher's, or, with short periods, the longest a takeover can take (the
+        # cycle that was due, a lease for the stuck leader, one for the claim, the
+        # new leader's cycle), whichever is longer. The checks are fixed by now.
+        longest = max((check.timeout for check in refresher.checks), default=0.0)
+        takeover = refresher.period * (1 + JITTER) + 2 * self.lease + longest
+        self.stale_after = max(refresher.stale_after, takeover)
         self.published: Published | None = None
         self.leading = False
         self.term = 0
@@ -173,17 +180,6 @@ class InstanceHealth:
         self._thread: threading.Thread | None = None
         self._claimed_at: float | None = None
         self._problem: str | None = None
-
-    @property
-    def stale_after(self) -> float:
-        """Age after which the instance's snapshot can no longer be trusted: the
-        refresher's, or, with short periods, the longest a takeover can take (the
-        cycle that was due, a lease for the stuck leader, one for the claim, the new
-        leader's cycle), whichever is longer."""
-        refresher = self.refresher
-        longest = max((check.timeout for check in refresher.checks), default=0.0)
-        takeover = refresher.period * (1 + JITTER) + 2 * self.lease + longest
-        return max(refresher.stale_after, takeover)
 
     @property
     def snapshot(self) -> Snapshot | None:

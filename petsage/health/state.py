@@ -80,7 +80,8 @@ class Drain:
 
     def active(self) -> bool:
         """Whether draining has begun."""
-        return self._state().began is not None or self._marked()
+        memory = self.memory
+        return (memory is not None and memory.draining()) or self._marked()
 
     def reason(self) -> str | None:
         """Why draining began (``shutdown`` or ``manual``), or None if it has not."""
@@ -259,7 +260,8 @@ class Health:
             else self.instance.stale_after
         )
         if snapshot is not None and (
-            not self._refreshed() or self._snapshot_age() > stale_after
+            not self._refreshed()
+            or time.monotonic() - snapshot.completed_at > stale_after
         ):
             items.append(Item("refresher", "fail", "stale"))
         else:

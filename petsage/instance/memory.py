@@ -46,6 +46,8 @@ DRAIN_AT = 128
 SLOTS_AT = 192
 BUFFERS_AT = SLOTS_AT + SLOT_COUNT * SLOT.size
 SIZE = BUFFERS_AT + 2 * (BUFFER.size + SNAPSHOT_CAPACITY)
+FIRST_BUFFER, SECOND_BUFFER = BUFFERS_AT, BUFFERS_AT + BUFFER.size + SNAPSHOT_CAPACITY
+GENERATION = struct.Struct("<Q")
 
 # How often a reader tries again when it met a write in progress.
 READ_ATTEMPTS = 100
@@ -141,6 +143,12 @@ class InstanceMemory:
                 break
         return DrainState(manual or None, shutdown or None)
 
+    def draining(self) -> bool:
+        """Whether either kind of drain has begun (read on every probe). A drain
+        being written shows at the next probe."""
+        manual, _, shutdown, _ = DRAIN.unpack_from(self._memory, DRAIN_AT)
+        return bool(manual or shutdown)
+
     def set_manual_drain(self, began: float | None) -> None:
         """Record when a manual drain began, or (None) that it ended."""
         value = began or 0.0
@@ -206,13 +214,17 @@ class InstanceMemory:
     # The snapshot: two buffers, the newer one valid while the other is written.
 
     def _buffer_at(self, which: int) -> int:
-        return BUFFERS_AT + which * (BUFFER.size + SNAPSHOT_CAPACITY)
+        return SECOND_BUFFER if which else FIRST_BUFFER
 
     def generation(self) -> int:
-        """The newest snapshot's generation: it changes with every publication."""
-        first: int = struct.unpack_from("<Q", self._memory, self._buffer_at(0))[0]
-        second: int = struct.unpack_from("<Q", self._memory, self._buffer_at(1))[0]
-        return max(first, second)
+        """The newest snapshot's generation: it changes with every publication.
+
+        Read on every probe: two 8-byte reads, nothing more.
+        """
+        memory = self._memory
+        first: int = GENERATION.unpack_from(memory, FIRST_BUFFER)[0]
+        second: int = GENERATION.unpack_from(memory, SECOND_BUFFER)[0]
+        return first if first > second else second
 
     def publish(self, content: bytes, term: int) -> bool:
         """Write a snapshot into the older buffer; False when it does not fit."""

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from tests.gunicorn_process import GunicornFactory
 from tests.management import Instance
 from tests.test_instance_health import published
 from tests.test_reliability import answers, children, served_by, wait_until
+from tests.test_upgrade import gone
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
@@ -125,16 +125,6 @@ def livez_of(worker: int, port: int) -> int | None:
         connection.close()
 
 
-def running(pid: int) -> bool:
-    """Whether ``pid`` exists and has not exited. A worker that exited while this
-    process traced one of its threads stays a zombie until the trace ends."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 @contextmanager
 def stopped_process(pid: int) -> Iterator[int]:
     """SIGSTOP ``pid`` for the block; SIGCONT after (unless it is gone)."""
@@ -193,7 +183,7 @@ def test_a_stuck_worker_never_makes_the_instance_unready(
                 )
                 replaced = None
                 while time.monotonic() - stopped_at < watch:
-                    if what.endswith("thread") and running(target):
+                    if what.endswith("thread") and not gone(target):
                         if time.monotonic() - stopped_at > LEASE + 0.5:
                             livez.append(livez_of(target, instance.port))
                     elif what.endswith("thread") and replaced is None:
@@ -209,7 +199,7 @@ def test_a_stuck_worker_never_makes_the_instance_unready(
             )
         if what.endswith("thread") and replaced is None:
             replaced = wait_until(
-                lambda: not running(target), LIVENESS, "the worker replaced"
+                lambda: gone(target), LIVENESS, "the worker replaced"
             ) + (time.monotonic() - stopped_at)
     seen = publications.seen
     completed = [document["completed_at"] for document in seen]
@@ -253,7 +243,7 @@ def test_a_stuck_worker_never_makes_the_instance_unready(
         ), "the stopped leader published after another took over"
     if what.endswith("2 leases"):
         # It came back, stayed (no replacement yet), and saw the newer term.
-        assert running(target)
+        assert not gone(target)
         assert any(
             f"This worker (pid {target}) no longer runs" in line
             for line in instance.server.log_lines()
@@ -261,7 +251,7 @@ def test_a_stuck_worker_never_makes_the_instance_unready(
     if what.endswith("thread"):
         answered = [status for status in livez if status is not None]
         assert answered and set(answered) == {503}, livez
-        assert not running(target)
+        assert gone(target)
 
 
 def whole_instance(master: int) -> list[int]:

@@ -24,7 +24,6 @@ the fault record.
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from typing import Any
 
 import pytest
 
+from petsage.instance.directory import lock_held
 from tests.fault_record import FaultRecorder
 from tests.gunicorn_process import GunicornFactory, GunicornServer
 from tests.load import ClientLoad
@@ -133,21 +133,6 @@ def instance_directory_of(state: Path, pid: int) -> Path | None:
     return None
 
 
-def lock_is_held(directory: Path) -> bool:
-    """Whether some process holds the ``flock`` of ``directory``'s instance.lock."""
-    try:
-        descriptor = os.open(directory / "instance.lock", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)
-    return False
-
-
 def record_of(directory: Path) -> dict[str, Any] | None:
     """The instance record in ``directory``, or None while it is missing or partial."""
     try:
@@ -172,7 +157,11 @@ def restored(state: Path, pid: int, removed_inode: int) -> bool:
     if directory is None or is_directory(directory, removed_inode):
         return False
     record = record_of(directory)
-    return record is not None and record.get("pid") == pid and lock_is_held(directory)
+    return (
+        record is not None
+        and record.get("pid") == pid
+        and instance_lock_held(directory)
+    )
 
 
 def directory_lines(server: GunicornServer, level: str, start: str) -> list[str]:
@@ -429,3 +418,8 @@ def test_health_and_drain_need_no_writable_storage(
     assert code == 0, log[-2000:]
     assert load.failed == [], load.failed[:10]
     assert unanswered == [], unanswered[:10]
+
+
+def instance_lock_held(directory: Path) -> bool:
+    """Whether a live master holds ``directory``'s instance lock."""
+    return lock_held(str(directory)) is True

@@ -95,7 +95,8 @@ class NamespacedServer(GunicornServer):
     @classmethod
     def start_in_namespace(cls, env: dict[str, str], port: int) -> "NamespacedServer":
         """Start gunicorn bound to 127.0.0.1:``port`` in a new PID namespace, wait
-        until its workers answer, and find its master."""
+        until it is ready (its first check cycle published, not only a worker
+        answering), and find its master."""
         assert UNSHARE is not None
         log_path = Path(tempfile.mkstemp(prefix="petsage-unshare-", suffix=".log")[1])
         environment = {
@@ -121,6 +122,8 @@ class NamespacedServer(GunicornServer):
         try:
             server.port = server._wait_for_port(port)
             server._wait_for_an_answer()
+            # The tests assert that it stays ready: it must be ready first.
+            wait_until(lambda: readiness(port) == 200, EVENT_TIMEOUT, "/readyz 200")
             # unshare forks once and its child executes gunicorn: the master is
             # unshare's only child.
             (server.master,) = children(process.pid)

@@ -1,62 +1,27 @@
-"""gunicorn settings for PetSage, read from PETSAGE_* variables (petsage/config.py)."""
+"""gunicorn settings for PetSage, read from PETSAGE_* variables (``petsage.config``)."""
 
 import os
-import re
 import sys
-import tempfile
 from typing import Any
 
-
-def name_of_this_master() -> str:
-    """This master's instance name, unique on the host: ``petsage-<pid>-<pid
-    namespace>-<start time>`` (petsage/instance/directory.py).
-
-    Masters in different PID namespaces may share a pid (each container's is 1), and
-    pids are reused over time; with its namespace and start time, no two share it.
-    """
-    pid = os.getpid()
-    namespace = os.stat("/proc/self/ns/pid").st_ino
-    with open("/proc/self/stat", encoding="ascii") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return f"petsage-{pid}-{namespace}-{fields[19]}"
-
+from petsage.config import ConfigError, load_settings
+from petsage.instance.directory import metrics_directory_of, name_of_this_master
 
 INSTANCE_NAME = name_of_this_master()
+try:
+    settings = load_settings(os.environ, warn_unknown=False)
+except ConfigError as error:
+    # One line for the operator instead of gunicorn's "Failed to read config" traceback.
+    sys.exit(f"petsage: {error}")
 
-
-def metrics_directory_of_this_master() -> str:
-    """Where this master's workers keep their metrics files: a directory of its own.
-
-    PROMETHEUS_MULTIPROC_DIR, when the operator sets it, is the parent of one
-    directory per instance, named like the instance; unset, the metrics live in the
-    instance's directory under PETSAGE_STATE_DIR. A value that PetSage set itself
-    (this master before a reload, or the master that re-executed this one on
-    SIGUSR2) is recognised by its name and not taken for the operator's.
-    """
-    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
-    named = re.fullmatch(r"(.+)/petsage-[\d-]+(/metrics)?", given)
-    parent = (
-        (named.group(1) if named and not named.group(2) else None) if named else given
-    )
-    if parent:
-        return os.path.join(parent, INSTANCE_NAME)
-    state = os.environ.get("PETSAGE_STATE_DIR", "").strip() or (
-        "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    )
-    return os.path.join(state, INSTANCE_NAME, "metrics")
-
-
-# prometheus_client picks its multiprocess mode when first imported, and importing
-# petsage imports it: the directory must be named before, so that every worker forked
+# prometheus_client picks its multiprocess mode when first imported, and the modules
+# below import it: the directory must be named before, so that every worker forked
 # from this master writes its metrics where a scrape of any worker finds them.
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_directory_of_this_master()
-
-from petsage.config import (  # noqa: E402
-    ConfigError,
-    load_settings,
-    warn_about_unknown_settings,
-    worker_count,
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_directory_of(
+    INSTANCE_NAME, settings["STATE_DIR"], os.environ
 )
+
+from petsage.config import warn_about_unknown_settings, worker_count  # noqa: E402
 from petsage.health.state import Drain  # noqa: E402
 from petsage.instance.directory import InstanceError, this_instance  # noqa: E402
 from petsage.metrics.process import WORKER_RESTARTS  # noqa: E402
@@ -81,7 +46,6 @@ from petsage.serving.server import (  # noqa: E402
 )
 
 try:
-    settings = load_settings(os.environ, warn_unknown=False)
     # This master's memory (drain state, health) and directory (lock, record,
     # metrics). The directory is removed when the master exits, also after a start
     # that failed.
@@ -96,10 +60,9 @@ try:
     # changed since the instance was made.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = instance.record.metrics_directory
     # The management listener's socket, opened here once, in the master: every
-    # worker inherits it (petsage/serving/management_socket.py). Kept across reloads.
+    # worker inherits it (petsage.serving.management_socket). Kept across reloads.
     listening_socket(settings["MANAGEMENT_BIND"])
-except (ConfigError, InstanceError, ManagementSocketError) as error:
-    # One line for the operator instead of gunicorn's "Failed to read config" traceback.
+except (InstanceError, ManagementSocketError) as error:
     sys.exit(f"petsage: {error}")
 
 answer_gunicorn_errors_with_problems()

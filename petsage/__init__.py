@@ -1,16 +1,23 @@
 """PetSage Backend: the HTTP service behind PetSage.
 
-This package is the WSGI application and its request path: ``create_app`` here, the
-layers in front of Flask (``access``, ``security``, ``request_ids``, ``routes``,
-``metrics/``), the API (``api``, ``errors``, ``methods``, ``welcome``, ``docs``,
-``json_provider``), ``features/`` and ``health/``. Two programs are built on it, each
-in a package of its own: ``serving/``, what runs only inside gunicorn, and ``cli/``,
-the ``petsage`` command. A few modules serve all three: ``config`` (with
-``cpu_quota``) for settings, and ``instance/`` for an instance's identity on a host
-and the memory its master shares with its workers.
+Importing the package runs nothing: a program takes only the modules it uses, so the
+``petsage`` command and gunicorn's config read settings and instance records without
+loading Flask. ``from petsage import create_app`` still works; the factory lives in
+``petsage.app`` and is loaded on first use (PEP 562).
 
-Who may import whom, checked by import-linter (contracts in ``setup.cfg``, run by
-``tests/test_layout.py``):
+The package holds three programs:
+
+- the WSGI application: ``app`` (the factory), the layers in front of Flask
+  (``middleware``, ``metrics``), the API (``api``, ``errors``, ``methods``,
+  ``welcome``, ``docs``, ``json_provider``), ``features`` and ``health``;
+- ``serving``: what runs only inside gunicorn;
+- ``cli``: the ``petsage`` command.
+
+A few modules serve all three: ``config`` (with ``cpu_quota``) for settings, and
+``instance`` for an instance's identity on a host and the memory its master shares
+with its workers.
+
+Who may import whom, checked by import-linter (contracts in ``setup.cfg``):
 
 - the application never imports ``serving`` or ``cli``, directly or through another
   module, and ``serving`` and ``cli`` never import each other;
@@ -19,174 +26,18 @@ Who may import whom, checked by import-linter (contracts in ``setup.cfg``, run b
 - a feature never imports another feature.
 """
 
-import os
-from collections.abc import Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-
-from petsage import welcome
-from petsage.access import Access, ForwardedFor
-from petsage.api import DocumentEndpoint, PetSageApi
-from petsage.config import load_settings
-from petsage.docs import init_docs
-from petsage.errors import not_found
-from petsage.features import FEATURES
-from petsage.health import Health, HealthEndpoints, init_health
-from petsage.health.openapi import TAG as HEALTH_TAG
-from petsage.health.openapi import document_health
-from petsage.json_provider import OrjsonProvider
-from petsage.methods import PetSageFlask
-from petsage.metrics import (
-    Metrics,
-    MetricsEndpoint,
-    RequestMetrics,
-    document_metrics,
-)
-from petsage.request_ids import RequestIds
-from petsage.routes import RouteNotingRequest
-from petsage.security import SecurityHeaders
-
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
+    from petsage.app import API_PREFIX, MANAGEMENT_API, PROBE_APP, create_app
 
-API_PREFIX = "/api/v1"
-# The management listener's app (petsage/serving/probe_listener.py), as
-# petsage/serving/server.py finds it.
-PROBE_APP = "petsage.probe_app"
-# The config prefix of the management listener's Api, its document's name for
-# `petsage openapi print --config-prefix MANAGEMENT_LISTENER`.
-MANAGEMENT_API = "MANAGEMENT_LISTENER"
+__all__ = ["API_PREFIX", "MANAGEMENT_API", "PROBE_APP", "create_app"]
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Create the PetSage app: defaults, then PETSAGE_* environment, then ``config``."""
-    app = PetSageFlask(__name__)
-    app.config.from_mapping(load_settings(os.environ))
-    app.config.from_mapping(
-        API_TITLE="PetSage Backend API",
-        API_VERSION="1.0.0",
-        OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/",
-        OPENAPI_JSON_PATH="openapi.json",
-        # apispec replaces the tag list it builds from blueprint names with this one.
-        API_SPEC_OPTIONS={
-            "info": {
-                "description": "Intelligent assistance for modern pet care.",
-                "contact": {"name": "PetSage Backend developers"},
-                # PetSage is not published under an open licence.
-                "license": {"name": "Proprietary"},
-            },
-            # Relative: the API is where the document was fetched from.
-            "servers": [{"url": "/", "description": "This PetSage instance"}],
-            "tags": [
-                welcome.TAG,
-                HEALTH_TAG,
-                *(feature.TAG for feature in FEATURES),
-            ],
-        },
-    )
-    if config is not None:
-        app.config.from_mapping(config)
+def __getattr__(name: str) -> Any:
+    """The application's names, from ``petsage.app``, loaded when first asked for."""
+    if name in __all__:
+        from petsage import app
 
-    app.json = OrjsonProvider(app)
-    app.logger.setLevel(app.config["LOG_LEVEL"])
-    # Notes the matched route template for metrics (petsage/routes.py).
-    app.request_class = RouteNotingRequest
-
-    health = init_health(app)
-    api = PetSageApi(app)
-    management_api = init_management_api(app)
-    app.wsgi_app = wrap_in_middleware(app, health, management_api)  # type: ignore[method-assign,assignment]
-    api.register_blueprint(welcome.bp)
-    for feature in FEATURES:
-        api.register_blueprint(feature.bp, url_prefix=API_PREFIX)
-    # After the features, whose blueprints may have registered checks.
-    document_health(api.spec, health)
-    document_health(management_api.spec, health)
-    if app.config["DOCS"]:
-        init_docs(app, openapi_url="/openapi.json")
-    if app.config["METRICS"]:
-        token_required = bool(app.config["HEALTH_TOKEN"])
-        document_metrics(management_api.spec, token_required, management=True)
-        if app.config["PUBLIC_METRICS"]:
-            document_metrics(api.spec, token_required, management=False)
-    return app
-
-
-def init_management_api(app: Flask) -> PetSageApi:
-    """The management listener's Api: its document describes the health endpoints and
-    /metrics, all that listener answers; it adds no route to ``app``."""
-    config = app.config
-    info = config["API_SPEC_OPTIONS"]["info"]
-    return PetSageApi(
-        app,
-        config_prefix=MANAGEMENT_API,
-        spec_kwargs={
-            "title": f"{config['API_TITLE']}, management listener",
-            "version": config["API_VERSION"],
-            "openapi_version": config["OPENAPI_VERSION"],
-            "info": {
-                **info,
-                "description": "The health endpoints and metrics of a PetSage"
-                " instance on its management listener (PETSAGE_MANAGEMENT_BIND), for"
-                " the kubelet and Prometheus. Keep it off the internet.",
-            },
-            "servers": [
-                {
-                    "url": "/",
-                    "description": "This PetSage instance's management listener",
-                }
-            ],
-            "tags": [HEALTH_TAG],
-        },
-    )
-
-
-def wrap_in_middleware(
-    app: Flask, health: Health, management_api: PetSageApi
-) -> "WSGIApplication":
-    """The WSGI layers in front of Flask, outermost first; and the management app.
-
-    The caller's address comes first (behind a named proxy, the one it forwarded), so
-    every later layer and gunicorn's access log see the same; then security headers
-    and request ids, so every response carries them, errors included; metrics next,
-    so every request is counted, probes included; then the health endpoints,
-    answered before Flask's request machinery.
-
-    The public port shows details only for the token: its callers may all arrive from
-    one proxy's address. The management listener (PETSAGE_MANAGEMENT_BIND), kept off
-    the internet, also trusts PETSAGE_TRUSTED_NETWORKS, always serves /metrics, and
-    serves a document of its own (``management_api``'s).
-    """
-    config = app.config
-    release_id = config["RELEASE_ID"]
-    proxies = config["TRUSTED_PROXIES"]
-    public_access = Access(config["HEALTH_TOKEN"])
-    management_access = Access(config["HEALTH_TOKEN"], config["TRUSTED_NETWORKS"])
-    public: WSGIApplication = HealthEndpoints(
-        app.wsgi_app, health, release_id, public_access
-    )
-    management: WSGIApplication = HealthEndpoints(
-        DocumentEndpoint(not_found, management_api),
-        health,
-        release_id,
-        management_access,
-    )
-    if config["METRICS"]:
-        metrics = Metrics(version=config["API_VERSION"], release_id=release_id)
-        health.listeners.append(partial(metrics.observe_cycle, health))
-        metrics.watch_availability(health)
-        management = MetricsEndpoint(management, metrics, health, management_access)
-        if config["PUBLIC_METRICS"]:
-            public = MetricsEndpoint(public, metrics, health, public_access)
-        public = RequestMetrics(public, metrics)
-    management = SecurityHeaders(RequestIds(management))
-    public = SecurityHeaders(RequestIds(public))
-    if proxies:
-        # Only behind named proxies: every request would pass through it otherwise.
-        management = ForwardedFor(management, proxies)
-        public = ForwardedFor(public, proxies)
-    app.extensions[PROBE_APP] = management
-    return public
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

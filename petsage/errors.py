@@ -7,14 +7,12 @@ import marshmallow as ma
 from flask import Response
 from werkzeug.exceptions import HTTPException, NotFound
 
+from petsage.wire import LISTENER_HEADER, MANAGEMENT_LISTENER
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-# The management listener's 404s carry this header, so that a program sent there
-# instead of the public port (``petsage smoke``) can say so rather than fail oddly.
-LISTENER_HEADER = "PetSage-Listener"
-MANAGEMENT_LISTENER = "management"
 NOT_ON_THE_MANAGEMENT_LISTENER = (
     "Not served on the management listener (PETSAGE_MANAGEMENT_BIND); the API is on"
     " the public port (PETSAGE_BIND)."

@@ -32,7 +32,7 @@ from petsage.metrics.storage import (
     degradable_value_class,
     read_values,
 )
-from petsage.routes import ROUTE_KEY
+from petsage.middleware.routes import ROUTE_KEY
 from petsage.serving.logs import (
     ACCESS_LOG_FORMAT,
     AccessFieldsFilter,

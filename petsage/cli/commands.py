@@ -8,9 +8,7 @@ import sys
 import time
 
 import click
-from flask.cli import FlaskGroup
 
-from petsage import create_app
 from petsage.cli.deploy_check import RENDERERS, Service, run_smoke
 from petsage.config import ConfigError, read_setting
 from petsage.health.state import Drain
@@ -25,29 +23,56 @@ USAGE_ERROR = 64
 # The installed distribution whose version ``petsage --version`` prints (setup.cfg).
 DISTRIBUTION = "petsage-backend"
 
-# Flask's own commands (``run``, ``shell``, ``routes``) are left out: PetSage is served
-# by gunicorn, and a development server offered beside drain and smoke would be taken
-# for a way to run it.
-cli = FlaskGroup(
+# What the application's own command line adds: flask-smorest's ``openapi``, which
+# needs the application built. PetSage's own commands (drain, probe, smoke) need only
+# settings and instance records, and never load Flask.
+APPLICATION_COMMANDS = ("openapi",)
+
+
+class PetSageGroup(click.Group):
+    """The ``petsage`` command: its own commands, plus the application's, for which
+    the application is built only when one of them is asked for.
+
+    Flask's own commands (``run``, ``shell``, ``routes``) and options (``--app``,
+    ``--env-file``, ``--debug``) are left out: PetSage is served by gunicorn, always
+    with its own factory and ``PETSAGE_*`` settings, and a development server offered
+    beside drain and smoke would be taken for a way to run it.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """PetSage's commands and the application's, by name."""
+        return sorted([*super().list_commands(ctx), *APPLICATION_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """The command ``name``; the application is built for its own commands."""
+        if name not in APPLICATION_COMMANDS:
+            return super().get_command(ctx, name)
+        from flask.cli import ScriptInfo
+
+        from petsage.app import create_app
+
+        # flask-smorest's commands find the application through Flask's ScriptInfo.
+        info = ctx.ensure_object(ScriptInfo)
+        info.create_app = create_app
+        info.set_debug_flag = False
+        app = info.load_app()
+        ctx.with_resource(app.app_context())
+        command: click.Command | None = app.cli.get_command(ctx, name)
+        return command
+
+
+@click.group(
+    cls=PetSageGroup,
     name="petsage",
-    create_app=create_app,
-    add_default_commands=False,
-    add_version_option=False,
-    load_dotenv=False,
     help="Commands for the PetSage service, e.g. `petsage openapi write openapi.json`.",
 )
-# Flask's own options pick another application, load .env files or turn on debug
-# mode: none of them applies to PetSage's command, which always runs PetSage's factory
-# with its PETSAGE_* settings.
-cli.params = [
-    option for option in cli.params if option.name not in {"app", "env_file", "debug"}
-]
-# PetSage's own version, not Flask's (which names Python, Flask and Werkzeug).
-click.version_option(
+@click.version_option(
     package_name=DISTRIBUTION,
     message="%(package)s %(version)s",
     help=f"Show the version of {DISTRIBUTION} installed and exit.",
-)(cli)
+)
+def cli() -> None:
+    """The ``petsage`` command's group; its commands do the work."""
 
 
 INSTANCE_HELP = (
@@ -113,7 +138,7 @@ def drain_of(record: InstanceRecord) -> Drain:
     return Drain(memory, marker)
 
 
-@cli.command(with_appcontext=False)
+@cli.command()
 @click.option("--instance", "-i", metavar="PID|ADDRESS|PORT", help=INSTANCE_HELP)
 @click.option("--cancel", is_flag=True, help="Stop draining: readiness passes again.")
 def drain(instance: str | None, cancel: bool) -> None:
@@ -153,7 +178,7 @@ def drain(instance: str | None, cancel: bool) -> None:
 
 
 # No app context: checking a service elsewhere needs none of this host's settings.
-@cli.command(with_appcontext=False)
+@cli.command()
 @click.argument("url")
 @click.option(
     "--timeout",
@@ -235,7 +260,7 @@ def connection_to(address: str, timeout: float) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(host, int(port), timeout=timeout)
 
 
-@cli.command(with_appcontext=False)
+@cli.command()
 @click.argument("path", default="/livez")
 @click.option("--instance", "-i", metavar="PID|ADDRESS|PORT", help=INSTANCE_HELP)
 @click.option(

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from petsage.cli.contract import response_errors
-from petsage.errors import LISTENER_HEADER, MANAGEMENT_LISTENER
+from petsage.wire import LISTENER_HEADER, MANAGEMENT_LISTENER
 
 PASSED, FAILED, NOT_READY = 0, 1, 2
 SMOKE_TEST_BODY = {"status": "ok", "message": "PetSage smoke test successful!"}

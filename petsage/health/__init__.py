@@ -3,21 +3,38 @@
 A feature adds a check from its blueprint, so that the factory needs no change::
 
     bp.record_once(lambda state: register_check(state.app, Check(...)))
+
+Importing the package loads none of its modules: the names below come from them when
+first asked for (PEP 562), so a program that needs only the drain state or the shared
+snapshot (the ``petsage`` command, gunicorn's master) does not load Flask.
 """
 
-import time
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:
+    from petsage.health.checks import Check, CheckFailed, Observation
+    from petsage.health.endpoints import HealthEndpoints
+    from petsage.health.registry import (
+        EXTENSION,
+        health_of,
+        init_health,
+        register_check,
+    )
+    from petsage.health.state import Health
 
-from petsage.health.checks import (
-    Check,
-    CheckFailed,
-    Observation,
-    dependency_check,
-    process_uptime_check,
-)
-from petsage.health.endpoints import HealthEndpoints
-from petsage.health.state import Health
+# Each name this package offers, and the module that holds it.
+EXPORTS = {
+    "Check": "petsage.health.checks",
+    "CheckFailed": "petsage.health.checks",
+    "Observation": "petsage.health.checks",
+    "HealthEndpoints": "petsage.health.endpoints",
+    "EXTENSION": "petsage.health.registry",
+    "health_of": "petsage.health.registry",
+    "init_health": "petsage.health.registry",
+    "register_check": "petsage.health.registry",
+    "Health": "petsage.health.state",
+}
 
 __all__ = [
     "EXTENSION",
@@ -31,31 +48,9 @@ __all__ = [
     "register_check",
 ]
 
-EXTENSION = "petsage.health"
 
-
-def init_health(app: Flask) -> Health:
-    """Give ``app`` its health state with the built-in checks."""
-    config = app.config
-    health = Health([], config["CHECK_PERIOD"], config["DRAIN_FILE"])
-    health.add_check(process_uptime_check(started=time.monotonic()))
-    for setting, critical in (
-        ("CRITICAL_DEPENDENCIES", True),
-        ("OPTIONAL_DEPENDENCIES", False),
-    ):
-        for dependency in config[setting]:
-            check = dependency_check(dependency, critical, config["CHECK_TIMEOUT"])
-            health.add_check(check)
-    app.extensions[EXTENSION] = health
-    return health
-
-
-def health_of(app: Flask) -> Health:
-    """The health state of ``app``."""
-    health: Health = app.extensions[EXTENSION]
-    return health
-
-
-def register_check(app: Flask, check: Check) -> None:
-    """Add ``check`` to the checks ``app`` refreshes in the background."""
-    health_of(app).add_check(check)
+def __getattr__(name: str) -> Any:
+    """One of the package's names, from its module, loaded when first asked for."""
+    if name in EXPORTS:
+        return getattr(import_module(EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

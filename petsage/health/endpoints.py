@@ -21,13 +21,13 @@ from werkzeug.exceptions import (
     NotFound,
 )
 
-from petsage.access import Access
 from petsage.errors import problem_response
 from petsage.health.checks import Check, Status
 from petsage.health.refresher import FAILURE_PERIOD_FACTOR, CheckResult
 from petsage.health.state import Health, Item, Verdict
 from petsage.methods import ROUTE_METHODS, allow
-from petsage.routes import ROUTE_KEY
+from petsage.middleware.access import Access
+from petsage.middleware.routes import ROUTE_KEY
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

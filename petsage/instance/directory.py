@@ -32,7 +32,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -48,6 +48,9 @@ METRICS = "metrics"
 NAME = re.compile(r"petsage-\d+-\d+-\d+")
 # A directory being made, renamed into place once its lock is held.
 BUILDING = re.compile(r"\.(petsage-\d+-\d+-\d+)\.new")
+# A metrics directory PetSage chose: one named like an instance inside the
+# operator's PROMETHEUS_MULTIPROC_DIR, or an instance directory's own.
+OWN_METRICS_DIRECTORY = re.compile(rf"(.+)/{PREFIX}[\d-]+(/{METRICS})?")
 # Releases up to 1.0.x named the directory by pid alone, and took no lock.
 LEGACY_NAME = re.compile(r"petsage-(\d+)")
 LEGACY_FILES = ("drain", "health.json", "health.json.new", "health.lock")
@@ -73,6 +76,39 @@ def process_start_time(pid: int | str) -> int | None:
 def pid_namespace() -> int:
     """This process's PID namespace (the inode that names it)."""
     return os.stat("/proc/self/ns/pid").st_ino
+
+
+def name_of_this_master() -> str:
+    """This process's instance name, unique on the host: ``petsage-<pid>-<pid
+    namespace>-<start time>``.
+
+    Masters in different PID namespaces may share a pid (each container's is 1), and
+    pids are reused over time; with its namespace and start time, no two share it.
+    """
+    pid = os.getpid()
+    return f"{PREFIX}{pid}-{pid_namespace()}-{process_start_time(pid)}"
+
+
+def metrics_directory_of(
+    name: str, state_directory: str, environ: Mapping[str, str]
+) -> str:
+    """Where the workers of instance ``name`` keep their metrics files: a directory
+    of its own.
+
+    PROMETHEUS_MULTIPROC_DIR, when the operator sets it, is the parent of one
+    directory per instance, named like the instance; unset, the metrics live in the
+    instance's directory in ``state_directory``. A value that PetSage set itself (a
+    master before a reload, or the master that re-executed this one on SIGUSR2) is
+    recognised by its name and not taken for the operator's.
+    """
+    given = environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    own = OWN_METRICS_DIRECTORY.fullmatch(given)
+    # Inside the operator's directory, its parent is the operator's; an instance
+    # directory's own metrics say nothing of the operator's choice.
+    parent = given if own is None else own.group(1) if own.group(2) is None else ""
+    if parent:
+        return os.path.join(parent, name)
+    return os.path.join(state_directory, name, METRICS)
 
 
 def lock_held(directory: str) -> bool | None:

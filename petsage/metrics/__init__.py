@@ -27,7 +27,6 @@ from prometheus_client.registry import Collector
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, Unauthorized
 
-from petsage.access import Access
 from petsage.errors import problem_response
 from petsage.health.checks import SEVERITY
 from petsage.health.openapi import TAG as HEALTH_TAG
@@ -46,7 +45,8 @@ from petsage.metrics.storage import (
     install,
     shared_exposition,
 )
-from petsage.routes import ROUTE_KEY
+from petsage.middleware.access import Access
+from petsage.middleware.routes import ROUTE_KEY
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

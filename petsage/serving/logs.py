@@ -15,7 +15,7 @@ import orjson
 from flask import has_request_context, request
 from pythonjsonlogger.orjson import OrjsonFormatter, orjson_default
 
-from petsage.request_ids import ENVIRON_KEY, HEADER
+from petsage.middleware.request_ids import ENVIRON_KEY, HEADER
 
 ACCESS_LOGGER = "gunicorn.access"
 # gunicorn's access line, as text; JSON lines carry the same facts as fields too.

@@ -72,7 +72,7 @@ from werkzeug.exceptions import (
 )
 
 from petsage.errors import problem_response
-from petsage.security import SecurityHeaders
+from petsage.middleware.security import SecurityHeaders
 from petsage.serving.management_socket import inherited
 
 if TYPE_CHECKING:

@@ -18,14 +18,14 @@ import gunicorn.util
 from flask import Flask
 from gunicorn.glogging import Logger
 
-from petsage import PROBE_APP
+from petsage.app import PROBE_APP
 from petsage.health import EXTENSION, health_of
 from petsage.health.shared import REPLACE_AFTER
 from petsage.health.state import Drain
 from petsage.instance.directory import OwnInstance
 from petsage.instance.memory import InstanceMemory
 from petsage.metrics.storage import RETIREMENT
-from petsage.security import problem_error_bytes
+from petsage.middleware.security import problem_error_bytes
 from petsage.serving.logs import AccessAtoms, JsonAccessLines
 from petsage.serving.management_socket import IN_USE
 from petsage.serving.probe_listener import start_probe_listener

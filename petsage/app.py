@@ -3,7 +3,6 @@ front of Flask, and the management listener's app."""
 
 import os
 from collections.abc import Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -159,7 +158,7 @@ def wrap_in_middleware(
     )
     if config["METRICS"]:
         metrics = Metrics(version=config["API_VERSION"], release_id=release_id)
-        health.listeners.append(partial(metrics.observe_cycle, health))
+        health.listeners.append(metrics.observe_cycle)
         metrics.watch_availability(health)
         management = MetricsEndpoint(management, metrics, health, management_access)
         if config["PUBLIC_METRICS"]:

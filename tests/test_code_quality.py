@@ -4,10 +4,12 @@ import configparser
 import shutil
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
+from petsage.instance.directory import LEGACY_REMOVED_IN
 from tests.gunicorn_process import REPO_ROOT
 
 BIN = Path(sys.executable).parent
@@ -91,3 +93,11 @@ def test_a_python_client_generated_into_the_root_is_not_checked(
         assert "petsage_client" not in result.stdout + result.stderr
     ignored = (REPO_ROOT / ".gitignore").read_text().splitlines()
     assert "/petsage_client/" in ignored
+
+
+def test_the_clean_up_of_earlier_releases_is_removed_when_due() -> None:
+    installed = tuple(int(part) for part in version("petsage-backend").split(".")[:3])
+    assert installed < LEGACY_REMOVED_IN, (
+        "remove the clean-up of 1.0.x instance directories (LEGACY_* in"
+        " petsage.instance.directory) and this test"
+    )

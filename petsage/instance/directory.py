@@ -51,6 +51,11 @@ BUILDING = re.compile(r"\.(petsage-\d+-\d+-\d+)\.new")
 # A metrics directory PetSage chose: one named like an instance inside the
 # operator's PROMETHEUS_MULTIPROC_DIR, or an instance directory's own.
 OWN_METRICS_DIRECTORY = re.compile(rf"(.+)/{PREFIX}[\d-]+(/{METRICS})?")
+# An upgrade is supported from the release before, so the clean-up of what 1.0.x and
+# earlier releases left behind (the LEGACY_ names and the functions using them, about
+# 60 lines) goes in 1.2.0, when no 1.0.x master can still run beside this one. The
+# code-quality tests fail once the version reaches it.
+LEGACY_REMOVED_IN = (1, 2, 0)
 # Releases up to 1.0.x named the directory by pid alone, and took no lock.
 LEGACY_NAME = re.compile(r"petsage-(\d+)")
 LEGACY_FILES = ("drain", "health.json", "health.json.new", "health.lock")

@@ -123,7 +123,7 @@ class Metrics:
             multiprocess_mode="livemax",
         ).labels(version, release_id).set(1)
 
-    def observe_cycle(self, health: Health, snapshot: Snapshot) -> None:
+    def observe_cycle(self, snapshot: Snapshot) -> None:
         """Record a check cycle's results and this worker's availability after it.
 
         Every worker records the instance's shared snapshot as soon as it has it, so

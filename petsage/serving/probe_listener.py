@@ -341,7 +341,8 @@ class ManagementListener:
 
     def _pause_accepting(self) -> None:
         """Leave new connections in the kernel's queue until the handler threads
-        have caught up (``_handled`` resumes)."""
+        have caught up: a handler thread that finishes writes to ``_resumer``, and
+        the reader, woken on ``_resume``, takes them again."""
         if self._accepting and not self._paused:
             self._paused = True
             self._selector.unregister(self.sock)

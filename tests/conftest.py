@@ -11,16 +11,16 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from petsage import create_app
 from petsage.health import health_of
 from tests.containers.figures import FIGURES, figure_lines
-from tests.datastores import (
+from tests.support.datastores import (
     PETSAGE_PASSWORD,
     PostgresServer,
     RedisServer,
     running_postgres,
     running_redis,
 )
-from tests.fault_record import FaultRecorder as FaultRecorder
-from tests.fault_record import FaultRow, record_fault
-from tests.gunicorn_process import GunicornFactory, GunicornServer
+from tests.support.fault_record import FaultRecorder as FaultRecorder
+from tests.support.fault_record import FaultRow, record_fault
+from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 
 
 @pytest.fixture
@@ -71,14 +71,14 @@ def gunicorn(start_gunicorn: GunicornFactory) -> GunicornServer:
 
 @pytest.fixture(scope="module")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL of the test module's own (tests/datastores.py)."""
+    """A PostgreSQL of the test module's own (tests/support/datastores.py)."""
     with running_postgres() as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    """A Redis of the test module's own (tests/datastores.py)."""
+    """A Redis of the test module's own (tests/support/datastores.py)."""
     with running_redis() as server:
         yield server
 
@@ -103,7 +103,7 @@ def redis(redis_server: RedisServer) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def fault_record(request: pytest.FixtureRequest) -> FaultRecorder:
-    """Record a row of the fault record for this test (see tests/fault_record.py).
+    """Record a row of the fault record for this test (``tests.support.fault_record``).
 
     Call it with the fields of ``FaultRow`` but ``test``, which it fills in.
     """

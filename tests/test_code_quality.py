@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from petsage.instance.directory import LEGACY_REMOVED_IN
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.gunicorn_process import REPO_ROOT
 
 BIN = Path(sys.executable).parent
 # The files that decide what ruff and mypy check.

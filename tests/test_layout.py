@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.gunicorn_process import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

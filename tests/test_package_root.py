@@ -17,7 +17,7 @@ import pytest
 import petsage
 import petsage.app
 import petsage.health
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.gunicorn_process import REPO_ROOT
 
 # What the application needs and a shared module or PetSage's own command must not.
 APPLICATION_LIBRARIES = (

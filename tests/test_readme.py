@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.gunicorn_process import REPO_ROOT
 
 TEST_COMMAND = (
     "python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt -e ."

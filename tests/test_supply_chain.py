@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gunicorn_process import REPO_ROOT
-from tests.listeners import Route, answering, refusing
+from tests.support.gunicorn_process import REPO_ROOT
+from tests.support.listeners import Route, answering, refusing
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

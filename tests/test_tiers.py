@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.gunicorn_process import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # it collects the whole suite
 FAST_TIER = ("-m", "not slow")
-REAL_GUNICORN_SMOKE = "tests/test_gunicorn.py::test_get_smoke_test_over_http"
+REAL_GUNICORN_SMOKE = "tests/serving/test_gunicorn.py::test_get_smoke_test_over_http"
 
 
 def collected(*options: str) -> list[str]:
@@ -34,8 +34,8 @@ def test_the_fast_tier_holds_every_module_and_one_real_gunicorn_smoke() -> None:
     slow = set(collected("-m", "slow or fault or container"))
     assert slow & set(fast) == set()
     assert {test.split("::")[0] for test in fast} >= {
-        "tests/test_smoke_test.py",
-        "tests/test_health_endpoints.py",
-        "tests/test_config.py",
-        "tests/test_openapi.py",
+        "tests/features/test_smoke_test.py",
+        "tests/health/test_endpoints.py",
+        "tests/config/test_config.py",
+        "tests/openapi/test_openapi.py",
     }

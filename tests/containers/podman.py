@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gunicorn_process import REPO_ROOT, HttpResult, http_request
+from tests.support.gunicorn_process import REPO_ROOT, HttpResult, http_request
 
 HELPERS = Path(__file__).resolve().parent
 REQUIRE_VARIABLE = "PETSAGE_REQUIRE_CONTAINERS"

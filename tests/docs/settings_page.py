@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from petsage.config import SETTINGS, Setting
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.gunicorn_process import REPO_ROOT
 
 PAGE = REPO_ROOT / "docs" / "settings.md"
 GENERATOR = "python -m tests.docs.settings_page"

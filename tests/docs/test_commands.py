@@ -21,11 +21,11 @@ from flask.cli import ScriptInfo
 
 from petsage.config import SETTINGS, ConfigError
 from tests.docs.pages import Block, blocks, name, normalized, pages, shell_blocks
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.gunicorn_process import REPO_ROOT
 from tests.test_readme import START_COMMAND, TEST_COMMAND
 
 PIP_COMPILE_TEST = "def test_readme_gives_the_command_that_generated_the_pins("
-FEATURE_PIPELINE = "tests/test_feature_pipeline.py"
+FEATURE_PIPELINE = "tests/features/test_feature_pipeline.py"
 
 # Each command of a block not marked illustrative, and where it runs: a file of the
 # repository and a fragment of that file which runs (or, where noted, checks) it.
@@ -36,7 +36,7 @@ RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
     # starts the service.
     START_COMMAND: (
         ("requirements-test.in", "-r requirements.txt"),
-        ("tests/gunicorn_process.py", "[GUNICORN, *args"),
+        ("tests/support/gunicorn_process.py", "[GUNICORN, *args"),
     ),
     ".venv/bin/mkdocs build --strict": (
         (".ci/run", ".venv/bin/mkdocs build --strict"),
@@ -55,7 +55,7 @@ RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     # Checked, not run: the committed document must equal what it writes.
     ".venv/bin/petsage openapi write openapi.json": (
-        ("tests/test_openapi_contract.py", "petsage openapi write openapi.json"),
+        ("tests/openapi/test_contract.py", "petsage openapi write openapi.json"),
     ),
     "python3 -c 'import urllib.parse,sys; print(urllib.parse.quote(sys.argv[1],"
     ' safe=""))\' PASSWORD': (
@@ -94,7 +94,7 @@ RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
     "npm ci --prefix tools/openapi": ((".ci/run", "npm ci --prefix tools/openapi"),),
     # The test runs the script's own command: openapi-typescript on openapi.json.
     "npm --prefix tools/openapi run generate": (
-        ("tests/test_typescript_client.py", '"openapi-typescript"'),
+        ("tests/openapi/test_typescript_client.py", '"openapi-typescript"'),
     ),
     "node tools/openapi/check-compatibility.mjs": (
         (".ci/run", "\nnode tools/openapi/check-compatibility.mjs\n"),

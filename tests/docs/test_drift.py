@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.docs.pages import DOCS, README, name, pages, prose
-from tests.gunicorn_process import REPO_ROOT, complete_lines
+from tests.support.gunicorn_process import REPO_ROOT, complete_lines
 
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 CONTRACT = DOCS / "api" / "contract.md"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.docs.pages import DOCS, blocks
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.gunicorn_process import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

@@ -9,7 +9,7 @@ import yaml
 
 from petsage.config import SETTINGS
 from tests.docs.pages import DOCS, README, blocks, name, pages
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.gunicorn_process import REPO_ROOT
 
 MKDOCS = Path(sys.executable).parent / "mkdocs"
 README_MOST_LINES = 200

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tests.fault_record import RECORD_VARIABLE, FaultRow
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.fault_record import RECORD_VARIABLE, FaultRow
+from tests.support.gunicorn_process import REPO_ROOT
 
 OUTPUT = REPO_ROOT / "docs" / "reliability.md"
 FULL_VARIABLE = "PETSAGE_FAULT_FULL"

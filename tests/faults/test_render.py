@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fault_record import FaultRow
 from tests.faults.render import (
     OUTPUT,
     Machine,
@@ -23,7 +22,8 @@ from tests.faults.render import (
     read_rows,
     render,
 )
-from tests.gunicorn_process import REPO_ROOT
+from tests.support.fault_record import FaultRow
+from tests.support.gunicorn_process import REPO_ROOT
 
 ROW = FaultRow(
     fault="worker killed",

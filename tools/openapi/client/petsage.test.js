@@ -1,7 +1,7 @@
 // @ts-check
 // The TypeScript client (openapi-fetch over the types openapi-typescript generates from
 // openapi.json, in ./petsage.d.ts) against a running PetSage: run by
-// tests/test_typescript_client.py with PETSAGE_URL and PETSAGE_HEALTH_TOKEN set.
+// tests/openapi/test_typescript_client.py with PETSAGE_URL and PETSAGE_HEALTH_TOKEN set.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 

@@ -1,0 +1,146 @@
+"""Probes while every worker thread is busy: the management listener still answers."""
+
+import socket
+import threading
+import time
+from http.client import HTTPException
+
+import pytest
+
+from tests.support.apps.slow import SLOW_SECONDS
+from tests.support.fault_record import FaultRecorder
+from tests.support.gunicorn_process import GunicornFactory, http_request
+from tests.support.load import Tally
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
+WORKERS, THREADS = 2, 2
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def probe_for(port: int, path: str, seconds: float) -> Tally:
+    """Probe ``path`` with the kubelet's 1 s timeout for ``seconds``, tallied."""
+    tally = Tally()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        tally.sent += 1
+        try:
+            status = http_request(port, "GET", path, timeout=1.0).status
+            if status != 200:
+                tally.failed.append(f"{path}: HTTP {status}")
+        except (OSError, HTTPException) as error:
+            tally.failed.append(f"{path}: {error!r}")
+            tally.lost += 1
+        time.sleep(0.1)
+    return tally
+
+
+def record(
+    results: dict[str, Tally], key: str, port: int, path: str, seconds: float
+) -> None:
+    """Probe, and keep the tally under ``key``."""
+    results[key] = probe_for(port, path, seconds)
+
+
+@pytest.mark.fault
+def test_probes_answer_while_every_thread_is_busy(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+) -> None:
+    probe_port = free_port()
+    server = start_gunicorn(
+        {
+            "PETSAGE_WORKERS": str(WORKERS),
+            "PETSAGE_THREADS": str(THREADS),
+            "PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{probe_port}",
+        },
+        app="tests.support.apps.slow:app",
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if http_request(probe_port, "GET", "/readyz", timeout=1).status == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    capacity = WORKERS * THREADS
+    lines = []
+    # For the fault record: the listener over every level, the main port over those
+    # that can fill one worker's threads (with 1 slow request it answers, as it should).
+    listener, main = Tally(), Tally()
+    levels = (1, capacity // 2, capacity, 2 * capacity)
+    for busy in levels:
+        slow = [
+            threading.Thread(
+                target=http_request,
+                args=(server.port, "GET", "/slow"),
+                kwargs={"timeout": 30},
+            )
+            for _ in range(busy)
+        ]
+        for thread in slow:
+            thread.start()
+        time.sleep(0.3)  # the slow requests take their threads
+        window = SLOW_SECONDS - 0.6
+        results: dict[str, Tally] = {}
+        probes = [
+            threading.Thread(target=record, args=(results, key, port, path, window))
+            for key, port, path in (
+                ("main /livez", server.port, "/livez"),
+                ("listener /livez", probe_port, "/livez"),
+                ("listener /readyz", probe_port, "/readyz"),
+            )
+        ]
+        for thread in probes:
+            thread.start()
+        for thread in probes + slow:
+            thread.join(timeout=60)
+        lines.append(
+            f"{busy} slow requests ({capacity} threads): "
+            + ", ".join(
+                f"{key} {tally.sent} sent {len(tally.failed)} failed"
+                for key, tally in results.items()
+            )
+        )
+        for key, tally in results.items():
+            if key.startswith("listener"):
+                total = listener
+            elif busy >= THREADS:
+                total = main
+            else:
+                continue
+            total.sent += tally.sent
+            total.failed += tally.failed
+            total.lost += tally.lost
+    print("\n" + "\n".join(lines))
+    threads = f"{WORKERS} workers x {THREADS} threads"
+    fault_record(
+        fault="every thread busy, management listener",
+        injected=(
+            f"{', '.join(map(str, levels))} slow ({SLOW_SECONDS:.0f} s) requests in "
+            f"turn on {threads}"
+        ),
+        load=(
+            "/livez and /readyz probes on the management listener every 0.1 s, "
+            "1 s timeout"
+        ),
+        recovery="none needed",
+        **listener.counts(),
+    )
+    fault_record(
+        fault="every thread busy, main port",
+        injected=(
+            f"{', '.join(str(n) for n in levels if n >= THREADS)} slow "
+            f"({SLOW_SECONDS:.0f} s) requests in turn on {threads}"
+        ),
+        load="/livez probe on the main port every 0.1 s, 1 s timeout",
+        recovery=f"waits for a free thread (slow requests take {SLOW_SECONDS:.0f} s)",
+        **main.counts(),
+    )
+    assert listener.failed == [], listener.failed

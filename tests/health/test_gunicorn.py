@@ -1,0 +1,277 @@
+"""The health subsystem in a real gunicorn on 127.0.0.1: drain, storms, hangs, logs.
+
+tests/instance/test_health.py shows how the workers of one instance share it.
+"""
+
+import ast
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.instance.test_health import published
+from tests.serving.test_reliability import wait_until
+from tests.support.gunicorn_process import REPO_ROOT, GunicornFactory, GunicornServer
+from tests.support.listeners import http_reply, refusing, serving
+from tests.support.load import SMOKE_TEST, ClientLoad
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
+PETSAGE = Path(sys.executable).with_name("petsage")
+# What the master logs once the drain marker is written: readiness fails from then on.
+DRAINING = "Draining: readiness fails now"
+# Bounds on waiting for what must happen: far longer than it takes on a busy machine.
+LIVENESS = 60.0
+
+
+def wait_for_status(
+    server: GunicornServer, path: str, status: int, timeout: float = LIVENESS
+) -> float:
+    """Probe ``path`` until it answers ``status``; the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if server.request("GET", path, timeout=10).status == status:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not answer {status} within {timeout} s")
+
+
+def readiness_once_draining(server: GunicornServer) -> int:
+    """The answer to the first /readyz sent after the master logged, on SIGTERM, that
+    it drains: readiness fails at once, with no moment of 200 left after that."""
+    wait_until(lambda: DRAINING in server.log(), LIVENESS, "the master draining")
+    return server.request("GET", "/readyz").status
+
+
+def test_sigterm_drains_under_load_then_exits_cleanly(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    delay = 3.0
+    server = start_gunicorn({"PETSAGE_SHUTDOWN_DELAY": str(delay)})
+    wait_for_status(server, "/readyz", 200)
+    with ClientLoad(server.port) as load:
+        time.sleep(0.5)
+        terminated = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        readiness = readiness_once_draining(server)
+        to_503 = time.monotonic() - terminated
+        load.phase("draining")
+        time.sleep(max(0.0, terminated + delay - 0.5 - time.monotonic()))
+    exit_code = server.process.wait(timeout=delay + 30)
+    stopped_after = time.monotonic() - terminated
+    draining = load.phases["draining"]
+    print(
+        f"\nSIGTERM: readiness {readiness} after {to_503 * 1000:.0f} ms; "
+        f"{load.sent} requests, {draining.sent} of them once readiness failed, "
+        f"{len(load.failed)} failed; exit {exit_code} after {stopped_after:.1f} s"
+    )
+    assert readiness == 503
+    assert draining.sent > 0, "no request was sent while draining"
+    assert load.failed == []
+    assert exit_code == 0
+    assert stopped_after >= delay - 0.2
+    assert "Shutting down: Master" in server.log()
+
+
+def test_drain_command_fails_readiness_in_every_worker(
+    start_gunicorn: GunicornFactory, tmp_path: Path
+) -> None:
+    drain_file = str(tmp_path / "petsage.drain")
+    server = start_gunicorn({"PETSAGE_DRAIN_FILE": drain_file, "PETSAGE_WORKERS": "3"})
+    wait_for_status(server, "/readyz", 200)
+    env = {"PATH": ""}
+    instance = ["--instance", str(server.port)]
+    subprocess.run([str(PETSAGE), "drain", *instance], env=env, check=True, timeout=30)
+    answers = {server.request("GET", "/readyz").status for _ in range(30)}
+    smoke = {server.request("GET", SMOKE_TEST).status for _ in range(10)}
+    subprocess.run(
+        [str(PETSAGE), "drain", "--cancel", *instance], env=env, check=True, timeout=30
+    )
+    after = {server.request("GET", "/readyz").status for _ in range(30)}
+    assert answers == {503}
+    assert smoke == {200}
+    assert after == {200}
+
+
+def test_a_burst_of_probes_runs_no_check(start_gunicorn: GunicornFactory) -> None:
+    with serving(b"") as dependency:
+        server = start_gunicorn(
+            {
+                "PETSAGE_CRITICAL_DEPENDENCIES": f"db=tcp://127.0.0.1:{dependency.port}",
+                "PETSAGE_CHECK_PERIOD": "600",
+            }
+        )
+        wait_for_status(server, "/readyz", 200)
+        deadline = time.monotonic() + 10
+        while dependency.accepted < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        before = dependency.accepted
+        statuses = [
+            server.request("GET", path).status
+            for path in ("/livez", "/readyz", "/health", "/readyz/db") * 250
+        ]
+        print(
+            f"\n1000 probes; dependency connections before {before}, "
+            f"after {dependency.accepted}"
+        )
+        assert set(statuses) == {200}
+        assert before == 1  # one first cycle for the instance, whatever its workers
+        assert dependency.accepted == before
+
+
+def test_a_hung_dependency_never_delays_a_probe(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    with serving(http_reply(200)) as dependency:
+        server = start_gunicorn(
+            {
+                "PETSAGE_CRITICAL_DEPENDENCIES": f"api=http://127.0.0.1:{dependency.port}/",
+                # Longer than the test: a probe that waited for the check would not
+                # be answered at all.
+                "PETSAGE_CHECK_TIMEOUT": "600",
+                "PETSAGE_CHECK_PERIOD": "0.5",
+            }
+        )
+        wait_for_status(server, "/readyz", 200)
+        dependency.reply = None  # from the next cycle on, the dependency hangs
+        wait_until(
+            lambda: dependency.still_waiting() == 1, LIVENESS, "the check hanging"
+        )
+        latencies = []
+        for _ in range(100):
+            started = time.perf_counter()
+            try:
+                status = server.request("GET", "/readyz", timeout=LIVENESS).status
+            except TimeoutError:
+                raise AssertionError("a probe waited for the hung check") from None
+            latencies.append(time.perf_counter() - started)
+            assert status == 200  # the last cycle's answer
+        # The check is still inside its call: its connection waits for an answer.
+        hung = dependency.still_waiting()
+        print(
+            f"\nprobes while a check hangs: median "
+            f"{statistics.median(latencies) * 1000:.1f} ms, "
+            f"max {max(latencies) * 1000:.1f} ms"
+        )
+        assert hung == 1, "the check returned during the probes"
+
+
+def test_a_failing_dependency_is_logged_once_per_instance_across_leaders(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    with refusing() as port:
+        server = start_gunicorn(
+            {
+                "PETSAGE_CRITICAL_DEPENDENCIES": f"db=tcp://127.0.0.1:{port}",
+                "PETSAGE_CHECK_PERIOD": "0.1",
+            }
+        )
+        wait_for_status(server, "/readyz/startup", 200)
+        time.sleep(1.0)  # several more failing cycles
+        leader = leader_of(server)
+        os.kill(leader, signal.SIGTERM)  # another worker carries on
+        deadline = time.monotonic() + 10
+        while leader_of(server) == leader and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # several failing cycles under the new leader
+        server.stop()
+    lines = server.log().splitlines()
+    failures = [
+        line
+        for line in lines
+        if "health check db failed: ConnectionRefusedError" in line
+    ]
+    leaders = [line for line in lines if "now runs the instance's health" in line]
+    assert len(leaders) >= 2
+    assert len(failures) == 1  # PETSAGE_WORKERS=2, and two leaders
+
+
+def leader_of(server: GunicornServer) -> int:
+    """The pid of the worker that runs ``server``'s checks, as it published."""
+    document = published(server)
+    assert document is not None
+    leader: int = document["leader"]
+    return leader
+
+
+SHUTTING_DOWN_IN = re.compile(
+    r"Draining: readiness fails now; shutting down in ([\d.]+) s"
+)
+
+
+def test_a_drain_begun_by_the_command_counts_toward_the_sigterms_delay(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    delay = 5.0
+    server = start_gunicorn({"PETSAGE_SHUTDOWN_DELAY": f"{delay:g}"})
+    wait_for_status(server, "/readyz", 200)
+    subprocess.run(
+        [str(PETSAGE), "drain", "--instance", str(server.port)],
+        env={"PATH": ""},
+        check=True,
+        timeout=30,
+    )
+    server.process.send_signal(signal.SIGTERM)
+    wait_until(
+        lambda: any(SHUTTING_DOWN_IN.search(line) for line in server.log_lines()),
+        30,
+        "the drain's log line",
+    )
+    [remaining] = [
+        float(match.group(1))
+        for line in server.log_lines()
+        if (match := SHUTTING_DOWN_IN.search(line))
+    ]
+    assert 0 < remaining <= delay
+    assert server.request("GET", "/readyz").status == 503
+
+
+CONFIG = "gunicorn.conf.py"
+
+
+def wall_clock_readings(source: str) -> list[str]:
+    """Where ``source`` reads the wall clock or a file's time: ``time.time()``,
+    ``datetime.now()``, ``st_mtime`` and its kin, ``getmtime()``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and (
+            (
+                node.attr in {"time", "time_ns"}
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "time"
+            )
+            or node.attr in {"st_mtime", "st_mtime_ns", "st_ctime", "getmtime", "now"}
+        ):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_deadline_or_age_reads_the_wall_clock() -> None:
+    # Drain deadlines, snapshot ages, leases and heartbeats are all on the monotonic
+    # clock, which no wall-clock step (NTP, a resumed VM) moves. The wall clock is
+    # read only to stamp what people read: log records and check results' "time".
+    stamps = {
+        # And gunicorn's own access-log atom for the time of a request (logger.now).
+        "petsage/serving/logs.py": 2,
+        "petsage/health/refresher.py": 1,
+        "petsage/health/shared.py": 1,
+    }
+    readings = {
+        str(path.relative_to(REPO_ROOT)): wall_clock_readings(path.read_text())
+        for path in [
+            *(REPO_ROOT / "petsage").rglob("*.py"),
+            REPO_ROOT / "gunicorn.conf.py",
+        ]
+    }
+    unexpected = {
+        path: found
+        for path, found in readings.items()
+        if len(found) != stamps.get(path, 0)
+    }
+    assert unexpected == {}

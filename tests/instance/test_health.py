@@ -1,0 +1,452 @@
+"""Health belongs to the instance: one check runner per gunicorn master, and one
+snapshot every worker answers from, across reloads, respawns and a dead leader.
+
+Each test starts a real gunicorn on 127.0.0.1 and counts what a real dependency (a
+local TCP or HTTP listener) sees, or what /readyz answers from whichever worker the
+kernel hands each new connection.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from petsage.health.refresher import JITTER, CheckRefresher, CheckResult, Snapshot
+from petsage.health.shared import (
+    SHORT_OUTPUT,
+    InstanceHealth,
+    Published,
+    decode,
+    encode,
+)
+from petsage.instance.directory import InstanceRecord
+from petsage.instance.memory import SNAPSHOT_CAPACITY, InstanceMemory
+from tests.instance.test_directory import instance_directory, readiness
+from tests.serving.test_reliability import children, wait_until
+from tests.support.fault_record import FaultRecorder
+from tests.support.gunicorn_process import GunicornFactory, GunicornServer
+from tests.support.listeners import answering, refusing, serving
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
+# A dependency as slow as the one that showed the reload gap: 1.5 s per answer.
+SLOW = 1.5
+# Bounds on waiting for what must happen: far longer than it takes on a busy machine.
+LIVENESS = 60.0
+TOKEN = "health-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# Why readiness fails, to a token holder, once the instance saw its TCP check refused.
+REFUSED = "db: ConnectionRefusedError: Connection refused"
+
+
+def slow_dependency(port: int) -> dict[str, str]:
+    """Settings with a critical HTTP check of 127.0.0.1:``port`` that has time."""
+    return {
+        "PETSAGE_CRITICAL_DEPENDENCIES": f"catalog=http://127.0.0.1:{port}/",
+        "PETSAGE_CHECK_TIMEOUT": "3",
+        "PETSAGE_CHECK_PERIOD": "10",
+    }
+
+
+def instance_memory(server: GunicornServer, state: str = "/dev/shm") -> InstanceMemory:
+    """The memory ``server``'s master shares with its workers, mapped here as
+    ``petsage drain`` maps it."""
+    record = InstanceRecord.load(str(instance_directory(server, state)))
+    return InstanceMemory.attach(record.pid, record.memory_fd, record.name)
+
+
+def published(server: GunicornServer, state: str = "/dev/shm") -> dict[str, Any] | None:
+    """The instance's published snapshot, or None before its first cycle."""
+    found = instance_memory(server, state).read_snapshot()
+    if found is None:
+        return None
+    document: dict[str, Any] = json.loads(found[2])
+    return document
+
+
+def poll_readiness(port: int, seconds: float, every: float) -> list[int | None]:
+    """/readyz answers of ``port`` on a new connection each, every ``every`` s."""
+    answers = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answers.append(readiness(port))
+        time.sleep(every)
+    return answers
+
+
+def tcp_dependency(port: int, period: float, workers: int) -> dict[str, str]:
+    """Settings with a critical TCP check of 127.0.0.1:``port`` every ``period``."""
+    return {
+        "PETSAGE_WORKERS": str(workers),
+        "PETSAGE_CRITICAL_DEPENDENCIES": f"db=tcp://127.0.0.1:{port}",
+        "PETSAGE_CHECK_PERIOD": str(period),
+    }
+
+
+def poll_counts(answers: list[int | None]) -> dict[str, int]:
+    """Polls of /readyz as the fault record counts them: 503 failed, None lost."""
+    return {
+        "sent": len(answers),
+        "failed": answers.count(503),
+        "lost": answers.count(None),
+    }
+
+
+def workers_ready(server: GunicornServer, count: int) -> None:
+    """Wait until ``count`` workers run and /readyz answers 200 ten times in a row."""
+    pid = server.process.pid
+    wait_until(lambda: len(children(pid)) == count, 20, f"{count} workers")
+    wait_until(
+        lambda: all(readiness(server.port) == 200 for _ in range(10)),
+        20,
+        "/readyz 200 from every worker",
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 5])
+def test_checks_run_once_per_period_whatever_the_worker_count(
+    start_gunicorn: GunicornFactory, workers: int
+) -> None:
+    period, checks = 0.5, 8
+    with serving(b"") as dependency:
+        server = start_gunicorn(tcp_dependency(dependency.port, period, workers))
+        workers_ready(server, workers)
+        before = dependency.accepted
+        started = time.monotonic()
+        wait_until(
+            lambda: dependency.accepted - before >= checks, LIVENESS, f"{checks} checks"
+        )
+        elapsed = time.monotonic() - started
+        hits = dependency.accepted - before
+    print(
+        f"\n{workers} worker(s): {hits} checks in {elapsed:.2f} s ="
+        f" {hits * period / elapsed:.2f} per {period:g} s period"
+    )
+    # At most one cycle per shortest jittered period, plus the one under way and one
+    # the listener counted late: a busy machine only makes cycles come later.
+    assert hits <= elapsed / (period * (1 - JITTER)) + 2
+
+
+def test_a_reload_answers_readiness_from_the_instances_snapshot_at_once(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    with answering({"/": (200, "text/plain", b"ok")}, delay=SLOW) as port:
+        server = start_gunicorn(slow_dependency(port))
+        workers_ready(server, 2)
+        old = children(server.process.pid)
+        server.process.send_signal(signal.SIGHUP)
+        # Long enough for the new workers to boot and a first check to finish.
+        answers = poll_readiness(server.port, 2 * SLOW + 1, every=0.1)
+        new = children(server.process.pid)
+    unready = [answer for answer in answers if answer != 200]
+    print(
+        f"\nSIGHUP: {len(answers)} /readyz polls every 100 ms,"
+        f" {answers.count(503)} answered 503, {answers.count(None)} unanswered"
+    )
+    assert new and not new & old, "the reload replaced every worker"
+    assert unready == []
+
+
+@pytest.mark.fault
+def test_a_respawned_worker_answers_readiness_at_once(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+) -> None:
+    with answering({"/": (200, "text/plain", b"ok")}, delay=SLOW) as port:
+        server = start_gunicorn(slow_dependency(port))
+        workers_ready(server, 2)
+        killed = max(children(server.process.pid))
+        signal_sent = time.monotonic()
+        # Between two polls, so that no poll of ours is in flight on that worker.
+        os.kill(killed, signal.SIGKILL)
+        answers = poll_readiness(server.port, 2 * SLOW + 1, every=0.1)
+        respawned = children(server.process.pid) - {killed}
+    took = time.monotonic() - signal_sent
+    fault_record(
+        fault="worker killed, respawned while a critical check takes 1.5 s",
+        injected="SIGKILL to one of 2 workers; a critical HTTP check answers in 1.5 s",
+        load="1 client polling /readyz every 100 ms, new connection per request",
+        recovery=f"none needed: /readyz 200 throughout {took:.1f} s",
+        **poll_counts(answers),
+    )
+    assert len(respawned) == 2, "gunicorn replaced the killed worker"
+    assert [answer for answer in answers if answer != 200] == []
+
+
+def test_a_failing_dependency_makes_every_worker_agree_within_one_period(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    period = 3.0
+    with contextlib.ExitStack() as dependency_up:
+        dependency = dependency_up.enter_context(serving(b""))
+        server = start_gunicorn(
+            {
+                **tcp_dependency(dependency.port, period, workers=2),
+                "PETSAGE_HEALTH_TOKEN": TOKEN,
+            }
+        )
+        workers_ready(server, 2)
+        # A third worker half a period later: workers started at different times
+        # (respawns, TTIN) are what made per-worker cycles disagree.
+        time.sleep(period / 2)
+        server.process.send_signal(signal.SIGTTIN)
+        workers_ready(server, 3)
+    # The dependency's port now refuses connections.
+    failed_at = time.monotonic()
+    noticed = first_cycle_begun_after(server, failed_at)
+    wait_until(lambda: readiness(server.port) == 503, LIVENESS, "a first 503")
+    first_503 = time.monotonic() - failed_at
+    # Followers reread the instance's snapshot every 0.1 s: then every worker fails
+    # readiness for the dependency, as that cycle saw it. A worker that did not follow
+    # would answer 200, then fail as stale: never for the dependency.
+    answers: list[str] = []
+
+    def agreed() -> bool:
+        answers.append(why_unready(server))
+        return answers[-50:] == [REFUSED] * 50
+
+    wait_until(agreed, LIVENESS, f"50 answers in a row of {REFUSED!r}")
+    print(
+        f"\ndependency down: the next cycle {noticed['completed_at'] - failed_at:.2f} s"
+        f" later, first 503 after {first_503:.2f} s; then {len(answers)} polls to 50"
+        f" in a row failing for the dependency: {answers.count('')} passed,"
+        f" {len(answers) - answers.count(REFUSED) - answers.count('')} failed otherwise"
+    )
+    # The instance's first cycle after the failure is the one that saw it.
+    assert noticed["results"]["db"]["status"] == "fail"
+
+
+def why_unready(server: GunicornServer) -> str:
+    """Why /readyz fails, as a token holder reads it on a new connection; "" when it
+    passes."""
+    answer = server.request("GET", "/readyz", headers=AUTH)
+    output: str = json.loads(answer.body).get("output", "")
+    return output
+
+
+@pytest.mark.fault
+def test_another_worker_takes_over_the_checks_when_the_leader_is_killed(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+) -> None:
+    period, watched = 0.5, 3.0
+    with serving(b"") as dependency:
+        server = start_gunicorn(tcp_dependency(dependency.port, period, workers=3))
+        workers_ready(server, 3)
+        document = published(server)
+        assert document is not None
+        leader = document["leader"]
+        assert leader in children(server.process.pid)
+        hits_before = dependency.accepted
+        killed_leaders_next_cycle = document["next_cycle_at"]
+        os.kill(leader, signal.SIGKILL)
+        killed_at = time.monotonic()
+        answers: list[int | None] = []
+
+        def taken_over() -> bool:
+            answers.append(readiness(server.port))
+            return published_by_another(server, {leader}) is not None
+
+        takeover = wait_until(taken_over, LIVENESS, "another worker publishing")
+        first = published_by_another(server, {leader})
+        answers += poll_readiness(server.port, watched, every=0.05)
+        hits = dependency.accepted - hits_before
+        elapsed = time.monotonic() - killed_at
+        document = published(server)
+    assert first is not None and document is not None
+    fault_record(
+        fault="the worker running the instance's checks killed",
+        injected="SIGKILL to the leader of 3 workers (check period 0.5 s)",
+        load="1 client polling /readyz every 50 ms, new connection per request",
+        recovery=f"{takeover:.2f} s to a new leader's first published cycle",
+        **poll_counts(answers),
+    )
+    print(
+        f"\nleader {leader} killed: worker {document['leader']} published"
+        f" {takeover:.2f} s later; {hits} checks in {elapsed:.1f} s"
+    )
+    assert document["leader"] in children(server.process.pid)
+    # The new leader ran the cycle that was due, not one sooner: the cadence holds.
+    assert first["completed_at"] >= killed_leaders_next_cycle, "a cycle came early"
+    # From the kill on, through the takeover: every answer the instance's.
+    assert answers == [200] * len(answers)
+    assert hits <= elapsed / (period * (1 - JITTER)) + 2
+
+
+def next_cycle(server: GunicornServer, after: dict[str, Any]) -> dict[str, Any]:
+    """The instance's next published cycle after the one ``after`` describes."""
+
+    def newer() -> dict[str, Any] | None:
+        document = published(server)
+        if document is None or document["completed_at"] <= after["completed_at"]:
+            return None
+        return document
+
+    wait_until(lambda: newer() is not None, LIVENESS, "the next cycle")
+    document = newer()
+    assert document is not None
+    return document
+
+
+def first_cycle_begun_after(server: GunicornServer, moment: float) -> dict[str, Any]:
+    """The first cycle the instance began after ``moment`` (monotonic clock), as it
+    published it: a cycle begins at its predecessor's ``next_cycle_at`` or later.
+    (Cycles come seconds apart; the file is read every 20 ms.)"""
+    document = published(server)
+    assert document is not None
+    while document["next_cycle_at"] <= moment:
+        document = next_cycle(server, document)
+    return next_cycle(server, document)
+
+
+def published_by_another(
+    server: GunicornServer, earlier: set[int]
+) -> dict[str, Any] | None:
+    """The published snapshot, if a worker not among ``earlier`` leaders wrote it."""
+    document = published(server)
+    if document is None or document["leader"] in earlier:
+        return None
+    return document
+
+
+def first_delays_of_leaders(server: GunicornServer, leaders: int) -> dict[int, float]:
+    """The delay each of ``leaders`` successive leaders drew after its first cycle.
+
+    Each leader ends (SIGTERM, as ``max_requests`` ends a worker) once its first
+    cycle is seen, and the next worker to lead carries on.
+    """
+    first = published(server)
+    assert first is not None
+    earlier = {first["leader"]}
+    os.kill(first["leader"], signal.SIGTERM)
+    delays: dict[int, float] = {}
+    while len(delays) < leaders:
+        wait_until(
+            lambda: published_by_another(server, earlier) is not None,
+            10,
+            "the next leader's first cycle",
+        )
+        document = published_by_another(server, earlier)
+        assert document is not None
+        leader = document["leader"]
+        delays[leader] = document["next_cycle_at"] - document["completed_at"]
+        earlier.add(leader)
+        os.kill(leader, signal.SIGTERM)
+    return delays
+
+
+def test_with_preload_each_worker_draws_its_own_jitter(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    period = 0.5
+    server = start_gunicorn(
+        {"PETSAGE_WORKERS": "3", "PETSAGE_CHECK_PERIOD": str(period)},
+        args=["--preload"],
+    )
+    workers_ready(server, 3)
+    delays = first_delays_of_leaders(server, 3)
+    print(f"\n--preload: first delay drawn by each leader: {delays}")
+    for delay in delays.values():
+        assert period * (1 - JITTER) <= delay <= period * (1 + JITTER)
+    # One generator copied into every worker by the fork draws the same sequence.
+    assert len(set(delays.values())) == len(delays)
+
+
+def check_status(server: GunicornServer) -> dict[str, float]:
+    """``petsage_health_check_status`` by check, as a scrape of the instance reads."""
+    text = server.request("GET", "/metrics").body.decode()
+    return {
+        sample.labels["check"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "petsage_health_check_status"
+        for sample in family.samples
+    }
+
+
+@pytest.mark.fault
+def test_check_metrics_outlive_the_worker_that_ran_the_checks(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+) -> None:
+    period = 5.0
+    with refusing() as port:
+        server = start_gunicorn(
+            {
+                **tcp_dependency(port, period, workers=3),
+                "PETSAGE_PUBLIC_METRICS": "true",
+            }
+        )
+        pid = server.process.pid
+        wait_until(lambda: len(children(pid)) == 3, 20, "3 workers")
+        wait_until(lambda: published(server) is not None, 10, "a first cycle")
+        earlier = published(server)
+        assert earlier is not None
+        # Right after a cycle, so that the next (half a period after a failure) is
+        # seconds away while the leader's own gauges are gone.
+        wait_until(
+            lambda: (
+                (published(server) or earlier)["completed_at"]
+                != earlier["completed_at"]
+            ),
+            period,
+            "the next cycle",
+        )
+        leader = earlier["leader"]
+        os.kill(leader, signal.SIGKILL)
+        wait_until(lambda: leader not in children(pid), 5, "the leader reaped")
+        time.sleep(0.2)  # the master drops a dead worker's live gauges as it reaps
+        status = check_status(server)
+        after = published(server)
+    assert after is not None
+    fault_record(
+        fault="the worker running the instance's checks killed, metrics scraped",
+        injected="SIGKILL to the leader of 3 workers between two cycles (db failing)",
+        load="1 scrape of /metrics right after the master reaped the leader",
+        sent=1,
+        failed=0 if status.get("db") == 2.0 else 1,
+        lost=0,
+        recovery="none needed: the other workers' gauges hold the instance's status",
+    )
+    assert after["leader"] == leader, "no new cycle yet: the followers answered"
+    assert status == {"uptime": 0.0, "db": 2.0}
+
+
+class TestSnapshotWithoutGunicorn:
+    """The snapshot file's format and the in-process fallback, on their own."""
+
+    def test_a_snapshot_survives_the_file(self) -> None:
+        result = CheckResult("fail", 1.5, "ms", "HTTP 503", "t", 1.5, 3)
+        published = Published(Snapshot({"db": result}, 12.5), 4242, 22.5)
+        assert decode(encode(published)) == published
+
+    @pytest.mark.parametrize(
+        "content",
+        [
+            b"",
+            b"[]",
+            b'{"leader": 1}',
+            b'{"leader":1,"completed_at":1,"next_cycle_at":null,"results":{"db":'
+            b'{"status":"fine","value":null,"unit":null,"output":"","time":"t",'
+            b'"duration_ms":1,"consecutive_failures":0}}}',
+        ],
+    )
+    def test_anything_else_is_refused(self, content: bytes) -> None:
+        with pytest.raises(ValueError):
+            decode(content)
+
+    def test_a_snapshot_too_long_for_the_memory_is_shared_with_short_outputs(
+        self,
+    ) -> None:
+        memory = InstanceMemory.create("petsage-1-2-3")
+        long = CheckResult("fail", None, None, "x" * SNAPSHOT_CAPACITY, "t", 1.5, 3)
+        slot = memory.assign_slot(set())
+        assert slot is not None
+        refresher = CheckRefresher([], period=10)
+        instance = InstanceHealth(memory, slot, refresher, lambda snapshot: None)
+        instance.publish(Snapshot({"db": long}, time.monotonic()))
+        found = memory.read_snapshot()
+        assert found is not None
+        shared = decode(found[2]).snapshot.results["db"]
+        assert shared.output == "x" * SHORT_OUTPUT

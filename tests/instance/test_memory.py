@@ -1,0 +1,174 @@
+"""The memory a master shares with its workers (petsage/instance/memory.py), and the
+lease elected in it (petsage/health/shared.py), in one process.
+
+The fault tests (tests/instance/test_leadership.py) run the same code in real
+gunicorn workers; here each writer's half-done write and each election rule is
+checked on its own.
+"""
+
+import os
+import struct
+import time
+
+import pytest
+
+from petsage.health.refresher import CheckRefresher, CheckResult, Snapshot
+from petsage.health.shared import (
+    TICK,
+    InstanceHealth,
+    Published,
+    encode,
+    leader_of,
+    rightful_leader,
+)
+from petsage.instance.memory import (
+    BUFFER,
+    SLOT,
+    SLOTS_AT,
+    InstanceMemory,
+    Slot,
+)
+
+NAME = "petsage-1-2-3"
+
+
+@pytest.fixture
+def memory() -> InstanceMemory:
+    return InstanceMemory.create(NAME)
+
+
+def snapshot(output: str, completed_at: float) -> bytes:
+    result = CheckResult("pass", 1, "s", output, "t", 0.1, 0)
+    return encode(Published(Snapshot({"uptime": result}, completed_at), 7, None))
+
+
+class TestMemory:
+    def test_a_slot_reads_as_written(self, memory: InstanceMemory) -> None:
+        index = memory.assign_slot(set())
+        assert index == 0
+        slot = Slot(0, 4242, 3, 10.5, 1.5, 4.0)
+        memory.write_slot(slot)
+        assert memory.read_slot(0) == slot
+        assert memory.slots() == [slot]
+
+    def test_a_slot_half_written_reads_as_its_last_whole_copy(
+        self, memory: InstanceMemory
+    ) -> None:
+        memory.assign_slot(set())
+        whole = Slot(0, 4242, 3, 10.5, 1.5, 4.0)
+        memory.write_slot(whole)
+        assert memory.read_slot(0) == whole
+        # Its writer stopped after the first bytes of the next write: the fields no
+        # longer match their checksum.
+        struct.pack_into("<d", memory._memory, SLOTS_AT + 16, 11.0)
+        assert memory.read_slot(0) == whole, "a worker stopped mid-write is not gone"
+        stranger = InstanceMemory.attach(os.getpid(), memory.fd, NAME)
+        assert stranger.read_slot(0) is None, "never read whole: unknown"
+        again = Slot(0, 4242, 3, 11.0, 1.5, 4.0)
+        memory.write_slot(again)
+        assert memory.read_slot(0) == again
+        assert stranger.read_slot(0) == again
+
+    def test_slots_are_taken_lowest_first_and_cleared_when_freed(
+        self, memory: InstanceMemory
+    ) -> None:
+        assert memory.assign_slot({0, 1}) == 2
+        memory.write_slot(Slot(2, 99, 0, 1.0, 1.0, 4.0))
+        memory.clear_slot(2)
+        assert memory.slots() == []
+        assert SLOT.size == 48
+
+    def test_its_size_is_sealed(self, memory: InstanceMemory) -> None:
+        with pytest.raises(PermissionError):
+            os.ftruncate(memory.fd, 4096)
+
+    def test_the_drain_state_has_two_halves(self, memory: InstanceMemory) -> None:
+        assert memory.drain_state().began is None
+        memory.set_manual_drain(5.0)
+        memory.set_shutdown_drain(7.0)
+        state = memory.drain_state()
+        assert (state.manual, state.shutdown, state.began) == (5.0, 7.0, 5.0)
+        memory.set_manual_drain(None)
+        assert memory.drain_state().began == 7.0
+
+    def test_a_snapshot_torn_by_a_second_writer_falls_back_to_the_other(
+        self, memory: InstanceMemory
+    ) -> None:
+        first, second = snapshot("first", 1.0), snapshot("second", 2.0)
+        assert memory.publish(first, term=1)
+        assert memory.publish(second, term=1)
+        found = memory.read_snapshot()
+        assert found is not None and found[2] == second
+        # Two leaders at once (the moment of a takeover) wrote the same buffer: its
+        # content no longer matches its checksum.
+        newer = memory._buffer_at(1)
+        memory._memory[newer + BUFFER.size] ^= 0xFF
+        found = memory.read_snapshot()
+        assert found is not None and found[2] == first
+
+    def test_a_snapshot_too_large_is_refused(self, memory: InstanceMemory) -> None:
+        assert not memory.publish(b"x" * (64 * 1024 + 1), term=0)
+        assert memory.read_snapshot() is None
+
+    def test_a_command_maps_the_same_memory_through_proc(
+        self, memory: InstanceMemory
+    ) -> None:
+        other = InstanceMemory.attach(os.getpid(), memory.fd, NAME)
+        other.set_manual_drain(3.0)
+        assert memory.drain_state().manual == 3.0
+        with pytest.raises(ValueError, match="not petsage-9-9-9's memory"):
+            InstanceMemory.attach(os.getpid(), memory.fd, "petsage-9-9-9")
+        with pytest.raises(OSError):
+            InstanceMemory.attach(os.getpid(), 1_000_000, NAME)
+
+
+def worker(memory: InstanceMemory, slot: int) -> InstanceHealth:
+    """A worker's part in the instance's health, publishing its own cycles, as
+    Health.share wires it."""
+    refresher = CheckRefresher([], period=10)
+    instance = InstanceHealth(memory, slot, refresher, lambda snapshot: None)
+    refresher.listeners.append(instance.publish)
+    return instance
+
+
+class TestElection:
+    def test_the_highest_term_leads_the_oldest_among_equals(self) -> None:
+        slots = [
+            Slot(0, 10, 1, 100.0, 5.0, 4.0),
+            Slot(1, 11, 2, 100.0, 9.0, 4.0),
+            Slot(2, 12, 2, 100.0, 7.0, 4.0),
+        ]
+        assert rightful_leader(slots) == slots[2]
+        assert leader_of(slots, now=101.0) == slots[2]
+
+    def test_a_stale_rightful_leader_leaves_none_until_a_claim(self) -> None:
+        slots = [Slot(0, 10, 1, 90.0, 5.0, 4.0), Slot(1, 11, 0, 100.0, 1.0, 4.0)]
+        assert leader_of(slots, now=100.0) is None, "a younger term never takes over"
+
+    def test_a_stuck_leader_is_taken_over_and_never_publishes_after(
+        self, memory: InstanceMemory
+    ) -> None:
+        memory.assign_slot(set())
+        memory.assign_slot({0})
+        leader, follower = worker(memory, 0), worker(memory, 1)
+        leader.tick()
+        follower.tick()
+        assert leader.leading and not follower.leading
+        published = memory.generation()
+        # The leader's thread stops beating (stopped, or stuck in a call): its slot
+        # ages past its lease.
+        stale = time.monotonic() - 2 * leader.lease
+        memory.write_slot(Slot(0, os.getpid(), 0, stale, leader.started, leader.lease))
+        leader.beat_at = stale
+        follower.tick()  # claims the next term
+        assert follower.term == 1 and not follower.leading
+        time.sleep(TICK)
+        follower.tick()  # leads: its claim stood for a tick
+        assert follower.leading
+        follower.refresher.run_cycle()  # its first cycle, when it is due
+        assert memory.generation() > published
+        taken_over = memory.generation()
+        # The old leader comes back with a cycle it completed before it stopped.
+        leader.publish(Snapshot({}, time.monotonic()))
+        assert not leader.leading
+        assert memory.generation() == taken_over, "published over the new leader"

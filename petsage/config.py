@@ -3,6 +3,9 @@
 Each setting is read from the environment variable ``PETSAGE_<KEY>``; the Flask app
 sees it as ``app.config[KEY]`` and ``gunicorn.conf.py`` reads the server settings from
 the same table, so the service and its server never disagree about a value.
+
+Importing this module reads nothing of the host: a default that depends on it (the
+worker count, the state directory) is worked out when read.
 """
 
 import difflib
@@ -38,6 +41,8 @@ class Setting:
     """One setting: its key, default, parser, accepted values and meaning."""
 
     key: str
+    # The value when the variable is unset; or a function of no arguments that works
+    # it out when read, for a default that depends on the host.
     default: Any
     parse: Callable[[str], Any]
     accepts: str
@@ -50,11 +55,15 @@ class Setting:
         """The environment variable that sets it."""
         return ENV_PREFIX + self.key
 
+    def default_value(self) -> Any:
+        """The default, worked out now when it depends on the host."""
+        return self.default() if callable(self.default) else self.default
+
     def read(self, environ: Mapping[str, str]) -> Any:
         """The value from ``environ``, or the default when the variable is unset."""
         raw = environ.get(self.env_var)
         if raw is None:
-            return self.default
+            return self.default_value()
         try:
             return self.parse(raw.strip())
         except Refused as reason:
@@ -388,7 +397,7 @@ SETTINGS = (
     ),
     Setting(
         "WORKERS",
-        default_workers(),
+        default_workers,
         whole_number(1, 256),
         "a whole number from 1 to 256",
         "gunicorn worker processes; default 2 x usable CPUs + 1, where usable CPUs"
@@ -496,7 +505,7 @@ SETTINGS = (
     ),
     Setting(
         "STATE_DIR",
-        default_state_directory(),
+        default_state_directory,
         directory_path,
         "the path of an existing directory",
         "Where each running instance (gunicorn master) keeps a private directory"

@@ -3,18 +3,22 @@
 docs/settings.md is generated from SETTINGS: tests/docs/test_settings_page.py.
 """
 
+import json
 import logging
+import subprocess
+import sys
 
 import pytest
 
 from petsage import config
 from petsage.config import SETTINGS, ConfigError, Dependency, load_settings
+from tests.gunicorn_process import REPO_ROOT
 
 
 def test_defaults_apply_when_the_environment_is_silent() -> None:
     settings = load_settings({})
     for setting in SETTINGS:
-        assert settings[setting.key] == setting.default, setting.key
+        assert settings[setting.key] == setting.default_value(), setting.key
 
 
 def test_the_drain_file_is_the_instances_own_unless_set() -> None:
@@ -176,3 +180,44 @@ def test_an_unknown_variable_close_to_no_setting_names_none(
     with caplog.at_level(logging.WARNING):
         load_settings({"PETSAGE_PORT": "8080"})
     assert caplog.messages == ["PETSAGE_PORT is not a PetSage setting and is ignored"]
+
+
+# Imports petsage.config (and what it imports) alone, not petsage's own __init__ (the
+# app factory), and prints the files it opened and the directories it looked for.
+WATCHED_IMPORT = """
+import json, os, sys, types
+
+package = types.ModuleType("petsage")
+package.__path__ = [sys.argv[1]]
+sys.modules["petsage"] = package
+touched = []
+
+def audit(event, args):
+    if event == "open" and isinstance(args[0], str):
+        touched.append(args[0])
+
+sys.addaudithook(audit)
+isdir = os.path.isdir
+os.path.isdir = lambda path: touched.append(str(path)) or isdir(path)
+import petsage.config
+print(json.dumps(touched))
+"""
+
+
+@pytest.mark.slow  # a Python process of its own: a fresh import
+def test_importing_config_reads_nothing_of_the_host() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WATCHED_IMPORT, str(REPO_ROOT / "petsage")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    touched = json.loads(result.stdout)
+    # The WORKERS default reads the cgroup's CPU quota, STATE_DIR's looks for
+    # /dev/shm: when read, so a command that needs neither pays for neither.
+    assert [
+        path
+        for path in touched
+        if path.startswith(("/proc/", "/sys/fs/cgroup", "/dev/shm"))
+    ] == []

@@ -57,6 +57,7 @@ from petsage.config import (  # noqa: E402
     warn_about_unknown_settings,
     worker_count,
 )
+from petsage.health.dependencies import dependencies_from  # noqa: E402
 from petsage.health.state import Drain  # noqa: E402
 from petsage.instance.directory import InstanceError, this_instance  # noqa: E402
 from petsage.metrics.process import WORKER_RESTARTS  # noqa: E402
@@ -82,6 +83,8 @@ from petsage.serving.server import (  # noqa: E402
 
 try:
     settings = load_settings(os.environ, warn_unknown=False)
+    # Here, in the master: a bad dependency stops the start before any worker forks.
+    dependencies_from(settings)
     # This master's memory (drain state, health) and directory (lock, record,
     # metrics). The directory is removed when the master exits, also after a start
     # that failed.

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from petsage import config
-from petsage.config import SETTINGS, ConfigError, Dependency, load_settings
+from petsage.config import SETTINGS, ConfigError, load_settings
+from petsage.health.dependencies import Dependency, dependencies_from
 from tests.gunicorn_process import REPO_ROOT
 
 
@@ -40,8 +41,7 @@ def test_documented_defaults() -> None:
     assert settings["SHUTDOWN_DELAY"] == 15.0
     assert settings["CHECK_PERIOD"] == 10.0
     assert settings["CHECK_TIMEOUT"] == 2.0
-    assert settings["CRITICAL_DEPENDENCIES"] == ()
-    assert settings["OPTIONAL_DEPENDENCIES"] == ()
+    assert dependencies_from(settings) == ((), ())
 
 
 @pytest.mark.parametrize(
@@ -62,20 +62,27 @@ def test_documented_defaults() -> None:
         ("PETSAGE_DRAIN_FILE", "/run/petsage.drain", "/run/petsage.drain"),
         ("PETSAGE_CHECK_PERIOD", "0.5", 0.5),
         ("PETSAGE_CHECK_TIMEOUT", "1", 1.0),
-        (
-            "PETSAGE_CRITICAL_DEPENDENCIES",
-            "db=tcp://db:5432, api=https://u:p@api.example/health",
-            (
-                Dependency("db", "tcp://db:5432"),
-                Dependency("api", "https://u:p@api.example/health"),
-            ),
-        ),
-        ("PETSAGE_OPTIONAL_DEPENDENCIES", "", ()),
     ],
 )
 def test_environment_sets_a_value(variable: str, raw: str, value: object) -> None:
     key = variable.removeprefix("PETSAGE_")
     assert load_settings({variable: raw})[key] == value
+
+
+def test_environment_sets_the_dependencies() -> None:
+    raw = "db=tcp://db:5432, api=https://u:p@api.example/health"
+    settings = load_settings(
+        {"PETSAGE_CRITICAL_DEPENDENCIES": raw, "PETSAGE_OPTIONAL_DEPENDENCIES": ""}
+    )
+    # Text in the settings: petsage.health.dependencies reads the entries.
+    assert settings["CRITICAL_DEPENDENCIES"] == raw
+    assert dependencies_from(settings) == (
+        (
+            Dependency("db", "tcp://db:5432"),
+            Dependency("api", "https://u:p@api.example/health"),
+        ),
+        (),
+    )
 
 
 @pytest.mark.parametrize(
@@ -123,21 +130,27 @@ def test_bad_value_is_one_line_naming_the_variable_and_what_it_accepts(
     ],
 )
 def test_bad_dependency_list_is_refused_without_echoing_it(raw: str) -> None:
+    # What each refusal says: tests/health/test_dependencies.py.
+    settings = load_settings(
+        {"PETSAGE_CRITICAL_DEPENDENCIES": raw + ",x=http://u:pw@x/"}
+    )
     with pytest.raises(ConfigError) as caught:
-        load_settings({"PETSAGE_CRITICAL_DEPENDENCIES": raw + ",x=http://u:pw@x/"})
+        dependencies_from(settings)
     message = str(caught.value)
-    assert message.startswith("PETSAGE_CRITICAL_DEPENDENCIES is not valid: expected")
+    assert message.startswith("PETSAGE_CRITICAL_DEPENDENCIES is not valid: ")
+    assert "\n" not in message
     assert "pw" not in message
 
 
 def test_one_dependency_name_in_both_lists_is_refused() -> None:
+    settings = load_settings(
+        {
+            "PETSAGE_CRITICAL_DEPENDENCIES": "db=tcp://db:5432",
+            "PETSAGE_OPTIONAL_DEPENDENCIES": "db=tcp://db:5433",
+        }
+    )
     with pytest.raises(ConfigError, match="unique names"):
-        load_settings(
-            {
-                "PETSAGE_CRITICAL_DEPENDENCIES": "db=tcp://db:5432",
-                "PETSAGE_OPTIONAL_DEPENDENCIES": "db=tcp://db:5433",
-            }
-        )
+        dependencies_from(settings)
 
 
 def test_unknown_petsage_variable_is_warned_about_not_fatal(

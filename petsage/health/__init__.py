@@ -5,19 +5,12 @@ A feature adds a check from its blueprint, so that the factory needs no change::
     bp.record_once(lambda state: register_check(state.app, Check(...)))
 """
 
-import time
-
 from flask import Flask
 
-from petsage.health.checks import (
-    Check,
-    CheckFailed,
-    Observation,
-    dependency_check,
-    process_uptime_check,
-)
+from petsage.health.checks import Check, CheckFailed, Observation
+from petsage.health.dependencies import dependencies_from, dependency_check
 from petsage.health.endpoints import HealthEndpoints
-from petsage.health.state import Health
+from petsage.health.state import Health, new_health
 
 __all__ = [
     "EXTENSION",
@@ -35,15 +28,16 @@ EXTENSION = "petsage.health"
 
 
 def init_health(app: Flask) -> Health:
-    """Give ``app`` its health state with the built-in checks."""
+    """Give ``app`` its health state with the built-in checks and those of the
+    dependencies its settings name; raises ``ConfigError`` for a bad dependency."""
     config = app.config
-    health = Health([], config["CHECK_PERIOD"], config["DRAIN_FILE"])
-    health.add_check(process_uptime_check(started=time.monotonic()))
-    for setting, critical in (
-        ("CRITICAL_DEPENDENCIES", True),
-        ("OPTIONAL_DEPENDENCIES", False),
+    dependencies = dependencies_from(config)
+    health = new_health(config["CHECK_PERIOD"], config["DRAIN_FILE"])
+    for group, critical in (
+        (dependencies.critical, True),
+        (dependencies.optional, False),
     ):
-        for dependency in config[setting]:
+        for dependency in group:
             check = dependency_check(dependency, critical, config["CHECK_TIMEOUT"])
             health.add_check(check)
     app.extensions[EXTENSION] = health

@@ -221,3 +221,21 @@ def test_gunicorn_refuses_a_reserved_name_in_one_line_before_forking(
         f"petsage: {CRITICAL} is not valid: uptime is the name of one of PetSage's"
         f" own health items ({', '.join(RESERVED)}): expected another name"
     ]
+
+
+@pytest.mark.parametrize(
+    ("page", "environ"),
+    [
+        ("settings.md", {CRITICAL: "db=postgresql://app:pa,ss@db.internal/app"}),
+        ("operators/probes.md", {CRITICAL: "db=mysql://app:pw@db.internal/app"}),
+    ],
+)
+def test_the_pages_show_refusals_as_petsage_writes_them(
+    page: str, environ: dict[str, str]
+) -> None:
+    assert f"petsage: {refusal(environ)}\n" in (REPO_ROOT / "docs" / page).read_text()
+
+
+def test_the_probes_page_lists_the_reserved_names() -> None:
+    page = " ".join((REPO_ROOT / "docs/operators/probes.md").read_text().split())
+    assert ", ".join(f"`{name}`" for name in sorted(reserved_names())) + "." in page

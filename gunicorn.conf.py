@@ -5,11 +5,14 @@ import sys
 from typing import Any
 
 from petsage.config import ConfigError, load_settings
+from petsage.health.dependencies import dependencies_from
 from petsage.instance.directory import metrics_directory_of, name_of_this_master
 
 INSTANCE_NAME = name_of_this_master()
 try:
     settings = load_settings(os.environ, warn_unknown=False)
+    # Here, in the master: a bad dependency stops the start before any worker forks.
+    dependencies_from(settings)
 except ConfigError as error:
     # One line for the operator instead of gunicorn's "Failed to read config" traceback.
     sys.exit(f"petsage: {error}")

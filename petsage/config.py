@@ -3,19 +3,21 @@
 Each setting is read from the environment variable ``PETSAGE_<KEY>``; the Flask app
 sees it as ``app.config[KEY]`` and ``gunicorn.conf.py`` reads the server settings from
 the same table, so the service and its server never disagree about a value.
+
+Importing this module reads nothing of the host: a default that depends on it (the
+worker count, the state directory) is worked out when read. The two dependency
+settings are kept here as text, described in the table with every other setting, and
+turned into dependencies by ``petsage.health.dependencies``, which knows their kinds.
 """
 
 import difflib
-import importlib
 import ipaddress
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from petsage.cpu_quota import usable_cpus
 
@@ -38,6 +40,8 @@ class Setting:
     """One setting: its key, default, parser, accepted values and meaning."""
 
     key: str
+    # The value when the variable is unset; or a function of no arguments that works
+    # it out when read, for a default that depends on the host.
     default: Any
     parse: Callable[[str], Any]
     accepts: str
@@ -50,20 +54,29 @@ class Setting:
         """The environment variable that sets it."""
         return ENV_PREFIX + self.key
 
+    def default_value(self) -> Any:
+        """The default, worked out now when it depends on the host."""
+        return self.default() if callable(self.default) else self.default
+
     def read(self, environ: Mapping[str, str]) -> Any:
         """The value from ``environ``, or the default when the variable is unset."""
         raw = environ.get(self.env_var)
         if raw is None:
-            return self.default
+            return self.default_value()
         try:
             return self.parse(raw.strip())
         except Refused as reason:
-            raise ConfigError(f"{self.env_var} is not valid: {reason}") from None
+            raise self.invalid(str(reason)) from None
         except ValueError:
             shown = self.env_var if self.secret else f"{self.env_var}={raw!r}"
             raise ConfigError(
                 f"{shown} is not valid: expected {self.accepts}"
             ) from None
+
+    def invalid(self, reason: str) -> ConfigError:
+        """The error refusing this setting's value for ``reason``, which must name no
+        secret."""
+        return ConfigError(f"{self.env_var} is not valid: {reason}")
 
 
 def parse_log_level(raw: str) -> str:
@@ -142,119 +155,6 @@ def text(raw: str) -> str:
     return raw
 
 
-CHECK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-
-# The datastore kinds, checked in their own protocol (petsage/health/datastores.py):
-# scheme, the driver's module, and the package extra that installs it.
-DATASTORE_DRIVERS = {
-    "postgresql": ("psycopg", "postgresql"),
-    "postgres": ("psycopg", "postgresql"),
-    "redis": ("redis", "redis"),
-    "rediss": ("redis", "redis"),
-    "unix": ("redis", "redis"),
-}
-SCHEMES = ("tcp", "http", "https", *DATASTORE_DRIVERS)
-# A datastore URL's query parameter naming a file that holds the password (a mounted
-# Kubernetes Secret), read at each connect, so a rotated Secret needs no restart.
-PASSWORD_FILE = "password_file"  # nosec B105: a query parameter's name
-
-
-@dataclass(frozen=True)
-class Dependency:
-    """Another system PetSage needs, checked at ``url``: tcp://HOST:PORT, http(s),
-    or a datastore (postgresql, redis) in its own protocol."""
-
-    name: str
-    # It may hold a password: never in a repr.
-    url: str = field(repr=False)
-
-    @property
-    def scheme(self) -> str:
-        """The URL's scheme, which says how the dependency is checked."""
-        return urlsplit(self.url).scheme
-
-    @property
-    def password_file(self) -> str | None:
-        """The file holding the password, when the URL names one."""
-        values = parse_qs(urlsplit(self.url).query).get(PASSWORD_FILE)
-        return values[-1] if values else None
-
-    @property
-    def driver_url(self) -> str:
-        """The URL the driver is given: PetSage's own query parameter removed."""
-        # Split by hand: urlunsplit would turn unix:///path into unix:/path.
-        base, _, query = self.url.partition("?")
-        kept = [
-            parameter
-            for parameter in query.split("&")
-            if parameter and parameter.partition("=")[0] != PASSWORD_FILE
-        ]
-        return f"{base}?{'&'.join(kept)}" if kept else base
-
-
-def parse_dependencies(raw: str) -> tuple[Dependency, ...]:
-    """``name=URL`` entries, comma-separated; unique names, known kinds of URL.
-
-    Credentials in a URL are percent-encoded (RFC 3986) and decoded before use: a
-    comma is written %2C (a bare one ends the entry), "#" %23, "/" %2F, "%" %25.
-    """
-    dependencies: list[Dependency] = []
-    for entry in filter(None, (part.strip() for part in raw.split(","))):
-        name, separator, url = entry.partition("=")
-        name, url = name.strip(), url.strip()
-        if not separator or not CHECK_NAME.fullmatch(name):
-            raise ValueError(entry)
-        if name in {dependency.name for dependency in dependencies}:
-            raise ValueError(entry)
-        parts = urlsplit(url)
-        if parts.scheme not in SCHEMES:
-            raise ValueError(entry)
-        # A fragment is an unencoded "#", as in a password: the host seen would be
-        # wrong. parts.port raises ValueError for a port that is no number.
-        if parts.fragment or (parts.port is None and parts.scheme == "tcp"):
-            raise ValueError(entry)
-        dependency = Dependency(name, url)
-        if parts.scheme in DATASTORE_DRIVERS:
-            check_datastore_url(dependency)
-        elif not parts.hostname:
-            raise ValueError(entry)
-        dependencies.append(dependency)
-    return tuple(dependencies)
-
-
-def check_datastore_url(dependency: Dependency) -> None:
-    """Refuse a datastore URL whose driver is missing, or that its driver refuses.
-
-    Refused names the dependency, never its URL, which may hold a password.
-    """
-    parts = urlsplit(dependency.url)
-    module, extra = DATASTORE_DRIVERS[parts.scheme]
-    try:
-        driver = importlib.import_module(module)
-    except ImportError:
-        raise Refused(
-            f"{dependency.name} is a {parts.scheme}:// dependency, and its driver"
-            f" ({module}) is not installed: install petsage-backend[{extra}]"
-        ) from None
-    if dependency.password_file is not None and parts.password is not None:
-        raise Refused(
-            f"{dependency.name}: a password in the URL and a {PASSWORD_FILE}:"
-            " expected one of them"
-        )
-    url = dependency.driver_url
-    try:
-        if module == "psycopg":
-            driver.conninfo.conninfo_to_dict(url)
-        else:
-            driver.connection.parse_url(url)
-    except (ValueError, getattr(driver, "Error", ValueError)):
-        raise Refused(
-            f"{dependency.name} is not a {parts.scheme}:// URL its driver accepts"
-        ) from None
-    if module == "redis" and parts.scheme != "unix" and not parts.hostname:
-        raise Refused(f"{dependency.name}: a {parts.scheme}:// URL needs a host")
-
-
 def parse_probe_bind(raw: str) -> str:
     """Empty (no management listener), or HOST:PORT with a port from 1 to 65535; an
     IPv6 host in brackets, e.g. [::1]:8001."""
@@ -329,6 +229,11 @@ def worker_count(
     return workers, f"{workers} worker{'' if workers == 1 else 's'}: {reason}"
 
 
+# The query parameter of a datastore dependency's URL naming a file that holds the
+# password (a mounted Kubernetes Secret), read at each connect, so that a rotated
+# Secret needs no restart.
+PASSWORD_FILE = "password_file"  # nosec B105: a query parameter's name
+
 DEPENDENCY_URLS = (
     "comma-separated name=URL entries, URL tcp://HOST:PORT, http(s)://...,"
     " postgresql://... (libpq URI; postgres://), redis://, rediss:// or unix://...,"
@@ -388,7 +293,7 @@ SETTINGS = (
     ),
     Setting(
         "WORKERS",
-        default_workers(),
+        default_workers,
         whole_number(1, 256),
         "a whole number from 1 to 256",
         "gunicorn worker processes; default 2 x usable CPUs + 1, where usable CPUs"
@@ -496,7 +401,7 @@ SETTINGS = (
     ),
     Setting(
         "STATE_DIR",
-        default_state_directory(),
+        default_state_directory,
         directory_path,
         "the path of an existing directory",
         "Where each running instance (gunicorn master) keeps a private directory"
@@ -519,8 +424,9 @@ SETTINGS = (
     ),
     Setting(
         "CRITICAL_DEPENDENCIES",
-        (),
-        parse_dependencies,
+        "",
+        # Text here: petsage.health.dependencies reads the entries.
+        text,
         DEPENDENCY_URLS,
         "Dependencies that readiness requires: a failing one makes /readyz 503."
         + DEPENDENCY_MEANING,
@@ -528,8 +434,9 @@ SETTINGS = (
     ),
     Setting(
         "OPTIONAL_DEPENDENCIES",
-        (),
-        parse_dependencies,
+        "",
+        # Text here: petsage.health.dependencies reads the entries.
+        text,
         DEPENDENCY_URLS,
         "Dependencies whose failure only makes health warn (still 200)."
         + DEPENDENCY_MEANING,
@@ -538,10 +445,15 @@ SETTINGS = (
 )
 
 
+def setting_named(key: str) -> Setting:
+    """The setting whose key is ``key``."""
+    (setting,) = (setting for setting in SETTINGS if setting.key == key)
+    return setting
+
+
 def read_setting(key: str, environ: Mapping[str, str]) -> Any:
     """One setting's value, for a command that needs no other setting."""
-    (setting,) = (setting for setting in SETTINGS if setting.key == key)
-    return setting.read(environ)
+    return setting_named(key).read(environ)
 
 
 _warned_about: set[str] = set()
@@ -584,7 +496,8 @@ def load_settings(
 
     Raises ``ConfigError`` naming the first variable with a value PetSage cannot use.
     ``warn_unknown=False`` leaves the warning about unknown variables for later, when
-    logging is set up.
+    logging is set up. The dependency settings stay text: see
+    ``petsage.health.dependencies.dependencies_from``.
     """
     if warn_unknown:
         warn_about_unknown_settings(environ)
@@ -597,16 +510,4 @@ def load_settings(
         )
     # Both keys hold the management listener's address, so code reading either agrees.
     settings["MANAGEMENT_BIND"] = settings["PROBE_BIND"] = management or probe
-    names = [
-        dependency.name
-        for dependency in (
-            *settings["CRITICAL_DEPENDENCIES"],
-            *settings["OPTIONAL_DEPENDENCIES"],
-        )
-    ]
-    if len(names) != len(set(names)):
-        raise ConfigError(
-            "PETSAGE_CRITICAL_DEPENDENCIES and PETSAGE_OPTIONAL_DEPENDENCIES"
-            " name the same dependency twice: expected unique names"
-        )
     return settings

@@ -1,10 +1,13 @@
 """Who may import whom in petsage/: the import-linter contracts in setup.cfg hold, and
-an import that breaks one of them is caught (the rules: the ``petsage`` docstring)."""
+an import that breaks one of them is caught (the rules: the ``petsage`` docstring); no
+two modules import each other, not even inside a function or for type checking."""
 
+import ast
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -76,3 +79,98 @@ def test_an_import_against_the_rules_is_caught(
     assert forbidden_import in result.stdout
     broken = [line for line in result.stdout.splitlines() if line.endswith("BROKEN")]
     assert any(broken_contract in line for line in broken), result.stdout
+
+
+def module_paths(root: Path) -> dict[str, Path]:
+    """Every module of the ``petsage`` package under ``root``, by dotted name; a
+    package is its ``__init__``."""
+    modules = {}
+    for path in sorted((root / "petsage").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imported_names(module: str, path: Path) -> Iterator[str]:
+    """The dotted names ``module`` imports, wherever the statement is (inside a
+    function, under TYPE_CHECKING), relative imports resolved: ``from a import b``
+    gives ``a.b``, which is module a.b when there is one, else a's name b."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0]
+                base = f"{anchor}.{base}" if base else anchor
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """The petsage modules each petsage module imports.
+
+    A name counts as the longest module it starts with (``petsage.config.Setting``:
+    ``petsage.config``). A package importing its own modules is no edge: that is how
+    a package is made, not a cycle.
+    """
+    modules = module_paths(root)
+    graph: dict[str, set[str]] = {module: set() for module in modules}
+    for module, path in modules.items():
+        for name in imported_names(module, path):
+            parts = name.split(".")
+            prefixes = (".".join(parts[:end]) for end in range(len(parts), 0, -1))
+            imported = next((prefix for prefix in prefixes if prefix in modules), None)
+            if imported is not None and not imported.startswith(module + "."):
+                graph[module].add(imported)
+        graph[module].discard(module)
+    return graph
+
+
+def import_cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
+    """Cycles of imports, each the shortest path from a module back to itself; a
+    module on a cycle found already starts no other."""
+    cycles = []
+    seen: set[str] = set()
+    for start in sorted(graph):
+        if start in seen:
+            continue
+        # The shortest path from start back to start, breadth first.
+        paths = {imported: [start, imported] for imported in graph[start]}
+        queue = sorted(paths)
+        while queue and start not in paths:
+            module = queue.pop(0)
+            for imported in sorted(graph[module] - paths.keys()):
+                paths[imported] = [*paths[module], imported]
+                queue.append(imported)
+        if start in paths:
+            cycles.append(paths[start])
+            seen.update(paths[start])
+    return cycles
+
+
+def test_no_petsage_modules_import_each_other() -> None:
+    cycles = import_cycles(import_graph(REPO_ROOT))
+    assert not cycles, "import cycles: " + "; ".join(
+        " -> ".join(cycle) for cycle in cycles
+    )
+
+
+def test_an_import_cycle_is_caught_wherever_its_imports_are(
+    project_copy: Path,
+) -> None:
+    package = project_copy / "petsage" / "cycle"
+    package.mkdir()
+    (package / "__init__.py").write_text("from petsage.cycle import first\n")
+    (package / "first.py").write_text(
+        "def later() -> None:\n    from . import second\n"
+    )
+    (package / "second.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from petsage.cycle.first import later\n"
+    )
+    graph = import_graph(project_copy)
+    assert graph["petsage.cycle"] == set()  # a package's own modules: no edge
+    assert ["petsage.cycle.first", "petsage.cycle.second", "petsage.cycle.first"] in (
+        import_cycles(graph)
+    )

@@ -22,7 +22,7 @@ def setup_requirements(option: str, section: str = "options") -> list[Requiremen
 
 
 # The extras whose drivers the image carries, pinned in requirements.txt with
-# install_requires (the datastore checks' drivers, petsage/health/datastores.py).
+# install_requires (the datastore checks' drivers, petsage.health.dependencies).
 RUNTIME_EXTRAS = ("postgresql", "redis")
 
 

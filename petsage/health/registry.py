@@ -1,30 +1,26 @@
 """A Flask application's health: its state with the built-in checks, and the checks
 features add."""
 
-import time
-
 from flask import Flask
 
-from petsage.health.checks import (
-    Check,
-    dependency_check,
-    process_uptime_check,
-)
-from petsage.health.state import Health
+from petsage.health.checks import Check
+from petsage.health.dependencies import dependencies_from, dependency_check
+from petsage.health.state import Health, new_health
 
 EXTENSION = "petsage.health"
 
 
 def init_health(app: Flask) -> Health:
-    """Give ``app`` its health state with the built-in checks."""
+    """Give ``app`` its health state with the built-in checks and those of the
+    dependencies its settings name; raises ``ConfigError`` for a bad dependency."""
     config = app.config
-    health = Health([], config["CHECK_PERIOD"], config["DRAIN_FILE"])
-    health.add_check(process_uptime_check(started=time.monotonic()))
-    for setting, critical in (
-        ("CRITICAL_DEPENDENCIES", True),
-        ("OPTIONAL_DEPENDENCIES", False),
+    dependencies = dependencies_from(config)
+    health = new_health(config["CHECK_PERIOD"], config["DRAIN_FILE"])
+    for group, critical in (
+        (dependencies.critical, True),
+        (dependencies.optional, False),
     ):
-        for dependency in config[setting]:
+        for dependency in group:
             check = dependency_check(dependency, critical, config["CHECK_TIMEOUT"])
             health.add_check(check)
     app.extensions[EXTENSION] = health

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from petsage.health.checks import Check, Status, worst
+from petsage.health.checks import Check, Status, process_uptime_check, worst
 from petsage.health.refresher import CheckRefresher, Snapshot
 from petsage.health.shared import InstanceHealth
 from petsage.instance.memory import DrainState, InstanceMemory
@@ -170,12 +170,17 @@ class Health:
         """Whether checks are refreshed, here or by the instance."""
         return self.instance is not None or self.refresher.started
 
+    @property
+    def names(self) -> frozenset[str]:
+        """The names taken: the checks', and those of the items the probes weigh
+        besides them."""
+        return self.liveness().names | self.readiness().names
+
     def add_check(self, check: Check) -> None:
         """Register a check; names are unique and fixed before the refresher starts."""
         if self.started:
             raise RuntimeError("checks must be registered before health checks start")
-        taken = {item.name for item in self.liveness().items + self.readiness().items}
-        if check.name in taken:
+        if check.name in self.names:
             raise ValueError(f"a health check is already named {check.name!r}")
         self.refresher.checks.append(check)
 
@@ -298,3 +303,10 @@ class Health:
     def _notify(self, snapshot: Snapshot) -> None:
         for listener in self.listeners:
             listener(snapshot)
+
+
+def new_health(period: float, drain_file: str | None) -> Health:
+    """A health state with the check every app has: its process's uptime."""
+    health = Health([], period, drain_file)
+    health.add_check(process_uptime_check(started=time.monotonic()))
+    return health

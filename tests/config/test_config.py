@@ -3,18 +3,23 @@
 docs/settings.md is generated from SETTINGS: tests/docs/test_settings_page.py.
 """
 
+import json
 import logging
+import subprocess
+import sys
 
 import pytest
 
 from petsage import config
-from petsage.config import SETTINGS, ConfigError, Dependency, load_settings
+from petsage.config import SETTINGS, ConfigError, load_settings
+from petsage.health.dependencies import Dependency, dependencies_from
+from tests.support.gunicorn_process import REPO_ROOT
 
 
 def test_defaults_apply_when_the_environment_is_silent() -> None:
     settings = load_settings({})
     for setting in SETTINGS:
-        assert settings[setting.key] == setting.default, setting.key
+        assert settings[setting.key] == setting.default_value(), setting.key
 
 
 def test_the_drain_file_is_the_instances_own_unless_set() -> None:
@@ -36,8 +41,7 @@ def test_documented_defaults() -> None:
     assert settings["SHUTDOWN_DELAY"] == 15.0
     assert settings["CHECK_PERIOD"] == 10.0
     assert settings["CHECK_TIMEOUT"] == 2.0
-    assert settings["CRITICAL_DEPENDENCIES"] == ()
-    assert settings["OPTIONAL_DEPENDENCIES"] == ()
+    assert dependencies_from(settings) == ((), ())
 
 
 @pytest.mark.parametrize(
@@ -58,20 +62,27 @@ def test_documented_defaults() -> None:
         ("PETSAGE_DRAIN_FILE", "/run/petsage.drain", "/run/petsage.drain"),
         ("PETSAGE_CHECK_PERIOD", "0.5", 0.5),
         ("PETSAGE_CHECK_TIMEOUT", "1", 1.0),
-        (
-            "PETSAGE_CRITICAL_DEPENDENCIES",
-            "db=tcp://db:5432, api=https://u:p@api.example/health",
-            (
-                Dependency("db", "tcp://db:5432"),
-                Dependency("api", "https://u:p@api.example/health"),
-            ),
-        ),
-        ("PETSAGE_OPTIONAL_DEPENDENCIES", "", ()),
     ],
 )
 def test_environment_sets_a_value(variable: str, raw: str, value: object) -> None:
     key = variable.removeprefix("PETSAGE_")
     assert load_settings({variable: raw})[key] == value
+
+
+def test_environment_sets_the_dependencies() -> None:
+    raw = "db=tcp://db:5432, api=https://u:p@api.example/health"
+    settings = load_settings(
+        {"PETSAGE_CRITICAL_DEPENDENCIES": raw, "PETSAGE_OPTIONAL_DEPENDENCIES": ""}
+    )
+    # Text in the settings: petsage.health.dependencies reads the entries.
+    assert settings["CRITICAL_DEPENDENCIES"] == raw
+    assert dependencies_from(settings) == (
+        (
+            Dependency("db", "tcp://db:5432"),
+            Dependency("api", "https://u:p@api.example/health"),
+        ),
+        (),
+    )
 
 
 @pytest.mark.parametrize(
@@ -119,21 +130,27 @@ def test_bad_value_is_one_line_naming_the_variable_and_what_it_accepts(
     ],
 )
 def test_bad_dependency_list_is_refused_without_echoing_it(raw: str) -> None:
+    # What each refusal says: tests/health/test_dependencies.py.
+    settings = load_settings(
+        {"PETSAGE_CRITICAL_DEPENDENCIES": raw + ",x=http://u:pw@x/"}
+    )
     with pytest.raises(ConfigError) as caught:
-        load_settings({"PETSAGE_CRITICAL_DEPENDENCIES": raw + ",x=http://u:pw@x/"})
+        dependencies_from(settings)
     message = str(caught.value)
-    assert message.startswith("PETSAGE_CRITICAL_DEPENDENCIES is not valid: expected")
+    assert message.startswith("PETSAGE_CRITICAL_DEPENDENCIES is not valid: ")
+    assert "\n" not in message
     assert "pw" not in message
 
 
 def test_one_dependency_name_in_both_lists_is_refused() -> None:
+    settings = load_settings(
+        {
+            "PETSAGE_CRITICAL_DEPENDENCIES": "db=tcp://db:5432",
+            "PETSAGE_OPTIONAL_DEPENDENCIES": "db=tcp://db:5433",
+        }
+    )
     with pytest.raises(ConfigError, match="unique names"):
-        load_settings(
-            {
-                "PETSAGE_CRITICAL_DEPENDENCIES": "db=tcp://db:5432",
-                "PETSAGE_OPTIONAL_DEPENDENCIES": "db=tcp://db:5433",
-            }
-        )
+        dependencies_from(settings)
 
 
 def test_unknown_petsage_variable_is_warned_about_not_fatal(
@@ -176,3 +193,44 @@ def test_an_unknown_variable_close_to_no_setting_names_none(
     with caplog.at_level(logging.WARNING):
         load_settings({"PETSAGE_PORT": "8080"})
     assert caplog.messages == ["PETSAGE_PORT is not a PetSage setting and is ignored"]
+
+
+# Imports petsage.config (and what it imports) alone, not petsage's own __init__ (the
+# app factory), and prints the files it opened and the directories it looked for.
+WATCHED_IMPORT = """
+import json, os, sys, types
+
+package = types.ModuleType("petsage")
+package.__path__ = [sys.argv[1]]
+sys.modules["petsage"] = package
+touched = []
+
+def audit(event, args):
+    if event == "open" and isinstance(args[0], str):
+        touched.append(args[0])
+
+sys.addaudithook(audit)
+isdir = os.path.isdir
+os.path.isdir = lambda path: touched.append(str(path)) or isdir(path)
+import petsage.config
+print(json.dumps(touched))
+"""
+
+
+@pytest.mark.slow  # a Python process of its own: a fresh import
+def test_importing_config_reads_nothing_of_the_host() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WATCHED_IMPORT, str(REPO_ROOT / "petsage")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    touched = json.loads(result.stdout)
+    # The WORKERS default reads the cgroup's CPU quota, STATE_DIR's looks for
+    # /dev/shm: when read, so a command that needs neither pays for neither.
+    assert [
+        path
+        for path in touched
+        if path.startswith(("/proc/", "/sys/fs/cgroup", "/dev/shm"))
+    ] == []

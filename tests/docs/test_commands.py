@@ -19,7 +19,8 @@ import click
 import pytest
 from flask.cli import ScriptInfo
 
-from petsage.config import SETTINGS, ConfigError
+from petsage.config import SETTINGS, ConfigError, load_settings
+from petsage.health.dependencies import dependencies_from
 from tests.docs.pages import Block, blocks, name, normalized, pages, shell_blocks
 from tests.support.gunicorn_process import REPO_ROOT
 from tests.test_readme import START_COMMAND, TEST_COMMAND
@@ -316,6 +317,8 @@ def test_each_setting_value_shown_is_accepted(variable: str, value: str) -> None
     [setting] = [setting for setting in SETTINGS if setting.env_var == variable]
     try:
         setting.read({variable: value})
+        # The dependency settings' entries are read apart from the other settings.
+        dependencies_from(load_settings({variable: value}, warn_unknown=False))
     except ConfigError as error:
         pytest.fail(str(error))
 

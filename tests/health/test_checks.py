@@ -11,13 +11,16 @@ from urllib.parse import quote
 
 import pytest
 
-from petsage.config import Dependency, parse_dependencies
 from petsage.health.checks import (
     Check,
     CheckFailed,
     Observation,
-    dependency_check,
     process_uptime_check,
+)
+from petsage.health.dependencies import (
+    Dependency,
+    dependency_check,
+    parse_dependencies,
     redact_url,
 )
 from petsage.health.refresher import CheckRefresher

@@ -11,9 +11,9 @@ from urllib.parse import quote
 
 import pytest
 
-from petsage.config import parse_dependencies
-from petsage.health.checks import Check, CheckFailed, dependency_check
-from petsage.health.datastores import HeldProbe
+from petsage.health.checks import Check, CheckFailed
+from petsage.health.dependencies import dependency_check, parse_dependencies
+from petsage.health.dependencies.datastores import HeldProbe
 from tests.support.datastores import (
     PETSAGE_PASSWORD,
     PostgresServer,

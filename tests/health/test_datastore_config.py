@@ -1,6 +1,7 @@
 """Configuring postgresql:// and redis:// dependencies: what start accepts and refuses.
 
-No server is needed: the URLs are parsed, with the drivers, when settings load.
+No server is needed: the URLs are parsed, with the drivers, when the settings are read
+(``dependencies_from``).
 """
 
 import subprocess
@@ -9,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from petsage.config import ConfigError, load_settings, parse_dependencies
-from petsage.health.checks import dependency_check
+from petsage.config import ConfigError, load_settings
+from petsage.health.dependencies import (
+    dependencies_from,
+    dependency_check,
+    parse_dependencies,
+)
 from tests.support.gunicorn_process import REPO_ROOT
 
 CRITICAL = "PETSAGE_CRITICAL_DEPENDENCIES"
@@ -60,7 +65,7 @@ def test_a_refused_datastore_url_says_why_in_one_line_without_the_url(
     url: str, reason: str
 ) -> None:
     with pytest.raises(ConfigError) as refused:
-        load_settings({CRITICAL: f"store={url}"}, warn_unknown=False)
+        dependencies_from(load_settings({CRITICAL: f"store={url}"}, warn_unknown=False))
     assert str(refused.value) == f"{CRITICAL} is not valid: {reason}"
     assert "pw" not in str(refused.value)
 
@@ -77,7 +82,7 @@ def test_a_missing_driver_stops_the_start_naming_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # import fails: not installed
     with pytest.raises(ConfigError) as refused:
-        load_settings({CRITICAL: f"store={url}"}, warn_unknown=False)
+        dependencies_from(load_settings({CRITICAL: f"store={url}"}, warn_unknown=False))
     scheme = url.partition(":")[0]
     assert str(refused.value) == (
         f"{CRITICAL} is not valid: store is a {scheme}:// dependency, and its driver"

@@ -14,7 +14,6 @@ from flask_smorest import Blueprint
 from werkzeug.test import TestResponse
 
 from petsage import create_app
-from petsage.config import Dependency, parse_dependencies
 from petsage.health import (
     Check,
     CheckFailed,
@@ -437,7 +436,7 @@ class TestHealthDocument:
         with refusing() as port:
             service = make_service(
                 HEALTH_TOKEN=TOKEN,
-                CRITICAL_DEPENDENCIES=parse(f"api=http://admin:pw@127.0.0.1:{port}/"),
+                CRITICAL_DEPENDENCIES=f"api=http://admin:pw@127.0.0.1:{port}/",
             )
             service.wait_until("/readyz/startup", 200)
         body = service.client.get("/health", headers=AUTH).get_data(as_text=True)
@@ -449,16 +448,11 @@ class TestHealthDocument:
         with refusing() as port:
             service = make_service(
                 HEALTH_TOKEN=TOKEN,
-                CRITICAL_DEPENDENCIES=parse(f"db=tcp://127.0.0.1:{port}"),
+                CRITICAL_DEPENDENCIES=f"db=tcp://127.0.0.1:{port}",
             )
             service.wait_until("/readyz/startup", 200)
         for path in ("/livez", "/readyz", "/readyz?verbose", "/readyz/db", "/health"):
             assert "127.0.0.1" not in service.client.get(path).get_data(as_text=True)
-
-
-def parse(raw: str) -> tuple[Dependency, ...]:
-    """Dependencies as the PETSAGE_*_DEPENDENCIES settings give them."""
-    return parse_dependencies(raw)
 
 
 class TestSchemas:

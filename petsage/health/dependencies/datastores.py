@@ -3,14 +3,15 @@
 A TCP connect proves a port is open; these prove a login works and the server answers.
 Each check keeps one connection, opened at its first run, reused by every later run
 and replaced after a failure. Checks run in one process of the instance (the leader,
-petsage/health/shared.py), one run of a check at a time (a run still hanging is not
+``petsage.health.shared``), one run of a check at a time (a run still hanging is not
 started again), so the server sees one PetSage connection per dependency per instance:
 a leader that ends takes its connection with it (the kernel closes the socket), and
 the next leader opens its own at its first cycle.
 
 The drivers (psycopg 3, redis-py) are the package's ``postgresql`` and ``redis``
-extras, imported only by a check that needs one; ``petsage.config`` refuses at start a
-dependency whose driver is missing.
+extras, imported only by a check that needs one;
+``petsage.health.dependencies.settings`` refuses at start a dependency whose driver is
+missing.
 """
 
 import contextlib
@@ -24,8 +25,8 @@ from types import ModuleType
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-from petsage.config import Dependency
 from petsage.health.checks import CheckFailed, Observation, describe_error
+from petsage.health.dependencies.entry import Dependency
 
 # The server lists the connection under this name (pg_stat_activity.application_name,
 # Redis CLIENT LIST), so an operator can tell PetSage's checks from the application.
@@ -121,7 +122,8 @@ class HeldProbe:
 
 
 def driver(module: str) -> ModuleType:
-    """The driver's module; petsage.config made sure at start that it imports."""
+    """The driver's module; the settings' parser made sure at start that it
+    imports."""
     return importlib.import_module(module)
 
 
@@ -311,13 +313,3 @@ def describe_redis_error(redis: ModuleType, error: Exception) -> str:
         return type(error).__name__  # "Error N connecting to HOST:PORT. ..."
     reason = " ".join(str(error).split())
     return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
-
-
-DATASTORE_PROBES: dict[str, Callable[[Dependency, float], HeldProbe]]
-DATASTORE_PROBES = {
-    "postgresql": postgresql_probe,
-    "postgres": postgresql_probe,
-    "redis": redis_probe,
-    "rediss": redis_probe,
-    "unix": redis_probe,
-}

@@ -1,0 +1,35 @@
+"""Dependencies: the other systems PetSage needs, named by two settings and checked in
+the background like any other check.
+
+One home for all of it, in layers that import only downwards:
+
+- ``entry``: a dependency, a name and a URL, and its URL as it is shown;
+- ``network`` and ``datastores``: the probes, a TCP connect and an HTTP GET, and
+  PostgreSQL and Redis in their own protocol over one held connection;
+- ``schemes``: the one list of the schemes PetSage checks, each with its probe and,
+  for a datastore, its driver and the package extra that installs it; and
+  ``dependency_check``, a dependency's check;
+- ``settings``: the settings' ``name=URL`` entries read, refused in one line each.
+
+``petsage.health.checks`` says what a check is and imports nothing of this package.
+"""
+
+from petsage.health.dependencies.entry import Dependency, redact_url
+from petsage.health.dependencies.schemes import SCHEMES, dependency_check
+from petsage.health.dependencies.settings import (
+    Dependencies,
+    dependencies_from,
+    parse_dependencies,
+    reserved_names,
+)
+
+__all__ = [
+    "SCHEMES",
+    "Dependencies",
+    "Dependency",
+    "dependencies_from",
+    "dependency_check",
+    "parse_dependencies",
+    "redact_url",
+    "reserved_names",
+]

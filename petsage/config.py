@@ -174,7 +174,7 @@ def file_path(raw: str) -> str:
     """A path naming a file (not empty, not ending in a slash).
 
     Whether its directory exists is checked when an instance starts
-    (petsage/instance/directory.py), not here: a worker booting later must not fail
+    (petsage.instance.directory), not here: a worker booting later must not fail
     on it.
     """
     if not raw or raw.endswith("/"):

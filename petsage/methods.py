@@ -5,7 +5,7 @@ OPTIONS unless told otherwise), so every route answers them one way, whether Fla
 answers it or a layer in front of Flask does: ``Allow`` names the methods in one order,
 on an OPTIONS answer and on a 405 alike; OPTIONS answers ``200`` with no body and no
 ``Content-Type``. The probes alone answer OPTIONS with their verdict, as they answer
-GET (petsage/health/endpoints.py): a probe's verdict must not depend on the method a
+GET (petsage.health.endpoints): a probe's verdict must not depend on the method a
 load balancer checks with.
 """
 

@@ -1,9 +1,15 @@
 """ruff and mypy pass on the whole project, as part of the test command."""
 
+import ast
 import configparser
+import importlib
+import importlib.util
+import io
+import re
 import shutil
 import subprocess
 import sys
+import tokenize
 from importlib.metadata import version
 from pathlib import Path
 
@@ -101,3 +107,72 @@ def test_the_clean_up_of_earlier_releases_is_removed_when_due() -> None:
         "remove the clean-up of 1.0.x instance directories (LEGACY_* in"
         " petsage.instance.directory) and this test"
     )
+
+
+def prose_of(path: Path) -> list[tuple[int, str]]:
+    """The comments and docstrings of a Python file, with their line numbers."""
+    source = path.read_text()
+    prose = [
+        (token.start[0], token.string)
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    ]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(
+            node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+        ):
+            docstring = ast.get_docstring(node, clean=False)
+            if docstring and node.body:
+                prose.append((node.body[0].lineno, docstring))
+    return prose
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``dotted`` names a module of PetSage's, or a name in one."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        module = ".".join(parts[:end])
+        if importlib.util.find_spec(module) is None:
+            continue
+        target: object = importlib.import_module(module)
+        for name in parts[end:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
+PACKAGE_SOURCES = sorted(
+    [*(REPO_ROOT / "petsage").rglob("*.py"), REPO_ROOT / "gunicorn.conf.py"]
+)
+# A path a comment or docstring names in the repository: its first folder is one of
+# these, or it is a file at the top.
+REPOSITORY_PATH = re.compile(
+    r"(?<![\w./-])((?:bench|deploy|docs|tests|tools|contracts)/[\w./-]*[\w/]"
+    r"|(?:setup\.cfg|pyproject\.toml|gunicorn\.conf\.py|wsgi\.py|mkdocs\.yml))"
+)
+DOTTED_NAME = re.compile(r"(?<![\w./])petsage(?:\.[A-Za-z_]\w*)+")
+
+
+@pytest.mark.parametrize(
+    "path", PACKAGE_SOURCES, ids=lambda path: str(path.relative_to(REPO_ROOT))
+)
+def test_the_packages_prose_names_modules_and_paths_that_exist(path: Path) -> None:
+    stale = []
+    for line, text in prose_of(path):
+        stale += [
+            f"{line}: {name} (name the module: petsage.…)"
+            for name in re.findall(r"petsage/[\w/]+\.py", text)
+        ]
+        stale += [
+            f"{line}: {name}"
+            for name in DOTTED_NAME.findall(text)
+            if not resolves(name.rstrip("."))
+        ]
+        stale += [
+            f"{line}: {name}"
+            for name in REPOSITORY_PATH.findall(text)
+            if not (REPO_ROOT / name.rstrip(".")).exists()
+        ]
+    assert stale == []

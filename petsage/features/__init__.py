@@ -21,7 +21,7 @@ class Feature(Protocol):
 
 
 class NotAFeature(Exception):
-    """A package under petsage/features that does not export what a feature must."""
+    """A package under petsage.features that does not export what a feature must."""
 
 
 def load_feature(name: str) -> Feature:

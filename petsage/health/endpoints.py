@@ -150,7 +150,7 @@ class HealthEndpoints:
         if status == "fail":
             headers.append(("Retry-After", self._retry_after))
         method = environ.get("REQUEST_METHOD")
-        # A probe answers OPTIONS with its verdict, as GET (petsage/methods.py).
+        # A probe answers OPTIONS with its verdict, as GET (petsage.methods).
         if method == "OPTIONS":
             headers.append(("Allow", allow(ROUTE_METHODS)))
         start_response(

@@ -2,7 +2,7 @@
 
 Probes only ever read the cached snapshot, so a probe costs the same whatever the checks
 do, and a storm of probes causes no check to run. Under gunicorn one worker of the
-instance runs it and shares each snapshot with the others (petsage/health/shared.py).
+instance runs it and shares each snapshot with the others (petsage.health.shared).
 """
 
 import logging

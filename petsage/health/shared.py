@@ -3,7 +3,7 @@
 A load balancer asks the instance, and gets whichever worker the kernel picks; checks
 must not multiply by the worker count; and no one worker, thread or file may make a
 serving instance unready. So, in the memory the master shares with its workers
-(petsage/instance/memory.py):
+(petsage.instance.memory):
 
 - **A lease, not a lock.** Each worker's health thread (``petsage-health`` in ``top
   -H``) writes a heartbeat into its own slot every TICK seconds. The leader is the
@@ -24,7 +24,7 @@ serving instance unready. So, in the memory the master shares with its workers
   results at once.
 - **Its own liveness.** A worker whose health thread has not run for longer than its
   lease fails ``/livez`` on every poll it answers, and the master replaces it
-  (petsage/serving/server.py) once it has been silent for REPLACE_AFTER leases.
+  (petsage.serving.server) once it has been silent for REPLACE_AFTER leases.
 """
 
 import ctypes

@@ -53,7 +53,7 @@ class Drain:
     """Whether the instance drains, which makes every worker's readiness fail.
 
     Under gunicorn the drain state lives in the memory the master shares with its
-    workers (petsage/instance/memory.py): the master begins a shutdown drain on
+    workers (petsage.instance.memory): the master begins a shutdown drain on
     SIGTERM and ``petsage drain`` a manual one, every worker sees it at its next
     probe, and no full, read-only or deleted directory can stop either. A marker
     file (PETSAGE_DRAIN_FILE, when the operator sets one) drains too, for as long as

@@ -11,7 +11,7 @@ directory (PETSAGE_STATE_DIR), named ``petsage-<pid>-<pid namespace>-<start time
   of its workers lives: an instance is dead when nobody holds its lock, a test the
   kernel answers the same way in every PID namespace;
 - ``instance.json``: its pid, its PID namespace, the descriptor of the memory it
-  shares with its workers (petsage/instance/memory.py), and the addresses gunicorn
+  shares with its workers (petsage.instance.memory), and the addresses gunicorn
   really bound (whichever way they were given), so that ``petsage drain`` and
   ``petsage probe`` find it;
 - ``metrics/``: prometheus_client's multiprocess files, unless PROMETHEUS_MULTIPROC_DIR
@@ -62,7 +62,7 @@ LEGACY_FILES = ("drain", "health.json", "health.json.new", "health.lock")
 # What prometheus_client writes in multiprocess mode (and PetSage's archive of dead
 # workers' samples beside it); nothing else is ever deleted from a metrics directory.
 # A ``.new`` one is being written (or was, when a SIGKILL came). ``worker_restarts``
-# is the master's count of replaced workers (petsage/metrics/process.py).
+# is the master's count of replaced workers (petsage.metrics.process).
 METRICS_FILE = re.compile(
     r"(?:[a-z]+(?:_[a-z]+)?_(?:\d+|archive)\.db|worker_restarts)(?:\.new)?"
 )

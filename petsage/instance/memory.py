@@ -8,7 +8,7 @@ state directory cannot touch readiness or draining. It holds:
   (SIGTERM) began, on the monotonic clock;
 - **one slot per worker**, which only that worker writes: its pid, when its health
   thread last ran (its heartbeat), the lease it claims and the term of that claim
-  (petsage/health/shared.py elects the leader from them);
+  (petsage.health.shared elects the leader from them);
 - **the latest health snapshot**, in two buffers the leader writes in turn.
 
 The ``petsage`` command maps the same memory through ``/proc/<master>/fd/<fd>`` (as

@@ -4,7 +4,7 @@ Under gunicorn every worker is a process of its own, so prometheus_client runs i
 multiprocess mode: ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh
 directory before anything imports prometheus_client, and a scrape of any worker sums
 the files of all of them. Without that variable (tests, ``flask run``) the metrics live
-in the process. The files are petsage/metrics/storage.py's concern: a storage failure
+in the process. The files are petsage.metrics.storage's concern: a storage failure
 degrades metrics, never a request, and dead workers' files are folded into an archive.
 """
 
@@ -73,7 +73,7 @@ class Metrics:
         registry.register(DegradedCollector())
         # What multiprocess mode leaves out, read when scraped: every process of the
         # instance, its master's count of worker exits, and the versions it runs on
-        # (petsage/metrics/process.py).
+        # (petsage.metrics.process).
         self.scrape_time: tuple[Collector, ...] = (
             InstanceProcessCollector(),
             WorkerRestartsCollector(),

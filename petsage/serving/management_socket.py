@@ -3,7 +3,7 @@ its workers.
 
 gunicorn.conf.py opens it when the master loads its config, before any worker is
 forked; every worker inherits it through fork and serves it
-(petsage/serving/probe_listener.py). The kernel's queue of connections belongs to the
+(petsage.serving.probe_listener). The kernel's queue of connections belongs to the
 socket, not to a worker, so a worker that exits or is replaced drops nothing queued:
 the others, or its successor, accept them. No ``SO_REUSEPORT``: a second instance on
 the same address fails to start with one line, instead of silently sharing the port.
@@ -28,7 +28,7 @@ BACKLOG = 2048
 HANDOVER_VARIABLE = "PETSAGE_MANAGEMENT_FD"
 SETTING = "PETSAGE_MANAGEMENT_BIND"
 # Why an address is in use, as far as PetSage can tell; the public port's check says
-# the same (petsage/serving/server.py).
+# the same (petsage.serving.server).
 IN_USE = "another PetSage instance, or another program, listens there"
 
 # This master's socket, by the address it was opened for; inherited by its workers.
@@ -113,7 +113,7 @@ def opened(bind: str) -> socket.socket:
             errors.append(error)
             continue
         # Workers wait for connections with poll and accept without blocking
-        # (petsage/serving/probe_listener.py); the flag is shared by every process.
+        # (petsage.serving.probe_listener); the flag is shared by every process.
         sock.setblocking(False)
         return sock
     why = "; ".join(error.strerror or str(error) for error in errors)

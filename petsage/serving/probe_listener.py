@@ -9,7 +9,7 @@ for the application's threads. Operational data lives here, as with Spring Boot
 Actuator's management port: keep this address off the internet.
 
 One socket per instance: the gunicorn master opens it
-(petsage/serving/management_socket.py) and every worker inherits it, so the kernel's
+(petsage.serving.management_socket) and every worker inherits it, so the kernel's
 queue of connections outlives any one worker. Each worker serves it with a fixed set
 of threads:
 

@@ -288,7 +288,7 @@ def forget_worker_metrics(pid: int) -> None:
 
     Storage stays bounded however many workers come and go: a small constant number of
     files per live worker, plus one archive file per metric kind
-    (petsage/metrics/storage.py). A failure is logged once and never stops the master.
+    (petsage.metrics.storage). A failure is logged once and never stops the master.
     """
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:

@@ -174,3 +174,29 @@ def test_an_import_cycle_is_caught_wherever_its_imports_are(
     assert ["petsage.cycle.first", "petsage.cycle.second", "petsage.cycle.first"] in (
         import_cycles(graph)
     )
+
+
+def test_the_package_keeps_few_loose_modules() -> None:
+    # A reader who opens petsage/ sees the factory, the API's pieces and the shared
+    # modules; what belongs together has a package (middleware, health, serving, ...).
+    loose = sorted(
+        path.name
+        for path in (REPO_ROOT / "petsage").glob("*.py")
+        if path.name != "__init__.py"
+    )
+    assert len(loose) <= 11, loose
+
+
+def test_the_tests_mirror_the_package() -> None:
+    # Each package of petsage/ has its folder of tests; only cross-cutting modules
+    # (the README, the supply chain, the layout itself) stay at the top.
+    top = sorted(path.name for path in (REPO_ROOT / "tests").glob("test_*.py"))
+    assert len(top) <= 10, top
+    packages = {
+        path.parent.name
+        for path in (REPO_ROOT / "petsage").glob("*/__init__.py")
+        if path.parent.name != "middleware"
+    }
+    folders = {path.name for path in (REPO_ROOT / "tests").iterdir() if path.is_dir()}
+    assert packages <= folders, packages - folders
+    assert (REPO_ROOT / "tests" / "features" / "test_smoke_test.py").is_file()

@@ -98,11 +98,15 @@ def drain_of(record: InstanceRecord) -> Drain:
     """The drain state of the instance ``record`` describes, in its shared memory."""
     try:
         memory = InstanceMemory.attach(record.pid, record.memory_fd, record.name)
-    except (OSError, ValueError) as error:
-        detail = error.strerror if isinstance(error, OSError) else str(error)
+    except OSError as error:
         raise click.ClickException(
-            f"cannot reach the memory of instance {record.describe()}: {detail};"
-            " run petsage as its user (or root)"
+            f"cannot reach the memory of instance {record.describe()}:"
+            f" {error.strerror}; run petsage as its user (or root)"
+        ) from None
+    except ValueError as error:
+        # Not a matter of permissions: another release's layout, or not its memory.
+        raise click.ClickException(
+            f"cannot read the memory of instance {record.describe()}: {error}"
         ) from None
     marker = record.drain_file or None
     with contextlib.suppress(OSError):

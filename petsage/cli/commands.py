@@ -11,6 +11,7 @@ import click
 from flask.cli import FlaskGroup
 
 from petsage import create_app
+from petsage.cli.contract import validator_missing
 from petsage.cli.deploy_check import RENDERERS, Service, run_smoke
 from petsage.config import ConfigError, read_setting
 from petsage.health.state import Drain
@@ -48,6 +49,13 @@ click.version_option(
     message="%(package)s %(version)s",
     help=f"Show the version of {DISTRIBUTION} installed and exit.",
 )(cli)
+
+
+class NotInstalled(click.ClickException):
+    """A command whose extra is not installed: one line, and the usage error's exit
+    code, since no run of the command could pass."""
+
+    exit_code = USAGE_ERROR
 
 
 INSTANCE_HELP = (
@@ -202,8 +210,11 @@ def smoke(
     """Check the PetSage release at URL: wait until ready, then verify its contract.
 
     Exit codes: 0 every check passed; 1 a check failed; 2 not reachable or not ready
-    within --timeout; 64 usage error.
+    within --timeout; 64 usage error, or the smoke extra not installed.
     """
+    missing = validator_missing()
+    if missing is not None:
+        raise NotInstalled(missing)
     try:
         Service(url, request_timeout, token)
     except ValueError as error:

@@ -21,13 +21,14 @@ def setup_requirements(option: str, section: str = "options") -> list[Requiremen
     return [Requirement(line) for line in lines if line.strip()]
 
 
-# The extras whose drivers the image carries, pinned in requirements.txt with
-# install_requires (the datastore checks' drivers, petsage.health.dependencies).
-RUNTIME_EXTRAS = ("postgresql", "redis")
+# The extras the image carries, pinned in requirements.txt with install_requires: the
+# datastore checks' drivers (petsage.health.dependencies) and petsage smoke's schema
+# validator (petsage.cli.contract).
+RUNTIME_EXTRAS = ("postgresql", "redis", "smoke")
 
 
 def install_requires() -> list[Requirement]:
-    """What the service needs: setup.cfg's install_requires and the runtime extras."""
+    """What the image holds: setup.cfg's install_requires and the runtime extras."""
     extras = [
         requirement
         for extra in RUNTIME_EXTRAS

@@ -9,6 +9,7 @@ import time
 
 import click
 
+from petsage.cli.contract import validator_missing
 from petsage.cli.deploy_check import RENDERERS, Service, run_smoke
 from petsage.config import ConfigError, read_setting
 from petsage.health.state import Drain
@@ -75,6 +76,13 @@ def cli() -> None:
     """The ``petsage`` command's group; its commands do the work."""
 
 
+class NotInstalled(click.ClickException):
+    """A command whose extra is not installed: one line, and the usage error's exit
+    code, since no run of the command could pass."""
+
+    exit_code = USAGE_ERROR
+
+
 INSTANCE_HELP = (
     "The instance: its master's pid, an address it listens on (HOST:PORT,"
     " unix:PATH) or a port; needed only when several run here."
@@ -123,11 +131,15 @@ def drain_of(record: InstanceRecord) -> Drain:
     """The drain state of the instance ``record`` describes, in its shared memory."""
     try:
         memory = InstanceMemory.attach(record.pid, record.memory_fd, record.name)
-    except (OSError, ValueError) as error:
-        detail = error.strerror if isinstance(error, OSError) else str(error)
+    except OSError as error:
         raise click.ClickException(
-            f"cannot reach the memory of instance {record.describe()}: {detail};"
-            " run petsage as its user (or root)"
+            f"cannot reach the memory of instance {record.describe()}:"
+            f" {error.strerror}; run petsage as its user (or root)"
+        ) from None
+    except ValueError as error:
+        # Not a matter of permissions: another release's layout, or not its memory.
+        raise click.ClickException(
+            f"cannot read the memory of instance {record.describe()}: {error}"
         ) from None
     marker = record.drain_file or None
     with contextlib.suppress(OSError):
@@ -223,8 +235,11 @@ def smoke(
     """Check the PetSage release at URL: wait until ready, then verify its contract.
 
     Exit codes: 0 every check passed; 1 a check failed; 2 not reachable or not ready
-    within --timeout; 64 usage error.
+    within --timeout; 64 usage error, or the smoke extra not installed.
     """
+    missing = validator_missing()
+    if missing is not None:
+        raise NotInstalled(missing)
     try:
         Service(url, request_timeout, token)
     except ValueError as error:

@@ -5,7 +5,7 @@ it from birth, and none of it lives in a directory: a full, read-only or deleted
 state directory cannot touch readiness or draining. It holds:
 
 - **the drain state**: when a manual drain (``petsage drain``) and a shutdown drain
-  (SIGTERM) began, on the monotonic clock;
+  (SIGTERM) began, on the monotonic clock, each with a checksum;
 - **one slot per worker**, which only that worker writes: its pid, when its health
   thread last ran (its heartbeat), the lease it claims and the term of that claim
   (petsage.health.shared elects the leader from them);
@@ -17,9 +17,13 @@ the master's user or root, in its PID namespace) to begin or cancel a drain.
 Nothing here takes a lock, so a process stopped or killed halfway through a write
 blocks no other. Each field has one writer, and is written so that a reader can tell
 a write in progress, whatever order another CPU sees the bytes land in, and read
-again: a checksum over each slot and each snapshot, each drain time stored twice. A
-reader that keeps meeting a write in progress (its writer stopped halfway) uses the
-last whole value it read.
+again: a checksum over each slot, each drain time and each snapshot. A reader that
+keeps meeting a write in progress (its writer stopped halfway) uses the last whole
+value it read.
+
+Two copies of a value are no such check: CPython stores and loads a double byte by
+byte, so a reader keeping pace with a writer finds the same mix of old and new bytes
+in both copies, and takes it for a value.
 """
 
 import fcntl
@@ -30,12 +34,15 @@ import time
 import zlib
 from dataclasses import dataclass
 
-MAGIC = b"PETSAGE1"
+# The layout's version: a ``petsage`` command reads only the layout it knows.
+MAGIC = b"PETSAGE2"
 HEADER = struct.Struct("<8sII64s")  # magic, slots in use, slot count, instance name
-# Two copies of each drain time: a reader that sees them differ read during a write.
-DRAIN = struct.Struct("<dddd")  # manual, manual again, shutdown, shutdown again
-SLOT = struct.Struct("<QQdddI4x")  # pid, term, beat, started, lease, CRC-32 of those
-SLOT_FIELDS = 40  # the bytes the CRC covers
+# A checked record: its fields, then the CRC-32 of their bytes, then padding to 8.
+CHECKSUM = struct.Struct("<I")
+DRAIN_TIME = struct.Struct("<d")  # when it began (0.0: it has not), CRC-32 after it
+DRAIN_TIMES = struct.Struct("<d8xd8x")  # the manual and shutdown times, unchecked
+SLOT_FIELDS = struct.Struct("<QQddd")  # pid, term, beat, started, lease
+SLOT = struct.Struct("<QQdddI4x")  # those fields, then their CRC-32
 BUFFER = struct.Struct("<QQII")  # generation, term, length, CRC-32 of the content
 
 SLOT_COUNT = 256
@@ -43,6 +50,7 @@ SLOT_COUNT = 256
 SNAPSHOT_CAPACITY = 64 * 1024
 
 DRAIN_AT = 128
+MANUAL_AT, SHUTDOWN_AT = DRAIN_AT, DRAIN_AT + 16  # 8 bytes, a checksum, padding
 SLOTS_AT = 192
 BUFFERS_AT = SLOTS_AT + SLOT_COUNT * SLOT.size
 SIZE = BUFFERS_AT + 2 * (BUFFER.size + SNAPSHOT_CAPACITY)
@@ -87,8 +95,8 @@ class InstanceMemory:
     def __init__(self, fd: int, memory: mmap.mmap) -> None:
         self.fd = fd
         self._memory = memory
-        # The last whole copy of each slot this process read.
-        self._slots: dict[int, Slot | None] = {}
+        # The last whole copy of each checked record this process read, by offset.
+        self._whole: dict[int, bytes] = {}
 
     @classmethod
     def create(cls, name: str) -> "InstanceMemory":
@@ -106,6 +114,9 @@ class InstanceMemory:
         memory.write(bytes(SIZE))
         HEADER.pack_into(memory, 0, MAGIC, 0, SLOT_COUNT, name.encode()[:64])
         created = cls(fd, memory)
+        # Zeros do not match their checksum: every checked record starts whole.
+        for offset in (MANUAL_AT, SHUTDOWN_AT):
+            created._write_checked(offset, DRAIN_TIME.pack(0.0))
         for index in range(SLOT_COUNT):
             created.clear_slot(index)
         return created
@@ -127,36 +138,69 @@ class InstanceMemory:
         magic, _, _, named = HEADER.unpack_from(memory, 0)
         if magic != MAGIC or named.rstrip(b"\0") != name.encode()[:64]:
             memory.close()
+            if magic[:7] == MAGIC[:7] and magic != MAGIC:
+                raise ValueError(
+                    f"instance {name} runs another PetSage version: its memory's"
+                    f" layout is {magic.decode(errors='replace')}, this command reads"
+                    f" {MAGIC.decode()}; run the petsage command of its release"
+                )
             raise ValueError(f"descriptor {fd} of pid {pid} is not {name}'s memory")
         return cls(-1, memory)
+
+    # Checked records, slots and drain times: fields, then the CRC-32 of their bytes.
+    # A reader that finds the two disagree read during a write, whatever order its
+    # bytes landed in.
+
+    def _write_checked(self, offset: int, fields: bytes) -> None:
+        """Write ``fields`` at ``offset``, then their checksum."""
+        self._memory[offset : offset + len(fields)] = fields
+        CHECKSUM.pack_into(self._memory, offset + len(fields), zlib.crc32(fields))
+
+    def _read_checked(self, offset: int, length: int) -> bytes | None:
+        """The ``length`` bytes of fields at ``offset``, as last written whole; None
+        when this process never read them whole.
+
+        Fields being written are read again, letting other threads run between
+        tries; fields whose writer stopped halfway read as the last whole copy this
+        process saw.
+        """
+        end = offset + length
+        for attempt in range(READ_ATTEMPTS):
+            raw = self._memory[offset : end + CHECKSUM.size]
+            fields = raw[:length]
+            if zlib.crc32(fields) == CHECKSUM.unpack_from(raw, length)[0]:
+                self._whole[offset] = fields
+                return fields
+            if attempt % 10 == 9:
+                time.sleep(0)
+        return self._whole.get(offset)
 
     # The drain state: the manual half written by ``petsage drain``, the shutdown
     # half by the master.
 
     def drain_state(self) -> DrainState:
-        """When each kind of drain began."""
-        for _ in range(READ_ATTEMPTS):
-            manual, manual_again, shutdown, shutdown_again = DRAIN.unpack_from(
-                self._memory, DRAIN_AT
-            )
-            if manual == manual_again and shutdown == shutdown_again:
-                break
-        return DrainState(manual or None, shutdown or None)
+        """When each kind of drain began, each as last written whole (one never
+        read whole, its writer stopped halfway, has not begun)."""
+        return DrainState(self._drain_time(MANUAL_AT), self._drain_time(SHUTDOWN_AT))
+
+    def _drain_time(self, offset: int) -> float | None:
+        fields = self._read_checked(offset, DRAIN_TIME.size)
+        began: float = DRAIN_TIME.unpack(fields)[0] if fields is not None else 0.0
+        return began or None
 
     def draining(self) -> bool:
-        """Whether either kind of drain has begun (read on every probe). A drain
-        being written shows at the next probe."""
-        manual, _, shutdown, _ = DRAIN.unpack_from(self._memory, DRAIN_AT)
+        """Whether either kind of drain has begun (read on every probe, unchecked:
+        one read, no checksum). A drain being written shows at the next probe."""
+        manual, shutdown = DRAIN_TIMES.unpack_from(self._memory, DRAIN_AT)
         return bool(manual or shutdown)
 
     def set_manual_drain(self, began: float | None) -> None:
         """Record when a manual drain began, or (None) that it ended."""
-        value = began or 0.0
-        struct.pack_into("<dd", self._memory, DRAIN_AT, value, value)
+        self._write_checked(MANUAL_AT, DRAIN_TIME.pack(began or 0.0))
 
     def set_shutdown_drain(self, began: float) -> None:
         """Record when the shutdown drain began."""
-        struct.pack_into("<dd", self._memory, DRAIN_AT + 16, began, began)
+        self._write_checked(SHUTDOWN_AT, DRAIN_TIME.pack(began))
 
     # Worker slots: each written by its worker only, or by the master while no
     # worker owns it.
@@ -178,32 +222,23 @@ class InstanceMemory:
 
     def write_slot(self, slot: Slot) -> None:
         """Write ``slot`` (its writer's own): the fields, then their checksum."""
-        offset = SLOTS_AT + slot.index * SLOT.size
-        fields = SLOT.pack(slot.pid, slot.term, slot.beat, slot.started, slot.lease, 0)[
-            :SLOT_FIELDS
-        ]
-        self._memory[offset : offset + SLOT_FIELDS] = fields
-        struct.pack_into("<I", self._memory, offset + SLOT_FIELDS, zlib.crc32(fields))
+        fields = SLOT_FIELDS.pack(
+            slot.pid, slot.term, slot.beat, slot.started, slot.lease
+        )
+        self._write_checked(SLOTS_AT + slot.index * SLOT.size, fields)
 
     def read_slot(self, index: int) -> Slot | None:
-        """Slot ``index`` as last written whole; None when empty.
+        """Slot ``index`` as last written whole; None when empty, or never read whole.
 
-        A slot being written is read again, letting other threads run between
-        tries; one whose writer stopped halfway reads as the last whole copy this
-        process saw, so that a worker stopped mid-write is neither taken for gone
-        nor for a newcomer.
+        One whose writer stopped halfway reads as the last whole copy this process
+        saw, so that a worker stopped mid-write is neither taken for gone nor for a
+        newcomer.
         """
-        offset = SLOTS_AT + index * SLOT.size
-        for attempt in range(READ_ATTEMPTS):
-            raw = self._memory[offset : offset + SLOT.size]
-            pid, term, beat, started, lease, checksum = SLOT.unpack(raw)
-            if zlib.crc32(raw[:SLOT_FIELDS]) == checksum:
-                slot = Slot(index, pid, term, beat, started, lease) if pid else None
-                self._slots[index] = slot
-                return slot
-            if attempt % 10 == 9:
-                time.sleep(0)
-        return self._slots.get(index)
+        fields = self._read_checked(SLOTS_AT + index * SLOT.size, SLOT_FIELDS.size)
+        if fields is None:
+            return None
+        pid, term, beat, started, lease = SLOT_FIELDS.unpack(fields)
+        return Slot(index, pid, term, beat, started, lease) if pid else None
 
     def slots(self) -> list[Slot]:
         """Every slot a worker has written."""

@@ -1,0 +1,1 @@
+"""The tests of ``petsage.cli``: the ``petsage`` command's parts, in process."""

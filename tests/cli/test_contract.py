@@ -1,10 +1,14 @@
-"""Checking responses against an OpenAPI document, as ``petsage smoke`` does."""
+"""Checking responses against an OpenAPI document, as ``petsage smoke`` does
+(``petsage.cli.contract``): every keyword OpenAPI 3.0 gives a schema, not only its
+types and shape."""
 
 import json
+import sys
 from typing import Any
 
 import pytest
 
+from petsage.cli.commands import USAGE_ERROR, main
 from petsage.cli.contract import response_errors, schema_errors
 from tests.support.gunicorn_process import REPO_ROOT
 
@@ -34,17 +38,23 @@ PET = {"$ref": "#/components/schemas/Pet"}
     ("value", "errors"),
     [
         ({"name": "Rex", "age": None, "kind": "dog", "tags": ["a"]}, []),
-        ({}, ["body.name is missing"]),
-        ({"name": 1}, ["body.name should be string, not int"]),
-        ({"name": "Rex", "age": True}, ["body.age should be integer, not bool"]),
+        ({}, ["body: 'name' is a required property"]),
+        ({"name": 1}, ["body.name: 1 is not of type 'string'"]),
+        ({"name": "Rex", "age": True}, ["body.age: True is not of type 'integer'"]),
         (
             {"name": "Rex", "kind": "bird"},
-            ["body.kind is 'bird', not one of ['cat', 'dog']"],
+            ["body.kind: 'bird' is not one of ['cat', 'dog']"],
         ),
-        ({"name": "Rex", "tags": [1]}, ["body.tags[0] should be string, not int"]),
-        ({"name": "Rex", "owner": "Ann"}, ["body.owner is not allowed"]),
-        ([], ["body should be object, not list"]),
-        (None, ["body is null"]),
+        ({"name": "Rex", "tags": [1]}, ["body.tags[0]: 1 is not of type 'string'"]),
+        (
+            {"name": "Rex", "owner": "Ann"},
+            ["body: Additional properties are not allowed ('owner' was unexpected)"],
+        ),
+        ([], ["body: [] is not of type 'object'"]),
+        (
+            None,
+            ["body: None for not nullable", "body: None is not of type 'object'"],
+        ),
     ],
 )
 def test_schema_errors(value: Any, errors: list[str]) -> None:
@@ -54,7 +64,7 @@ def test_schema_errors(value: Any, errors: list[str]) -> None:
 def test_additional_properties_schema_applies_to_every_member() -> None:
     scores = {"$ref": "#/components/schemas/Scores"}
     assert schema_errors(SCHEMAS, scores, {"a": 1.5, "b": "x"}) == [
-        "body.b should be number, not str"
+        "body.b: 'x' is not of type 'number'"
     ]
 
 
@@ -90,3 +100,141 @@ def test_an_undocumented_path_is_reported() -> None:
 def test_a_body_that_is_not_json_is_reported() -> None:
     errors = response_errors(DOCUMENT, "/livez", 200, "application/health+json", b"ok")
     assert errors == ["body is not JSON: b'ok'"]
+
+
+COMPONENTS: dict[str, Any] = {
+    "components": {
+        "schemas": {
+            "Visit": {
+                "type": "object",
+                "required": ["at", "vet"],
+                "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "vet": {"$ref": "#/components/schemas/Vet"},
+                    "note": {"type": "string", "nullable": True, "minLength": 1},
+                    "weight": {"type": "number", "minimum": 0.1},
+                    "tags": {
+                        "type": "array",
+                        "maxItems": 2,
+                        "items": {"type": "string"},
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "Vet": {
+                "type": "object",
+                "required": ["code"],
+                "properties": {"code": {"type": "string", "pattern": "^V[0-9]{3}$"}},
+            },
+        }
+    }
+}
+VISIT = {"$ref": "#/components/schemas/Visit"}
+GOOD = {
+    "at": "2026-12-07T11:46:05Z",
+    "vet": {"code": "V123"},
+    "note": None,
+    "weight": 4.5,
+    "tags": ["cat", "senior"],
+}
+# Per keyword: a good value and a bad one for GOOD's field, and the problem reported.
+KEYWORDS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    "format": (
+        {"at": "2026-12-07T12:46:05+01:00"},
+        {"at": "yesterday"},
+        "body.at: 'yesterday' is not a 'date-time'",
+    ),
+    "pattern": (
+        {"vet": {"code": "V007"}},
+        {"vet": {"code": "X123"}},
+        "body.vet.code: 'X123' does not match '^V[0-9]{3}$'",
+    ),
+    "minLength": (
+        {"note": "a"},
+        {"note": ""},
+        "body.note: '' should be non-empty",
+    ),
+    "minimum": (
+        {"weight": 0.1},
+        {"weight": 0},
+        "body.weight: 0 is less than the minimum of 0.1",
+    ),
+    "maxItems": (
+        {"tags": []},
+        {"tags": ["a", "b", "c"]},
+        "body.tags: ['a', 'b', 'c'] is too long",
+    ),
+}
+
+
+def test_a_conforming_body_has_no_problem() -> None:
+    assert schema_errors(COMPONENTS, VISIT, GOOD) == []
+
+
+@pytest.mark.parametrize("keyword", sorted(KEYWORDS))
+def test_each_keyword_accepts_a_good_value(keyword: str) -> None:
+    good, _, _ = KEYWORDS[keyword]
+    assert schema_errors(COMPONENTS, VISIT, {**GOOD, **good}) == []
+
+
+@pytest.mark.parametrize("keyword", sorted(KEYWORDS))
+def test_each_keyword_rejects_a_bad_value_naming_where(keyword: str) -> None:
+    _, bad, problem = KEYWORDS[keyword]
+    assert schema_errors(COMPONENTS, VISIT, {**GOOD, **bad}) == [problem]
+
+
+def test_nullable_admits_null_where_it_is_set_and_only_there() -> None:
+    assert schema_errors(COMPONENTS, VISIT, {**GOOD, "note": None}) == []
+    assert schema_errors(COMPONENTS, VISIT, {**GOOD, "at": None}) == [
+        "body.at: None for not nullable",
+        "body.at: None is not of type 'string'",
+    ]
+
+
+def test_references_to_components_are_followed_within_components() -> None:
+    assert schema_errors(COMPONENTS, VISIT, {**GOOD, "vet": {}}) == [
+        "body.vet: 'code' is a required property"
+    ]
+
+
+def test_a_reference_to_nothing_is_a_problem_not_a_crash() -> None:
+    [problem] = schema_errors(COMPONENTS, {"$ref": "#/components/schemas/Nope"}, {})
+    assert problem.startswith("body: the documented schema cannot be used:")
+    assert "/components/schemas/Nope" in problem
+
+
+def test_a_response_is_checked_against_its_whole_schema() -> None:
+    document = {
+        "paths": {
+            "/visits/latest": {
+                "get": {"responses": {"200": {"$ref": "#/components/responses/Ok"}}}
+            }
+        },
+        "components": {
+            **COMPONENTS["components"],
+            "responses": {
+                "Ok": {
+                    "description": "The latest visit.",
+                    "content": {"application/json": {"schema": VISIT}},
+                }
+            },
+        },
+    }
+    body = json.dumps({**GOOD, "at": "yesterday"}).encode()
+    assert response_errors(
+        document, "/visits/latest", 200, "application/json", body
+    ) == ["body.at: 'yesterday' is not a 'date-time'"]
+
+
+def test_smoke_without_its_extra_refuses_in_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What importing it gives where the smoke extra is not installed: ImportError.
+    monkeypatch.setitem(sys.modules, "openapi_schema_validator", None)
+    monkeypatch.setattr(sys, "argv", ["petsage", "smoke", "http://127.0.0.1:1"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == USAGE_ERROR
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("Error: petsage smoke checks responses with")
+    assert line.endswith("pip install 'petsage-backend[smoke]'")

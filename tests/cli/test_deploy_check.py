@@ -160,7 +160,7 @@ class TestAgainstWrongServers:
         with answering(lookalike(health=route)) as port:
             result = smoke(f"http://127.0.0.1:{port}")
         assert result.returncode == 1
-        assert "body.serviceId is missing" in result.stdout
+        assert "body: 'serviceId' is a required property" in result.stdout
 
     def test_a_wrong_media_type_fails(self) -> None:
         with answering(

@@ -43,7 +43,7 @@ RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
         (".ci/run", ".venv/bin/mkdocs build --strict"),
     ),
     # Checked, not run: they are the commands written in the pins' own headers.
-    ".venv/bin/pip-compile --extra=postgresql --extra=redis"
+    ".venv/bin/pip-compile --extra=postgresql --extra=redis --extra=smoke"
     " --no-emit-find-links --no-emit-index-url"
     " --output-file=requirements.txt --strip-extras setup.cfg": (
         ("tests/test_requirements.py", PIP_COMPILE_TEST),

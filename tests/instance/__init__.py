@@ -1,0 +1,1 @@
+"""The tests of ``petsage.instance``: the memory a master shares with its workers."""

@@ -1,14 +1,17 @@
-"""The memory a master shares with its workers (petsage/instance/memory.py), and the
-lease elected in it (petsage/health/shared.py), in one process.
+"""The memory a master shares with its workers (``petsage.instance.memory``), and the
+lease elected in it (``petsage.health.shared``), in one process.
 
 The fault tests (tests/instance/test_leadership.py) run the same code in real
 gunicorn workers; here each writer's half-done write and each election rule is
-checked on its own.
+checked on its own. The drain state's tests lay in the memory by hand what a reader
+can find while a writer (``petsage drain``, the master on SIGTERM), stopped or killed
+halfway, or byte by byte in step with the reader, overwrites one value with the next.
 """
 
 import os
 import struct
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -23,8 +26,10 @@ from petsage.health.shared import (
 )
 from petsage.instance.memory import (
     BUFFER,
+    DRAIN_AT,
     SLOT,
     SLOTS_AT,
+    DrainState,
     InstanceMemory,
     Slot,
 )
@@ -172,3 +177,79 @@ class TestElection:
         leader.publish(Snapshot({}, time.monotonic()))
         assert not leader.leading
         assert memory.generation() == taken_over, "published over the new leader"
+
+
+# The drain state's bytes, and a little more: the test lays them in whole.
+REGION = slice(DRAIN_AT, SLOTS_AT)
+WORD = 8
+# Monotonic times whose mantissas differ in every byte: a mix of two is neither.
+BEFORE, AFTER = 81234.56789, 97531.86420
+
+
+def views_during_a_write(before: bytes, after: bytes) -> Iterator[tuple[str, bytes]]:
+    """What a reader can find while ``before`` is overwritten with ``after``.
+
+    A writer stopped after its first (or, storing in the other order, its last) n
+    bytes; and a reader keeping pace with a writer that stores byte by byte (as
+    CPython packs a double), which finds the first n bytes of every word new.
+    """
+    size = len(before)
+    for n in range(1, size):
+        yield f"first {n} bytes written", after[:n] + before[n:]
+        yield f"last {n} bytes written", before[: size - n] + after[size - n :]
+    for n in range(1, WORD):
+        words = bytes(after[at] if at % WORD < n else before[at] for at in range(size))
+        yield f"first {n} bytes of each word written", words
+
+
+HALVES: dict[str, tuple[str, Callable[[DrainState], float | None]]] = {
+    "manual": ("set_manual_drain", lambda state: state.manual),
+    "shutdown": ("set_shutdown_drain", lambda state: state.shutdown),
+}
+
+
+@pytest.mark.parametrize("half", sorted(HALVES))
+def test_a_write_in_progress_reads_as_the_last_whole_value_or_the_next(
+    half: str,
+) -> None:
+    memory = InstanceMemory.create(NAME)
+    setter, read = HALVES[half]
+    write: Callable[[float], None] = getattr(memory, setter)
+    write(BEFORE)
+    assert read(memory.drain_state()) == BEFORE
+    before = bytes(memory._memory[REGION])
+    write(AFTER)
+    after = bytes(memory._memory[REGION])
+    torn = []
+    for how, view in views_during_a_write(before, after):
+        memory._memory[REGION] = view
+        found = read(memory.drain_state())
+        if found not in (BEFORE, AFTER):
+            torn.append(f"{how}: {found!r}")
+        # The last whole value this reader reads is BEFORE again.
+        memory._memory[REGION] = before
+        assert read(memory.drain_state()) == BEFORE
+    assert torn == [], "torn reads:\n" + "\n".join(torn)
+    write(AFTER)
+    assert read(memory.drain_state()) == AFTER, "the write done, the new value"
+
+
+def test_a_reader_that_never_read_a_drain_time_whole_finds_no_drain() -> None:
+    memory = InstanceMemory.create(NAME)
+    memory.set_manual_drain(BEFORE)
+    before = bytes(memory._memory[REGION])
+    memory.set_manual_drain(AFTER)
+    assert memory.drain_state().manual == AFTER
+    after = bytes(memory._memory[REGION])
+    # The next writer stopped in the middle of the manual drain's time.
+    memory._memory[REGION] = before[:4] + after[4:]
+    command = InstanceMemory.attach(os.getpid(), memory.fd, NAME)
+    assert command.drain_state() == DrainState(None, None)
+    assert memory.drain_state().manual == AFTER, "its last whole value"
+
+
+def test_a_command_of_another_release_refuses_the_memory_saying_why() -> None:
+    memory = InstanceMemory.create(NAME)
+    memory._memory[:8] = b"PETSAGE1"
+    with pytest.raises(ValueError, match="runs another PetSage version"):
+        InstanceMemory.attach(os.getpid(), memory.fd, NAME)

@@ -166,3 +166,13 @@ def test_every_operation_declares_its_security(document: dict[str, Any]) -> None
         )
         requirements = operation["security"]
         assert all(set(requirement) <= schemes for requirement in requirements)
+
+
+def test_the_document_answers_304_to_its_etag(client: FlaskClient) -> None:
+    # Served by PetSageApi._openapi_json, which replaces flask-smorest's view.
+    first = client.get("/openapi.json")
+    again = client.get(
+        "/openapi.json", headers={"If-None-Match": first.headers["ETag"]}
+    )
+    assert (first.status_code, again.status_code) == (200, 304)
+    assert first.headers["Cache-Control"] == "no-cache"

@@ -1,4 +1,6 @@
-"""ruff and mypy pass on the whole project, as part of the test command."""
+"""ruff and mypy pass on the whole project, as part of the test command; no test
+function runs over 50 lines; the package's prose names what exists; the clean-up of
+earlier releases goes when due."""
 
 import ast
 import configparser
@@ -19,6 +21,8 @@ from petsage.instance.directory import LEGACY_REMOVED_IN
 from tests.support.gunicorn_process import REPO_ROOT
 
 BIN = Path(sys.executable).parent
+# A test longer than this is split into helpers whose names say what its steps do.
+MAX_TEST_LINES = 50
 # The files that decide what ruff and mypy check.
 CONFIGURATION = ("ruff.toml", "setup.cfg", "pyproject.toml", ".gitignore")
 # What setup.cfg's mypy ``files`` names, stood in for by empty modules.
@@ -176,3 +180,25 @@ def test_the_packages_prose_names_modules_and_paths_that_exist(path: Path) -> No
             if not (REPO_ROOT / name.rstrip(".")).exists()
         ]
     assert stale == []
+
+
+def long_test_functions(root: Path) -> list[str]:
+    """Each test function under ``root`` over MAX_TEST_LINES: where, name, size."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            if node.name.startswith("test_") and lines > MAX_TEST_LINES:
+                where = f"{path.relative_to(REPO_ROOT)}:{node.lineno}"
+                found.append(f"{where} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_test_function_runs_over_50_lines() -> None:
+    long_tests = long_test_functions(REPO_ROOT / "tests")
+    assert not long_tests, (
+        f"test functions over {MAX_TEST_LINES} lines (extract helpers whose names say"
+        " what the steps do):\n" + "\n".join(long_tests)
+    )

@@ -49,76 +49,70 @@ def record(
     results[key] = probe_for(port, path, seconds)
 
 
-@pytest.mark.fault
-def test_probes_answer_while_every_thread_is_busy(
-    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
-) -> None:
-    probe_port = free_port()
-    server = start_gunicorn(
-        {
-            "PETSAGE_WORKERS": str(WORKERS),
-            "PETSAGE_THREADS": str(THREADS),
-            "PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{probe_port}",
-        },
-        app="tests.support.apps.slow:app",
-    )
-    deadline = time.monotonic() + 10
+def wait_until_ready(port: int, seconds: float = 10) -> None:
+    """Ask /readyz until it answers 200 or ``seconds`` pass (a failure shows later)."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if http_request(probe_port, "GET", "/readyz", timeout=1).status == 200:
+            if http_request(port, "GET", "/readyz", timeout=1).status == 200:
                 break
         except OSError:
             time.sleep(0.1)
-    capacity = WORKERS * THREADS
-    lines = []
-    # For the fault record: the listener over every level, the main port over those
-    # that can fill one worker's threads (with 1 slow request it answers, as it should).
-    listener, main = Tally(), Tally()
-    levels = (1, capacity // 2, capacity, 2 * capacity)
-    for busy in levels:
-        slow = [
-            threading.Thread(
-                target=http_request,
-                args=(server.port, "GET", "/slow"),
-                kwargs={"timeout": 30},
-            )
-            for _ in range(busy)
-        ]
-        for thread in slow:
-            thread.start()
-        time.sleep(0.3)  # the slow requests take their threads
-        window = SLOW_SECONDS - 0.6
-        results: dict[str, Tally] = {}
-        probes = [
-            threading.Thread(target=record, args=(results, key, port, path, window))
-            for key, port, path in (
-                ("main /livez", server.port, "/livez"),
-                ("listener /livez", probe_port, "/livez"),
-                ("listener /readyz", probe_port, "/readyz"),
-            )
-        ]
-        for thread in probes:
-            thread.start()
-        for thread in probes + slow:
-            thread.join(timeout=60)
-        lines.append(
-            f"{busy} slow requests ({capacity} threads): "
-            + ", ".join(
-                f"{key} {tally.sent} sent {len(tally.failed)} failed"
-                for key, tally in results.items()
-            )
+
+
+def start_slow_requests(port: int, count: int) -> list[threading.Thread]:
+    """``count`` threads, started, each sending /slow to ``port``."""
+    slow = [
+        threading.Thread(
+            target=http_request,
+            args=(port, "GET", "/slow"),
+            kwargs={"timeout": 30},
         )
-        for key, tally in results.items():
-            if key.startswith("listener"):
-                total = listener
-            elif busy >= THREADS:
-                total = main
-            else:
-                continue
-            total.sent += tally.sent
-            total.failed += tally.failed
-            total.lost += tally.lost
-    print("\n" + "\n".join(lines))
+        for _ in range(count)
+    ]
+    for thread in slow:
+        thread.start()
+    return slow
+
+
+def probe_both_ports(
+    main_port: int, probe_port: int, seconds: float
+) -> dict[str, Tally]:
+    """Probe /livez on ``main_port``, /livez and /readyz on ``probe_port``, at once."""
+    results: dict[str, Tally] = {}
+    probes = [
+        threading.Thread(target=record, args=(results, key, port, path, seconds))
+        for key, port, path in (
+            ("main /livez", main_port, "/livez"),
+            ("listener /livez", probe_port, "/livez"),
+            ("listener /readyz", probe_port, "/readyz"),
+        )
+    ]
+    for thread in probes:
+        thread.start()
+    for thread in probes:
+        thread.join(timeout=60)
+    return results
+
+
+def add_up(results: dict[str, Tally], busy: int, listener: Tally, main: Tally) -> None:
+    """Sum the listener's probes into ``listener``, a full main port's into ``main``."""
+    for key, tally in results.items():
+        if key.startswith("listener"):
+            total = listener
+        elif busy >= THREADS:
+            total = main
+        else:
+            continue
+        total.sent += tally.sent
+        total.failed += tally.failed
+        total.lost += tally.lost
+
+
+def record_busy_threads(
+    fault_record: FaultRecorder, levels: tuple[int, ...], listener: Tally, main: Tally
+) -> None:
+    """The fault record's rows: the management listener, then the main port."""
     threads = f"{WORKERS} workers x {THREADS} threads"
     fault_record(
         fault="every thread busy, management listener",
@@ -143,4 +137,42 @@ def test_probes_answer_while_every_thread_is_busy(
         recovery=f"waits for a free thread (slow requests take {SLOW_SECONDS:.0f} s)",
         **main.counts(),
     )
+
+
+@pytest.mark.fault
+def test_probes_answer_while_every_thread_is_busy(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+) -> None:
+    probe_port = free_port()
+    server = start_gunicorn(
+        {
+            "PETSAGE_WORKERS": str(WORKERS),
+            "PETSAGE_THREADS": str(THREADS),
+            "PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{probe_port}",
+        },
+        app="tests.support.apps.slow:app",
+    )
+    wait_until_ready(probe_port)
+    capacity = WORKERS * THREADS
+    lines = []
+    # For the fault record: the listener over every level, the main port over those
+    # that can fill one worker's threads (with 1 slow request it answers, as it should).
+    listener, main = Tally(), Tally()
+    levels = (1, capacity // 2, capacity, 2 * capacity)
+    for busy in levels:
+        slow = start_slow_requests(server.port, busy)
+        time.sleep(0.3)  # the slow requests take their threads
+        results = probe_both_ports(server.port, probe_port, SLOW_SECONDS - 0.6)
+        for thread in slow:
+            thread.join(timeout=60)
+        lines.append(
+            f"{busy} slow requests ({capacity} threads): "
+            + ", ".join(
+                f"{key} {tally.sent} sent {len(tally.failed)} failed"
+                for key, tally in results.items()
+            )
+        )
+        add_up(results, busy, listener, main)
+    print("\n" + "\n".join(lines))
+    record_busy_threads(fault_record, levels, listener, main)
     assert listener.failed == [], listener.failed

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -104,6 +105,11 @@ class Publications:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def wait_for_more(self, count: int, what: str) -> None:
+        """Wait until ``count`` more cycles than now have been published."""
+        published = len(self.seen)
+        wait_until(lambda: len(self.seen) >= published + count, LIVENESS, what)
+
     def by_others(self, pid: int, after: int) -> list[dict[str, Any]]:
         """Cycles published by workers other than ``pid`` after the first ``after``."""
         return [seen for seen in self.seen[after:] if seen["leader"] != pid]
@@ -136,78 +142,90 @@ def stopped_process(pid: int) -> Iterator[int]:
             os.kill(pid, signal.SIGCONT)
 
 
-@pytest.mark.fault
-@pytest.mark.parametrize(
-    "what",
-    [
-        "leader process",
-        # Back before the master replaces it (3 leases): it must only follow.
-        "leader process, back after 2 leases",
-        "leader health thread",
-        "follower health thread",
-    ],
-)
-def test_a_stuck_worker_never_makes_the_instance_unready(
-    start_gunicorn: GunicornFactory, fault_record: FaultRecorder, what: str
-) -> None:
+def instance_of_workers(start_gunicorn: GunicornFactory, workers: int) -> Instance:
+    """An instance of ``workers`` workers checking every PERIOD, once all run."""
     instance = Instance(
         start_gunicorn,
-        {"PETSAGE_WORKERS": str(WORKERS), "PETSAGE_CHECK_PERIOD": f"{PERIOD:g}"},
+        {"PETSAGE_WORKERS": str(workers), "PETSAGE_CHECK_PERIOD": f"{PERIOD:g}"},
     )
     master = instance.server.process.pid
-    wait_until(lambda: len(children(master)) == WORKERS, LIVENESS, "every worker")
-    with Publications(instance) as publications:
-        leader = publications.latest["leader"]
-        target = (
-            leader if what.startswith("leader") else min(children(master) - {leader})
+    wait_until(lambda: len(children(master)) == workers, LIVENESS, "every worker")
+    return instance
+
+
+def worker_to_stick(what: str, leader: int, master: int) -> int:
+    """The worker that ``what`` sticks: the leader, or the lowest follower."""
+    return leader if what.startswith("leader") else min(children(master) - {leader})
+
+
+def stick(what: str, target: int) -> AbstractContextManager[Any]:
+    """The fault ``what`` on ``target``: its process stopped, or its health thread."""
+    return (
+        stopped_process(target)
+        if what.startswith("leader process")
+        else frozen_thread(target, THREAD)
+    )
+
+
+@dataclass
+class WhileStuck:
+    """When the fault began, the takeover, the replacement, the stuck one's /livez."""
+
+    stopped_at: float
+    takeover: float | None = None
+    replaced: float | None = None
+    livez: list[int | None] = field(default_factory=list)
+    cycles_during: int = 0
+
+
+def watch_while_stuck(
+    what: str,
+    target: int,
+    leader: int,
+    instance: Instance,
+    publications: Publications,
+    before: int,
+    watch: float,
+) -> WhileStuck:
+    """For ``watch`` s: who publishes after ``before``, the stuck one's /livez."""
+    stuck = WhileStuck(stopped_at=time.monotonic())
+    stuck.takeover = (
+        wait_until(
+            lambda: bool(publications.by_others(leader, before)),
+            LIVENESS,
+            "another worker publishing the instance's cycles",
         )
-        fault: AbstractContextManager[Any] = (
-            stopped_process(target)
-            if what.startswith("leader process")
-            else frozen_thread(target, THREAD)
-        )
-        watch = 2 * LEASE if what.endswith("2 leases") else WATCH
-        livez: list[int | None] = []
-        with Poller([instance.port, instance.management_port]) as poller:
-            before = len(publications.seen)
-            with fault:
-                stopped_at = time.monotonic()
-                takeover = (
-                    wait_until(
-                        lambda: bool(publications.by_others(leader, before)),
-                        LIVENESS,
-                        "another worker publishing the instance's cycles",
-                    )
-                    if what.startswith("leader")
-                    else None
-                )
-                replaced = None
-                while time.monotonic() - stopped_at < watch:
-                    if what.endswith("thread") and not gone(target):
-                        if time.monotonic() - stopped_at > LEASE + 0.5:
-                            livez.append(livez_of(target, instance.port))
-                    elif what.endswith("thread") and replaced is None:
-                        replaced = time.monotonic() - stopped_at
-                    time.sleep(POLL_EVERY)
-                cycles_during = len(publications.seen) - before
-            resumed = len(publications.seen)
-            # Two more cycles once the stopped worker runs again (or was replaced).
-            wait_until(
-                lambda: len(publications.seen) >= resumed + 2,
-                LIVENESS,
-                "two cycles after the fault",
-            )
-        if what.endswith("thread") and replaced is None:
-            replaced = wait_until(
-                lambda: gone(target), LIVENESS, "the worker replaced"
-            ) + (time.monotonic() - stopped_at)
-    seen = publications.seen
-    completed = [document["completed_at"] for document in seen]
+        if what.startswith("leader")
+        else None
+    )
+    while time.monotonic() - stuck.stopped_at < watch:
+        if what.endswith("thread") and not gone(target):
+            if time.monotonic() - stuck.stopped_at > LEASE + 0.5:
+                stuck.livez.append(livez_of(target, instance.port))
+        elif what.endswith("thread") and stuck.replaced is None:
+            stuck.replaced = time.monotonic() - stuck.stopped_at
+        time.sleep(POLL_EVERY)
+    stuck.cycles_during = len(publications.seen) - before
+    return stuck
+
+
+def record_the_stuck_worker(
+    fault_record: FaultRecorder,
+    what: str,
+    watch: float,
+    poller: Poller,
+    stuck: WhileStuck,
+) -> None:
+    """The fault record's row for a stuck ``what``, and its figures printed."""
     recovery = []
-    if takeover is not None:
-        recovery.append(f"another worker published {takeover:.1f} s after the stop")
-    if replaced is not None:
-        recovery.append(f"the wedged worker replaced {replaced:.1f} s after the stop")
+    if stuck.takeover is not None:
+        recovery.append(
+            f"another worker published {stuck.takeover:.1f} s after the stop"
+        )
+    if stuck.replaced is not None:
+        recovery.append(
+            f"the wedged worker replaced {stuck.replaced:.1f} s after the stop"
+        )
     fault_record(
         fault=f"a stuck {what} ({WORKERS} workers)",
         injected=(
@@ -224,12 +242,49 @@ def test_a_stuck_worker_never_makes_the_instance_unready(
     )
     print(
         f"\n{what}: {len(poller.statuses)} polls, {poller.failed} failed,"
-        f" {poller.lost} lost; {cycles_during} cycles during the fault;"
-        f" livez of the stuck worker: {livez}; {'; '.join(recovery)}"
+        f" {poller.lost} lost; {stuck.cycles_during} cycles during the fault;"
+        f" livez of the stuck worker: {stuck.livez}; {'; '.join(recovery)}"
     )
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize(
+    "what",
+    [
+        "leader process",
+        # Back before the master replaces it (3 leases): it must only follow.
+        "leader process, back after 2 leases",
+        "leader health thread",
+        "follower health thread",
+    ],
+)
+def test_a_stuck_worker_never_makes_the_instance_unready(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder, what: str
+) -> None:
+    instance = instance_of_workers(start_gunicorn, WORKERS)
+    master = instance.server.process.pid
+    with Publications(instance) as publications:
+        leader = publications.latest["leader"]
+        target = worker_to_stick(what, leader, master)
+        watch = 2 * LEASE if what.endswith("2 leases") else WATCH
+        with Poller([instance.port, instance.management_port]) as poller:
+            before = len(publications.seen)
+            with stick(what, target):
+                stuck = watch_while_stuck(
+                    what, target, leader, instance, publications, before, watch
+                )
+            # Two more cycles once the stopped worker runs again (or was replaced).
+            publications.wait_for_more(2, "two cycles after the fault")
+        if what.endswith("thread") and stuck.replaced is None:
+            stuck.replaced = wait_until(
+                lambda: gone(target), LIVENESS, "the worker replaced"
+            ) + (time.monotonic() - stuck.stopped_at)
+    seen = publications.seen
+    completed = [document["completed_at"] for document in seen]
+    record_the_stuck_worker(fault_record, what, watch, poller, stuck)
     assert poller.statuses and poller.failed == 0 and poller.lost == 0
     # Cycles went on during the fault, and none was ever published over a newer one.
-    assert cycles_during >= (1 if what.endswith("2 leases") else 2)
+    assert stuck.cycles_during >= (1 if what.endswith("2 leases") else 2)
     assert completed == sorted(completed), "a cycle published over a newer one"
     if what.startswith("leader"):
         after_takeover = seen[before:]
@@ -249,8 +304,8 @@ def test_a_stuck_worker_never_makes_the_instance_unready(
             for line in instance.server.log_lines()
         )
     if what.endswith("thread"):
-        answered = [status for status in livez if status is not None]
-        assert answered and set(answered) == {503}, livez
+        answered = [status for status in stuck.livez if status is not None]
+        assert answered and set(answered) == {503}, stuck.livez
         assert gone(target)
 
 
@@ -259,37 +314,33 @@ def whole_instance(master: int) -> list[int]:
     return [master, *sorted(children(master))]
 
 
+def pause_the_whole_instance(master: int) -> None:
+    """SIGSTOP the master and its workers for 4 leases; SIGCONT the master first."""
+    paused = whole_instance(master)
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(4 * LEASE)
+    # The master first, and for more than one pass of its loop (it wakes every
+    # second) before the workers: it sees every heartbeat older than 3 leases,
+    # as on a resume where the workers get a CPU last.
+    os.kill(master, signal.SIGCONT)
+    time.sleep(1.5)
+    for pid in paused[1:]:
+        os.kill(pid, signal.SIGCONT)
+
+
 @pytest.mark.fault
 def test_a_pause_of_the_whole_instance_replaces_no_worker(
     start_gunicorn: GunicornFactory, fault_record: FaultRecorder
 ) -> None:
-    instance = Instance(
-        start_gunicorn,
-        {"PETSAGE_WORKERS": "3", "PETSAGE_CHECK_PERIOD": f"{PERIOD:g}"},
-    )
+    instance = instance_of_workers(start_gunicorn, 3)
     master = instance.server.process.pid
-    wait_until(lambda: len(children(master)) == 3, LIVENESS, "every worker")
     with Publications(instance) as publications:
         workers = children(master)
         # A frozen cgroup, docker pause, a stalled VM: every process stops, for
         # longer than the master's replacement bound (3 leases).
-        paused = whole_instance(master)
-        for pid in paused:
-            os.kill(pid, signal.SIGSTOP)
-        time.sleep(4 * LEASE)
-        # The master first, and for more than one pass of its loop (it wakes every
-        # second) before the workers: it sees every heartbeat older than 3 leases,
-        # as on a resume where the workers get a CPU last.
-        os.kill(master, signal.SIGCONT)
-        time.sleep(1.5)
-        for pid in paused[1:]:
-            os.kill(pid, signal.SIGCONT)
-        resumed = len(publications.seen)
-        wait_until(
-            lambda: len(publications.seen) >= resumed + 3,
-            LIVENESS,
-            "three cycles after the pause",
-        )
+        pause_the_whole_instance(master)
+        publications.wait_for_more(3, "three cycles after the pause")
         answers = [
             answers_of(port)
             for _ in range(10)

@@ -280,6 +280,63 @@ def tally(answers: list[int | None]) -> dict[str, int]:
     }
 
 
+def assert_it_exits_polling_readiness(
+    server: NamespacedServer, ports: list[int]
+) -> list[list[int | None]]:
+    """Assert that ``server`` exits in EVENT_TIMEOUT; /readyz of each port till then."""
+    answers: list[list[int | None]] = [[] for _ in ports]
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while server.process.poll() is None:
+        assert time.monotonic() < deadline, "the first instance did not exit"
+        for port, answered in zip(ports, answers, strict=True):
+            answered.append(readiness(port, CLIENT_TIMEOUT))
+        time.sleep(POLL_INTERVAL)
+    return answers
+
+
+def record_the_first_drained_beside(
+    fault_record: FaultRecorder, second_answers: list[int | None], load: ClientLoad
+) -> None:
+    """The fault record's row: the second's polls and requests as the first exits."""
+    polls = tally(second_answers)
+    requests = load.total.counts()
+    fault_record(
+        fault="SIGTERM to one of two PID-1 masters sharing a state directory",
+        injected="two masters, each PID 1 of its own PID namespace (unshare),"
+        f" one state directory; SIGTERM to the first ({DRAIN_DELAY:.0f} s drain)",
+        load=f"the second's /readyz polled every {POLL_INTERVAL} s"
+        f" ({polls['sent']} polls) and 2 client threads on its smoke test,"
+        " through the first's drain and exit",
+        **{count: requests[count] + polls[count] for count in polls},
+        recovery="none needed: the second stayed ready; its directory and lock"
+        " survived the first's exit",
+    )
+
+
+def readiness_polls(port: int, count: int) -> list[int | None]:
+    """``count`` /readyz answers of ``port``, POLL_INTERVAL apart."""
+    answers = []
+    for _ in range(count):
+        answers.append(readiness(port, CLIENT_TIMEOUT))
+        time.sleep(POLL_INTERVAL)
+    return answers
+
+
+def record_the_host_drain(
+    fault_record: FaultRecorder, answers: list[int | None]
+) -> None:
+    """The fault record's row: the namespaced /readyz around the host's drains."""
+    fault_record(
+        fault="petsage drain on the host beside a namespaced instance",
+        injected="a host master and a PID-1 master of its own namespace, one state"
+        " directory; petsage drain on the host without --instance, then naming"
+        " pid 1 and the namespaced port",
+        load="the namespaced instance's /readyz, polled around each drain",
+        recovery="none needed: only the host instance drained",
+        **tally(answers),
+    )
+
+
 @pytest.mark.fault
 def test_two_pid_1_masters_share_the_state_directory_and_drain_alone(
     start_in_namespace: NamespacedFactory,
@@ -302,31 +359,14 @@ def test_two_pid_1_masters_share_the_state_directory_and_drain_alone(
     assert_alive(first_directory, 1, first.namespace)
     assert_alive(second_directory, 1, second.namespace)
 
-    first_answers: list[int | None] = []
-    second_answers: list[int | None] = []
     with ClientLoad(second_port, threads=2, timeout=CLIENT_TIMEOUT) as load:
         os.kill(first.master, signal.SIGTERM)
         # Through the first's whole drain and exit: until its unshare has exited.
-        deadline = time.monotonic() + EVENT_TIMEOUT
-        while first.process.poll() is None:
-            assert time.monotonic() < deadline, "the first instance did not exit"
-            first_answers.append(readiness(first_port, CLIENT_TIMEOUT))
-            second_answers.append(readiness(second_port, CLIENT_TIMEOUT))
-            time.sleep(POLL_INTERVAL)
+        first_answers, second_answers = assert_it_exits_polling_readiness(
+            first, [first_port, second_port]
+        )
     exited = first.process.wait()
-    polls = tally(second_answers)
-    requests = load.total.counts()
-    fault_record(
-        fault="SIGTERM to one of two PID-1 masters sharing a state directory",
-        injected="two masters, each PID 1 of its own PID namespace (unshare),"
-        f" one state directory; SIGTERM to the first ({DRAIN_DELAY:.0f} s drain)",
-        load=f"the second's /readyz polled every {POLL_INTERVAL} s"
-        f" ({polls['sent']} polls) and 2 client threads on its smoke test,"
-        " through the first's drain and exit",
-        **{count: requests[count] + polls[count] for count in polls},
-        recovery="none needed: the second stayed ready; its directory and lock"
-        " survived the first's exit",
-    )
+    record_the_first_drained_beside(fault_record, second_answers, load)
     assert exited == 0, first.log()
     assert 503 in first_answers, f"the first never drained: {first_answers}"
     assert set(second_answers) == {200}, second_answers
@@ -376,19 +416,9 @@ def test_a_drain_on_the_host_never_reaches_a_namespaced_instance(
     by_pid = petsage("drain", "--instance", "1", env=state)
     answers.append(readiness(namespaced_port, CLIENT_TIMEOUT))
     by_port = petsage("drain", "--instance", str(namespaced_port), env=state)
-    for _ in range(10):
-        answers.append(readiness(namespaced_port, CLIENT_TIMEOUT))
-        time.sleep(POLL_INTERVAL)
+    answers += readiness_polls(namespaced_port, 10)
     inside = namespaced.in_namespace("probe", "/readyz", env=state)
-    fault_record(
-        fault="petsage drain on the host beside a namespaced instance",
-        injected="a host master and a PID-1 master of its own namespace, one state"
-        " directory; petsage drain on the host without --instance, then naming"
-        " pid 1 and the namespaced port",
-        load="the namespaced instance's /readyz, polled around each drain",
-        recovery="none needed: only the host instance drained",
-        **tally(answers),
-    )
+    record_the_host_drain(fault_record, answers)
     assert drained.returncode == 0, drained.stderr
     assert f"pid {host.process.pid} (127.0.0.1:{host_port}): draining" in (
         drained.stdout

@@ -32,6 +32,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from tests.metrics.test_faults import mounted, read_only_bind_mount
 from tests.serving.test_reliability import (
     CLIENT_TIMEOUT,
     DRAIN_DELAY,
+    HAProxy,
     children,
     free_ports,
     haproxy,
@@ -113,6 +115,14 @@ class ReadinessPolls:
         return sum(
             answer is None for answers in self.answers.values() for answer in answers
         )
+
+    @property
+    def statuses(self) -> dict[int, dict[str, int]]:
+        """How often each answer came, by port: for a failing assertion's message."""
+        return {
+            port: {str(answer): answers.count(answer) for answer in set(answers)}
+            for port, answers in self.answers.items()
+        }
 
     def __enter__(self) -> "ReadinessPolls":
         for thread in self._threads:
@@ -235,17 +245,15 @@ def start_instance(
     )
 
 
-@pytest.mark.fault
-@needs_haproxy
-@pytest.mark.parametrize("fault", ["full", "read-only", "deleted"])
-def test_health_and_drain_need_no_writable_storage(
+def start_the_instance_and_a_bystander(
+    stack: contextlib.ExitStack,
     start_gunicorn: GunicornFactory,
     tmp_path: Path,
-    fault_record: FaultRecorder,
     fault: str,
-) -> None:
-    front, public, management, other = free_ports(4)
-    ports = [public, management]
+    ports: list[int],
+) -> GunicornServer:
+    """The instance on a tmpfs state and a bystander beside it, both ready to serve."""
+    public, management, other = ports
     state = tmp_path / "state"
     state.mkdir()
     bystander_state = tmp_path / "bystander"
@@ -255,131 +263,202 @@ def test_health_and_drain_need_no_writable_storage(
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     extra = {"PROMETHEUS_MULTIPROC_DIR": str(metrics)} if fault == "full" else {}
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            mounted("-t", "tmpfs", "-o", f"size={STATE_SIZE}", "tmpfs", str(state))
-        )
-        server = start_instance(
-            start_gunicorn, state, public, management, WORKERS, extra
-        )
-        # Stopped while its state is still mounted, whatever happens.
-        stack.callback(server.stop)
-        bystander = start_instance(start_gunicorn, bystander_state, other)
-        stack.callback(bystander.stop)
-        master = server.process.pid
-        wait_until(lambda: len(children(master)) == WORKERS, 20, "5 workers")
-        wait_until(
-            lambda: all(both_answer(ports, 200) for _ in range(20)),
-            20,
-            "/readyz 200 on both ports from every worker",
-        )
-        directory = instance_directory_of(state, master)
-        assert directory is not None, sorted(p.name for p in state.iterdir())
-        removed_inode = directory.stat().st_ino
-        recovered: float | None = None
-        noticed: float | None = None
+    stack.enter_context(
+        mounted("-t", "tmpfs", "-o", f"size={STATE_SIZE}", "tmpfs", str(state))
+    )
+    server = start_instance(start_gunicorn, state, public, management, WORKERS, extra)
+    # Stopped while its state is still mounted, whatever happens.
+    stack.callback(server.stop)
+    bystander = start_instance(start_gunicorn, bystander_state, other)
+    stack.callback(bystander.stop)
+    master = server.process.pid
+    wait_until(lambda: len(children(master)) == WORKERS, 20, "5 workers")
+    wait_until(
+        lambda: all(both_answer([public, management], 200) for _ in range(20)),
+        20,
+        "/readyz 200 on both ports from every worker",
+    )
+    return server
 
-        proxy = stack.enter_context(haproxy(tmp_path, front, [public, other]))
-        for name in ("petsage1", "petsage2"):
-            wait_until(partial(proxy.in_rotation, name), 20, f"{name} UP")
 
-        # 1. Readiness, polled from before the fault to well after it.
-        with ReadinessPolls(ports) as polls:
-            time.sleep(1.0)
-            injected_at = time.monotonic()
-            if fault == "full":
-                filled = fill(state)
-                injected = (
-                    f"PETSAGE_STATE_DIR on a {STATE_SIZE} tmpfs filled to ENOSPC"
-                    f" ({filled} bytes) after the start; a reload (SIGHUP) to make"
-                    " the master rewrite its record"
-                )
-            elif fault == "read-only":
-                stack.enter_context(read_only_bind_mount(state))
-                injected = (
-                    f"PETSAGE_STATE_DIR (a {STATE_SIZE} tmpfs) made read-only after"
-                    " the start (a read-only bind mount over it: the tmpfs itself"
-                    " cannot be remounted read-only while workers hold files open"
-                    " for writing); a reload (SIGHUP) to make the master rewrite its"
-                    " record"
-                )
-            else:
-                # Once the master has put it back, the directory is another one.
-                while is_directory(directory, removed_inode):
-                    shutil.rmtree(directory, ignore_errors=True)
-                injected = (
-                    "the instance's directory (lock, record, metrics) deleted with"
-                    " shutil.rmtree while running"
-                )
-            if fault == "deleted":
-                if within(partial(restored, state, master, removed_inode), EVENT_BOUND):
-                    recovered = time.monotonic() - injected_at
-                noticed = within(
-                    lambda: bool(directory_lines(server, "WARNING", REMADE)),
-                    EVENT_BOUND,
-                )
-            else:
-                server.process.send_signal(signal.SIGHUP)
-                noticed = within(
-                    lambda: bool(directory_lines(server, "ERROR", CANNOT_KEEP)),
-                    EVENT_BOUND,
-                )
-            # The rest of the window: the master tries again about once a second.
-            time.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - injected_at)))
+def haproxy_with_both_in_rotation(
+    stack: contextlib.ExitStack, workdir: Path, port: int, instances: list[int]
+) -> HAProxy:
+    """HAProxy on ``port`` before ``instances``, stopped with ``stack``; both UP."""
+    proxy = stack.enter_context(haproxy(workdir, port, instances))
+    for name in ("petsage1", "petsage2"):
+        wait_until(partial(proxy.in_rotation, name), 20, f"{name} UP")
+    return proxy
 
-        # 2. Drain and cancel, found through the records in the state directory.
-        env = {"PETSAGE_STATE_DIR": str(state)}
-        probed = petsage("probe", env=env)
-        drained = petsage("drain", env=env)
-        drain_seen = drained.returncode == 0 and (
-            within(partial(both_answer, ports, 503), EVENT_BOUND) is not None
+
+@dataclass(frozen=True)
+class FaultWindow:
+    """What was injected, and when the master noticed it and put a deletion right."""
+
+    injected: str
+    noticed: float | None
+    recovered: float | None
+
+
+def inject(
+    fault: str, stack: contextlib.ExitStack, state: Path, directory: Path, inode: int
+) -> str:
+    """Fill or write-protect ``state``, or delete ``directory``: what was injected."""
+    if fault == "full":
+        filled = fill(state)
+        return (
+            f"PETSAGE_STATE_DIR on a {STATE_SIZE} tmpfs filled to ENOSPC"
+            f" ({filled} bytes) after the start; a reload (SIGHUP) to make"
+            " the master rewrite its record"
         )
-        cancelled = petsage("drain", "--cancel", env=env)
-        back = cancelled.returncode == 0 and (
-            within(partial(both_answer, ports, 200), EVENT_BOUND) is not None
+    if fault == "read-only":
+        stack.enter_context(read_only_bind_mount(state))
+        return (
+            f"PETSAGE_STATE_DIR (a {STATE_SIZE} tmpfs) made read-only after"
+            " the start (a read-only bind mount over it: the tmpfs itself"
+            " cannot be remounted read-only while workers hold files open"
+            " for writing); a reload (SIGHUP) to make the master rewrite its"
+            " record"
         )
-        # 4. Each problem logged once, however long it lasted.
-        errors = directory_lines(server, "ERROR", CANNOT_KEEP)
-        warnings = directory_lines(server, "WARNING", REMADE)
+    # Once the master has put it back, the directory is another one.
+    while is_directory(directory, inode):
+        shutil.rmtree(directory, ignore_errors=True)
+    return (
+        "the instance's directory (lock, record, metrics) deleted with"
+        " shutil.rmtree while running"
+    )
 
-        # 3. SIGTERM behind HAProxy: out of rotation while serving, then it exits.
-        wait_until(partial(proxy.in_rotation, "petsage1"), EVENT_BOUND, "back UP")
-        with ClientLoad(front, threads=4, pause=0.01, timeout=CLIENT_TIMEOUT) as load:
-            load.wait_for_requests(REQUESTS_AROUND)
-            terminated = time.monotonic()
-            server.process.send_signal(signal.SIGTERM)
-            out = within(partial(proxy.out_of_rotation, "petsage1"), EVENT_BOUND)
-            serving_when_out = out is not None and server.process.poll() is None
-            code: int | None = None
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = server.process.wait(timeout=EXIT_BOUND)
-            exited = time.monotonic() - terminated
-            load.wait_for_requests(load.sent + REQUESTS_AROUND)
-        unanswered = proxy.failed_requests()
-        log = server.log()
 
-    taken_out = "never" if out is None else f"after {out:.1f} s"
-    sigterm = (
-        f"SIGTERM: out of HAProxy's rotation {taken_out}, exited (code {code})"
-        f" after {exited:.1f} s"
+def inject_and_wait_out_the_window(
+    stack: contextlib.ExitStack, fault: str, server: GunicornServer, directory: Path
+) -> FaultWindow:
+    """Inject ``fault`` a second in, see the master notice it, wait out POLL_SECONDS."""
+    state, master = directory.parent, server.process.pid
+    removed_inode = directory.stat().st_ino
+    time.sleep(1.0)
+    injected_at = time.monotonic()
+    injected = inject(fault, stack, state, directory, removed_inode)
+    recovered: float | None = None
+    if fault == "deleted":
+        if within(partial(restored, state, master, removed_inode), EVENT_BOUND):
+            recovered = time.monotonic() - injected_at
+        noticed = within(
+            lambda: bool(directory_lines(server, "WARNING", REMADE)),
+            EVENT_BOUND,
+        )
+    else:
+        server.process.send_signal(signal.SIGHUP)
+        noticed = within(
+            lambda: bool(directory_lines(server, "ERROR", CANNOT_KEEP)),
+            EVENT_BOUND,
+        )
+    # The rest of the window: the master tries again about once a second.
+    time.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - injected_at)))
+    return FaultWindow(injected, noticed, recovered)
+
+
+@dataclass(frozen=True)
+class Drain:
+    """``petsage probe``, ``drain``, ``drain --cancel``; whether readiness followed."""
+
+    probed: subprocess.CompletedProcess[str]
+    drained: subprocess.CompletedProcess[str]
+    seen: bool
+    cancelled: subprocess.CompletedProcess[str]
+    back: bool
+
+
+def drain_and_cancel(state: Path, ports: list[int]) -> Drain:
+    """Probe, drain and cancel the drain, found through the records in ``state``."""
+    env = {"PETSAGE_STATE_DIR": str(state)}
+    probed = petsage("probe", env=env)
+    drained = petsage("drain", env=env)
+    seen = drained.returncode == 0 and (
+        within(partial(both_answer, ports, 503), EVENT_BOUND) is not None
+    )
+    cancelled = petsage("drain", "--cancel", env=env)
+    back = cancelled.returncode == 0 and (
+        within(partial(both_answer, ports, 200), EVENT_BOUND) is not None
+    )
+    return Drain(probed, drained, seen, cancelled, back)
+
+
+def directory_problems_logged(server: GunicornServer) -> tuple[list[str], list[str]]:
+    """The master's ERROR lines (cannot keep its directory) and WARNINGs (remade it)."""
+    return (
+        directory_lines(server, "ERROR", CANNOT_KEEP),
+        directory_lines(server, "WARNING", REMADE),
+    )
+
+
+@dataclass(frozen=True)
+class Termination:
+    """SIGTERM under load behind HAProxy: when it left the rotation, how it exited."""
+
+    load: ClientLoad
+    out: float | None
+    serving_when_out: bool
+    code: int | None
+    exited: float
+    unanswered: list[str]
+    log: str
+
+
+def terminate_under_load(
+    server: GunicornServer, proxy: HAProxy, front: int
+) -> Termination:
+    """SIGTERM the instance (back in rotation first) under load through HAProxy."""
+    wait_until(partial(proxy.in_rotation, "petsage1"), EVENT_BOUND, "back UP")
+    with ClientLoad(front, threads=4, pause=0.01, timeout=CLIENT_TIMEOUT) as load:
+        load.wait_for_requests(REQUESTS_AROUND)
+        terminated = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        out = within(partial(proxy.out_of_rotation, "petsage1"), EVENT_BOUND)
+        serving_when_out = out is not None and server.process.poll() is None
+        code: int | None = None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = server.process.wait(timeout=EXIT_BOUND)
+        exited = time.monotonic() - terminated
+        load.wait_for_requests(load.sent + REQUESTS_AROUND)
+    return Termination(
+        load, out, serving_when_out, code, exited, proxy.failed_requests(), server.log()
+    )
+
+
+def record_the_storage_fault(
+    fault_record: FaultRecorder,
+    fault: str,
+    polls: ReadinessPolls,
+    window: FaultWindow,
+    drain: Drain,
+    sigterm: Termination,
+    errors: list[str],
+    warnings: list[str],
+) -> None:
+    """The fault record's row for a state directory ``fault``, printed too."""
+    load = sigterm.load
+    taken_out = "never" if sigterm.out is None else f"after {sigterm.out:.1f} s"
+    stopped = (
+        f"SIGTERM: out of HAProxy's rotation {taken_out}, exited (code {sigterm.code})"
+        f" after {sigterm.exited:.1f} s"
     )
     if fault == "deleted":
         when = (
             f"not back within {EVENT_BOUND:.0f} s"
-            if recovered is None
-            else f"back {recovered:.1f} s after the deletion"
+            if window.recovered is None
+            else f"back {window.recovered:.1f} s after the deletion"
         )
         recovery = (
             f"directory, record and held lock {when} ({len(warnings)} WARNING);"
-            f" {sigterm}"
+            f" {stopped}"
         )
     else:
-        unaffected = polls.failed + polls.lost == 0 and drain_seen and back
+        unaffected = polls.failed + polls.lost == 0 and drain.seen and drain.back
         verdict = "none needed" if unaffected else "readiness or draining failed"
-        recovery = f"{verdict}: {len(errors)} ERROR line while it lasted; {sigterm}"
+        recovery = f"{verdict}: {len(errors)} ERROR line while it lasted; {stopped}"
     fault_record(
         fault=f"state directory {fault}",
-        injected=injected,
+        injected=window.injected,
         load=LOAD,
         sent=polls.sent + load.sent,
         failed=polls.failed + len(load.failed) - load.total.lost,
@@ -391,33 +470,61 @@ def test_health_and_drain_need_no_writable_storage(
         f" {polls.lost} unanswered); {load.sent} requests through HAProxy"
         f" ({len(load.failed)} failed); {recovery}"
     )
-    statuses = {
-        port: {str(answer): answers.count(answer) for answer in set(answers)}
-        for port, answers in polls.answers.items()
-    }
-    assert polls.failed == polls.lost == 0, statuses
-    assert all(len(answers) > 10 for answers in polls.answers.values()), statuses
-    assert probed.returncode == 0, probed.stderr
-    assert drained.returncode == 0, drained.stderr
-    assert drain_seen
-    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, (
-        cancelled.stdout + cancelled.stderr
+
+
+@pytest.mark.fault
+@needs_haproxy
+@pytest.mark.parametrize("fault", ["full", "read-only", "deleted"])
+def test_health_and_drain_need_no_writable_storage(
+    start_gunicorn: GunicornFactory,
+    tmp_path: Path,
+    fault_record: FaultRecorder,
+    fault: str,
+) -> None:
+    front, public, management, other = free_ports(4)
+    ports, state = [public, management], tmp_path / "state"
+    with contextlib.ExitStack() as stack:
+        server = start_the_instance_and_a_bystander(
+            stack, start_gunicorn, tmp_path, fault, [public, management, other]
+        )
+        directory = instance_directory_of(state, server.process.pid)
+        assert directory is not None, sorted(p.name for p in state.iterdir())
+        proxy = haproxy_with_both_in_rotation(stack, tmp_path, front, [public, other])
+        # 1. Readiness, polled from before the fault to well after it.
+        with ReadinessPolls(ports) as polls:
+            window = inject_and_wait_out_the_window(stack, fault, server, directory)
+        # 2. Drain and cancel, found through the records in the state directory.
+        drain = drain_and_cancel(state, ports)
+        # 4. Each problem logged once, however long it lasted.
+        errors, warnings = directory_problems_logged(server)
+        # 3. SIGTERM behind HAProxy: out of rotation while serving, then it exits.
+        sigterm = terminate_under_load(server, proxy, front)
+    record_the_storage_fault(
+        fault_record, fault, polls, window, drain, sigterm, errors, warnings
     )
-    assert back
-    assert noticed is not None, "the master logged nothing about its directory"
+    assert polls.failed == polls.lost == 0, polls.statuses
+    assert all(len(answers) > 10 for answers in polls.answers.values()), polls.statuses
+    assert drain.probed.returncode == 0, drain.probed.stderr
+    assert drain.drained.returncode == 0, drain.drained.stderr
+    assert drain.seen
+    assert drain.cancelled.returncode == 0 and "cancelled" in drain.cancelled.stdout, (
+        drain.cancelled.stdout + drain.cancelled.stderr
+    )
+    assert drain.back
+    assert window.noticed is not None, "the master logged nothing about its directory"
     if fault == "deleted":
-        assert recovered is not None, "the directory did not come back"
+        assert window.recovered is not None, "the directory did not come back"
         assert warnings and len(warnings) == 1, warnings
         assert errors == [], errors
     else:
         assert len(errors) == 1, errors
         reason = "No space left on device" if fault == "full" else "Read-only"
         assert reason in errors[0], errors
-    assert serving_when_out, "the instance stopped before HAProxy took it out"
-    assert "Draining: readiness fails now" in log
-    assert code == 0, log[-2000:]
-    assert load.failed == [], load.failed[:10]
-    assert unanswered == [], unanswered[:10]
+    assert sigterm.serving_when_out, "the instance stopped before HAProxy took it out"
+    assert "Draining: readiness fails now" in sigterm.log
+    assert sigterm.code == 0, sigterm.log[-2000:]
+    assert sigterm.load.failed == [], sigterm.load.failed[:10]
+    assert sigterm.unanswered == [], sigterm.unanswered[:10]
 
 
 def instance_lock_held(directory: Path) -> bool:

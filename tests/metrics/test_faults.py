@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,108 @@ def check_every_worker_degraded_and_serving(
     assert crashes(server) == []
 
 
+def add_a_worker_and_retire_the_oldest(server: GunicornServer) -> int:
+    """TTIN, then TTOU once the added worker has degraded: the added worker's pid."""
+    server.process.send_signal(signal.SIGTTIN)
+    wait_until(lambda: len(booted_workers(server)) == 3, 10, "a third worker")
+    [added] = booted_workers(server)[2:]
+    wait_until(lambda: added in degraded_workers(server), 10, "it degrades")
+    server.process.send_signal(signal.SIGTTOU)
+    wait_until(lambda: len(storage_errors(server)) == 2, 10, "a failed fold")
+    return added
+
+
+def record_made_read_only(
+    fault_record: FaultRecorder,
+    load: ClientLoad,
+    scrapes: list[HttpResult],
+    wrong_probes: list[str],
+) -> None:
+    """The fault record's row for metrics storage made read-only while running."""
+    fault_record(
+        fault="metrics storage made read-only",
+        injected="read-only bind mount over the instance's metrics directory while"
+        " running; a worker added (TTIN), the oldest retired (TTOU)",
+        load="4 client threads (/, /livez), new connection per request, while"
+        " the workers changed; 10 scrapes",
+        sent=load.sent + len(scrapes) + 6,
+        failed=len(load.failed) - load.total.lost + len(wrong_probes),
+        lost=load.total.lost,
+        recovery="none needed: the new worker's metrics degraded, no count lost",
+    )
+
+
+def files_and_bytes(directory: Path) -> tuple[int, int]:
+    """How many metrics files there are under ``directory``, and their bytes."""
+    files = metric_files(directory)
+    size = 0
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):  # folded meanwhile
+            size += path.stat().st_size
+    return len(files), size
+
+
+def assert_scraped_whole_and_count(server: GunicornServer) -> float:
+    """Assert that /metrics answers 200, not degraded; the smoke tests it counts."""
+    answer = server.request("GET", "/metrics")
+    assert answer.status == 200 and not is_degraded(answer)
+    return samples(answer.body).get(REQUESTS, 0.0)
+
+
+@dataclass
+class Restarts:
+    """Requests sent while workers restart, and what each checkpoint saw."""
+
+    totals: list[float]
+    most: int  # files at the fullest checkpoint
+    sent: int = 0
+    failed: int = 0
+    lost: int = 0
+
+
+def restart_workers_by_requests(
+    server: GunicornServer, directory: Path, workers: int, run: Restarts
+) -> None:
+    """Send the smoke test until RESTARTS workers were replaced; check every 50."""
+    while len(booted_workers(server)) - workers < RESTARTS:
+        run.sent += 1
+        try:
+            run.failed += server.request("GET", SMOKE_TEST).status != 200
+        except (OSError, http.client.HTTPException):
+            run.lost += 1
+        if run.sent % 50 == 0:
+            run.totals.append(assert_scraped_whole_and_count(server))
+            run.most = max(run.most, files_and_bytes(directory)[0])
+
+
+def record_the_restarts(
+    fault_record: FaultRecorder,
+    run: Restarts,
+    restarts: int,
+    elapsed: float,
+    before: tuple[int, int],
+    after: tuple[int, int],
+) -> None:
+    """Print the files, bytes and counts over the restarts; the fault record's row."""
+    print(
+        f"\n{restarts} worker restarts in {elapsed:.1f} s: files {before[0]} at"
+        f" start, at most {run.most} at any checkpoint, {after[0]} at the end;"
+        f" bytes {before[1]} -> {after[1]}; {REQUESTS[0]} of the smoke test"
+        f" {run.totals[0]:.0f} -> {run.totals[-1]:.0f} ({run.sent} sent)"
+    )
+    fault_record(
+        fault="worker restarts",
+        injected=f"{restarts} worker restarts (gunicorn --max-requests 1)",
+        load="1 client, new connection per request, smoke test; a scrape every"
+        " 50 requests",
+        sent=run.sent,
+        failed=run.failed,
+        lost=run.lost,
+        recovery=f"none needed: {after[0]} metrics files ({after[1]} bytes) at"
+        f" the end, at most {run.most} meanwhile; every request counted once",
+    )
+
+
 class TestStorageFaults:
     @pytest.mark.fault
     def test_full_storage_degrades_metrics_and_every_request_is_answered(
@@ -277,25 +380,10 @@ class TestStorageFaults:
         ):
             # A worker started now cannot create its files; the oldest worker retired
             # now cannot be folded into the archive, so its files stay and count.
-            server.process.send_signal(signal.SIGTTIN)
-            wait_until(lambda: len(booted_workers(server)) == 3, 10, "a third worker")
-            [added] = booted_workers(server)[2:]
-            wait_until(lambda: added in degraded_workers(server), 10, "it degrades")
-            server.process.send_signal(signal.SIGTTOU)
-            wait_until(lambda: len(storage_errors(server)) == 2, 10, "a failed fold")
+            added = add_a_worker_and_retire_the_oldest(server)
             scrapes = [server.request("GET", "/metrics") for _ in range(10)]
             wrong_probes = probes_by_every_method(server)
-        fault_record(
-            fault="metrics storage made read-only",
-            injected="read-only bind mount over the instance's metrics directory while"
-            " running; a worker added (TTIN), the oldest retired (TTOU)",
-            load="4 client threads (/, /livez), new connection per request, while"
-            " the workers changed; 10 scrapes",
-            sent=load.sent + len(scrapes) + 6,
-            failed=len(load.failed) - load.total.lost + len(wrong_probes),
-            lost=load.total.lost,
-            recovery="none needed: the new worker's metrics degraded, no count lost",
-        )
+        record_made_read_only(fault_record, load, scrapes, wrong_probes)
         assert load.sent > 0 and load.failed == []
         assert wrong_probes == []
         assert [answer.status for answer in scrapes] == [200] * len(scrapes)
@@ -370,62 +458,27 @@ class TestStorageFaults:
         )
         workers = 2
         bound = FILES_PER_WORKER * workers + 2  # and the counter and histogram archives
-
-        def figures() -> tuple[int, int]:
-            files = metric_files(directory)
-            size = 0
-            for path in files:
-                with contextlib.suppress(FileNotFoundError):  # folded meanwhile
-                    size += path.stat().st_size
-            return len(files), size
-
-        def total() -> float:
-            answer = server.request("GET", "/metrics")
-            assert answer.status == 200 and not is_degraded(answer)
-            return samples(answer.body).get(REQUESTS, 0.0)
-
-        sent = failed = lost = 0
-        totals = [total()]
-        before = figures()
-        most = before[0]  # files at the fullest checkpoint
+        totals = [assert_scraped_whole_and_count(server)]
+        before = files_and_bytes(directory)
+        run = Restarts(totals, most=before[0])
         started = time.monotonic()
-        while len(booted_workers(server)) - workers < RESTARTS:
-            sent += 1
-            try:
-                failed += server.request("GET", SMOKE_TEST).status != 200
-            except (OSError, http.client.HTTPException):
-                lost += 1
-            if sent % 50 == 0:
-                totals.append(total())
-                most = max(most, figures()[0])
+        restart_workers_by_requests(server, directory, workers, run)
         elapsed = time.monotonic() - started
         restarts = len(booted_workers(server)) - workers
         with contextlib.suppress(AssertionError):  # the last exits, reaped and folded
-            wait_until(lambda: figures()[0] <= bound, 10, f"at most {bound} files")
-        totals.append(total())
-        after = figures()
-        print(
-            f"\n{restarts} worker restarts in {elapsed:.1f} s: files {before[0]} at"
-            f" start, at most {most} at any checkpoint, {after[0]} at the end;"
-            f" bytes {before[1]} -> {after[1]}; {REQUESTS[0]} of the smoke test"
-            f" {totals[0]:.0f} -> {totals[-1]:.0f} ({sent} sent)"
-        )
-        fault_record(
-            fault="worker restarts",
-            injected=f"{restarts} worker restarts (gunicorn --max-requests 1)",
-            load="1 client, new connection per request, smoke test; a scrape every"
-            " 50 requests",
-            sent=sent,
-            failed=failed,
-            lost=lost,
-            recovery=f"none needed: {after[0]} metrics files ({after[1]} bytes) at"
-            f" the end, at most {most} meanwhile; every request counted once",
-        )
-        assert failed == lost == 0
+            wait_until(
+                lambda: files_and_bytes(directory)[0] <= bound,
+                10,
+                f"at most {bound} files",
+            )
+        run.totals.append(assert_scraped_whole_and_count(server))
+        after = files_and_bytes(directory)
+        record_the_restarts(fault_record, run, restarts, elapsed, before, after)
+        assert run.failed == run.lost == 0
         # At a checkpoint, up to two workers may have exited and not yet been reaped.
-        assert most <= bound + 2 * FILES_PER_WORKER
+        assert run.most <= bound + 2 * FILES_PER_WORKER
         assert after[0] <= bound
         assert after[1] <= bound * 2 * 65536
-        assert totals == sorted(totals)  # monotonic
-        assert totals[-1] == sent  # complete: none lost, none counted twice
+        assert run.totals == sorted(run.totals)  # monotonic
+        assert run.totals[-1] == run.sent  # complete: none lost, none counted twice
         assert crashes(server) == []

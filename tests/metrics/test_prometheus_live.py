@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -150,6 +151,49 @@ def scraped_jobs(prometheus: PrometheusApi) -> list[tuple[str, str]]:
     )
 
 
+def guarded_and_healthy(
+    start_gunicorn: GunicornFactory, database: int
+) -> tuple[Instance, Instance]:
+    """One instance with a token and a critical ``database``, and one with neither."""
+    guarded = Instance(
+        start_gunicorn,
+        HEALTH_TOKEN=TOKEN,
+        CRITICAL_DEPENDENCIES=f"db=tcp://127.0.0.1:{database}",
+        CHECK_PERIOD="0.5",
+    )
+    return guarded, Instance(start_gunicorn)
+
+
+def both_scraped_and_the_check_passing(prometheus: PrometheusApi) -> bool:
+    """Whether both instances are scraped (``up`` 1) and the ``db`` check passes."""
+    return (
+        scraped_jobs(prometheus) == [("petsage", "1")] * 2
+        and prometheus.query('petsage_health_check_status{check="db"} == 0') != []
+    )
+
+
+def firing(prometheus: PrometheusApi) -> bool:
+    """Whether an ALERT alert is firing (not only pending)."""
+    return any(alert["state"] == "firing" for alert in prometheus.alerts(ALERT))
+
+
+def record_the_alert(
+    fault_record: FaultRecorder, took_to_fire: float, took_to_resolve: float
+) -> None:
+    """The fault record's row: how soon the alert fired, and resolved."""
+    fault_record(
+        fault="critical dependency down, seen by Prometheus",
+        injected="closed the TCP listener of one instance's critical dependency"
+        " (PETSAGE_CHECK_PERIOD=0.5), reopened it on the same port once firing",
+        load="none; Prometheus scraping both management listeners every 1 s",
+        sent=0,
+        failed=0,
+        lost=0,
+        recovery=f"{took_to_fire:.1f} s to firing (rules' for: 1 s),"
+        f" {took_to_resolve:.1f} s from the dependency's return to resolved",
+    )
+
+
 @pytest.mark.fault
 def test_a_failing_critical_dependency_fires_its_alert_and_resolves(
     prometheus_command: str,
@@ -159,13 +203,7 @@ def test_a_failing_critical_dependency_fires_its_alert_and_resolves(
 ) -> None:
     with ExitStack() as running:
         with serving(b"") as database:
-            guarded = Instance(
-                start_gunicorn,
-                HEALTH_TOKEN=TOKEN,
-                CRITICAL_DEPENDENCIES=f"db=tcp://127.0.0.1:{database.port}",
-                CHECK_PERIOD="0.5",
-            )
-            healthy = Instance(start_gunicorn)
+            guarded, healthy = guarded_and_healthy(start_gunicorn, database.port)
             prometheus = start_prometheus(
                 running,
                 prometheus_command,
@@ -175,21 +213,12 @@ def test_a_failing_critical_dependency_fires_its_alert_and_resolves(
             )
             # Both scraped (the token accepted), the dependency reachable: no alert.
             wait_for(
-                lambda: (
-                    scraped_jobs(prometheus) == [("petsage", "1")] * 2
-                    and prometheus.query('petsage_health_check_status{check="db"} == 0')
-                    != []
-                ),
+                partial(both_scraped_and_the_check_passing, prometheus),
                 "Prometheus scraping both instances, the check passing",
             )
             assert prometheus.alerts(ALERT) == []
         # The dependency's listener is closed: its port refuses connections.
-        took_to_fire = wait_for(
-            lambda: any(
-                alert["state"] == "firing" for alert in prometheus.alerts(ALERT)
-            ),
-            f"{ALERT} firing",
-        )
+        took_to_fire = wait_for(partial(firing, prometheus), f"{ALERT} firing")
         (alert,) = prometheus.alerts(ALERT)
         guarded_target = f"127.0.0.1:{guarded.management_port}"
         assert alert["labels"] == {
@@ -208,14 +237,4 @@ def test_a_failing_critical_dependency_fires_its_alert_and_resolves(
             took_to_resolve = wait_for(
                 lambda: prometheus.alerts(ALERT) == [], f"{ALERT} resolved"
             )
-    fault_record(
-        fault="critical dependency down, seen by Prometheus",
-        injected="closed the TCP listener of one instance's critical dependency"
-        " (PETSAGE_CHECK_PERIOD=0.5), reopened it on the same port once firing",
-        load="none; Prometheus scraping both management listeners every 1 s",
-        sent=0,
-        failed=0,
-        lost=0,
-        recovery=f"{took_to_fire:.1f} s to firing (rules' for: 1 s),"
-        f" {took_to_resolve:.1f} s from the dependency's return to resolved",
-    )
+    record_the_alert(fault_record, took_to_fire, took_to_resolve)

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -275,6 +275,14 @@ class HAProxy:
         """HAProxy sends ``name`` no new traffic."""
         return self.states.get(name, "").startswith("DOWN")
 
+    def transitions_since(self, began: float) -> list[str]:
+        """Each change of a server's state since ``began``, as +seconds, name, state."""
+        return [
+            f"+{at - began:.1f} s {name} {status}"
+            for at, name, status in self.transitions
+            if at >= began
+        ]
+
     def log(self) -> str:
         """What HAProxy logged: one line per request (option httplog)."""
         return self.log_path.read_text(errors="replace")
@@ -329,93 +337,95 @@ def workers_replaced(master: int, old: set[int], count: int) -> bool:
     return len(current) == count and not current & old
 
 
-@pytest.mark.fault
-@needs_haproxy
-def test_reloads_and_restarts_behind_haproxy_lose_no_request(
-    start_gunicorn: GunicornFactory, tmp_path: Path, fault_record: FaultRecorder
+def start_draining_instance(
+    start_gunicorn: GunicornFactory, port: int
+) -> GunicornServer:
+    """A gunicorn on 127.0.0.1:``port`` that drains for DRAIN_DELAY on SIGTERM."""
+    return start_gunicorn(
+        {
+            "PETSAGE_BIND": f"127.0.0.1:{port}",
+            "PETSAGE_SHUTDOWN_DELAY": str(DRAIN_DELAY),
+        }
+    )
+
+
+@dataclass
+class Timeline:
+    """What happened since ``began``, and how each instance recovered."""
+
+    began: float
+    events: list[str] = field(default_factory=list)
+    reloads: list[str] = field(default_factory=list)
+    restarts: list[str] = field(default_factory=list)
+
+
+def reload_behind_haproxy(
+    proxy: HAProxy,
+    name: str,
+    server: GunicornServer,
+    load: ClientLoad,
+    timeline: Timeline,
 ) -> None:
-    front, *ports = free_ports(3)
-    names = ["petsage1", "petsage2"]  # the server names in deploy/haproxy.cfg
+    """SIGHUP: gunicorn starts new workers and stops the old ones; ``name`` back UP."""
+    master = server.process.pid
+    load.phase("SIGHUP")
+    since = time.monotonic() - timeline.began
+    server.process.send_signal(signal.SIGHUP)
+    replaced = wait_until(
+        partial(workers_replaced, master, children(master), 2),
+        30,
+        f"{name}'s workers replaced",
+    )
+    wait_until(partial(proxy.in_rotation, name), 15, f"{name} UP")
+    timeline.events.append(
+        f"+{since:.1f} s {name} SIGHUP: workers replaced in {replaced:.1f} s"
+    )
+    timeline.reloads.append(f"{name} {replaced:.1f} s")
 
-    def start_instance(port: int) -> GunicornServer:
-        return start_gunicorn(
-            {
-                "PETSAGE_BIND": f"127.0.0.1:{port}",
-                "PETSAGE_SHUTDOWN_DELAY": str(DRAIN_DELAY),
-            }
-        )
 
-    servers = [start_instance(port) for port in ports]
-    events: list[str] = []
-    reloads: list[str] = []  # each instance's recovery, for the fault record
-    restarts: list[str] = []
-    with haproxy(tmp_path, front, ports) as proxy:
-        for name in names:
-            wait_until(partial(proxy.in_rotation, name), 10, f"{name} UP")
-        load = ClientLoad(
-            front, threads=4, keep_alive_threads=2, pause=0.01, timeout=CLIENT_TIMEOUT
-        )
-        began = time.monotonic()
-        with load:
-            load.phase("steady")
-            time.sleep(1.0)
-            for index, name in enumerate(names):
-                server = servers[index]
-                master = server.process.pid
+def restart_behind_haproxy(
+    proxy: HAProxy,
+    name: str,
+    server: GunicornServer,
+    load: ClientLoad,
+    timeline: Timeline,
+    start: Callable[[], GunicornServer],
+) -> GunicornServer:
+    """SIGTERM: drain, stop, ``start`` a new instance on the same port: the new one."""
+    load.phase("SIGTERM")
+    terminated = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    out = wait_until(partial(proxy.out_of_rotation, name), 10, f"{name} DOWN")
+    # The new instance binds the same port: the old one must be gone.
+    server.process.wait(timeout=60)
+    exited = time.monotonic() - terminated
+    restarted = time.monotonic()
+    new = start()
+    wait_until(partial(proxy.in_rotation, name), 15, f"{name} UP")
+    back = time.monotonic() - restarted
+    timeline.events.append(
+        f"+{terminated - timeline.began:.1f} s {name} SIGTERM: out of rotation "
+        f"after {out:.1f} s, exited (code {server.process.returncode}) "
+        f"after {exited:.1f} s; the new instance in rotation "
+        f"{back:.1f} s after its start"
+    )
+    timeline.restarts.append(f"{name} out {out:.1f} s, new one in {back:.1f} s")
+    return new
 
-                # (a) SIGHUP: gunicorn starts new workers and stops the old ones.
-                load.phase("SIGHUP")
-                at = time.monotonic() - began
-                server.process.send_signal(signal.SIGHUP)
-                replaced = wait_until(
-                    partial(workers_replaced, master, children(master), 2),
-                    30,
-                    f"{name}'s workers replaced",
-                )
-                wait_until(partial(proxy.in_rotation, name), 15, f"{name} UP")
-                events.append(
-                    f"+{at:.1f} s {name} SIGHUP: workers replaced in {replaced:.1f} s"
-                )
-                reloads.append(f"{name} {replaced:.1f} s")
-                time.sleep(SETTLE)
 
-                # (b) SIGTERM: drain, stop, start a new instance on the same port.
-                load.phase("SIGTERM")
-                terminated = time.monotonic()
-                server.process.send_signal(signal.SIGTERM)
-                out = wait_until(
-                    partial(proxy.out_of_rotation, name), 10, f"{name} DOWN"
-                )
-                # The new instance binds the same port: the old one must be gone.
-                server.process.wait(timeout=60)
-                exited = time.monotonic() - terminated
-                restarted = time.monotonic()
-                servers[index] = start_instance(ports[index])
-                wait_until(partial(proxy.in_rotation, name), 15, f"{name} UP")
-                back = time.monotonic() - restarted
-                events.append(
-                    f"+{terminated - began:.1f} s {name} SIGTERM: out of rotation "
-                    f"after {out:.1f} s, exited (code {server.process.returncode}) "
-                    f"after {exited:.1f} s; the new instance in rotation "
-                    f"{back:.1f} s after its start"
-                )
-                restarts.append(f"{name} out {out:.1f} s, new one in {back:.1f} s")
-                time.sleep(SETTLE)
-            load.phase("steady")
-            time.sleep(1.0)
-        duration = time.monotonic() - began
-        transitions = [
-            f"+{at - began:.1f} s {name} {status}"
-            for at, name, status in proxy.transitions
-            if at >= began
-        ]
-        unanswered = proxy.failed_requests()
-
+def record_reloads_and_restarts(
+    fault_record: FaultRecorder,
+    load: ClientLoad,
+    timeline: Timeline,
+    duration: float,
+    transitions: list[str],
+) -> None:
+    """Print the events and each phase's figures; the fault record's two rows."""
     print(
         f"\nbehind HAProxy (deploy/haproxy.cfg: inter 500ms fall 2 rise 2, retries 0), "
         f"load for {duration:.0f} s, 4 client threads (2 keep-alive):"
     )
-    for event in events:
+    for event in timeline.events:
         print(f"  {event}")
     print(f"  HAProxy's view: {'; '.join(transitions)}")
     for phase, tally in sorted(load.phases.items()):
@@ -428,7 +438,7 @@ def test_reloads_and_restarts_behind_haproxy_lose_no_request(
         fault="reload (SIGHUP) behind HAProxy",
         injected="SIGHUP to each of 2 gunicorn masters in turn: all workers replaced",
         load=through,
-        recovery="workers replaced: " + ", ".join(reloads),
+        recovery="workers replaced: " + ", ".join(timeline.reloads),
         **load.phases["SIGHUP"].counts(),
     )
     fault_record(
@@ -438,9 +448,45 @@ def test_reloads_and_restarts_behind_haproxy_lose_no_request(
             "a new instance started on its port"
         ),
         load=through,
-        recovery="out of rotation, back in: " + "; ".join(restarts),
+        recovery="out of rotation, back in: " + "; ".join(timeline.restarts),
         **load.phases["SIGTERM"].counts(),
     )
+
+
+@pytest.mark.fault
+@needs_haproxy
+def test_reloads_and_restarts_behind_haproxy_lose_no_request(
+    start_gunicorn: GunicornFactory, tmp_path: Path, fault_record: FaultRecorder
+) -> None:
+    front, *ports = free_ports(3)
+    names = ["petsage1", "petsage2"]  # the server names in deploy/haproxy.cfg
+    servers = [start_draining_instance(start_gunicorn, port) for port in ports]
+    with haproxy(tmp_path, front, ports) as proxy:
+        for name in names:
+            wait_until(partial(proxy.in_rotation, name), 10, f"{name} UP")
+        load = ClientLoad(
+            front, threads=4, keep_alive_threads=2, pause=0.01, timeout=CLIENT_TIMEOUT
+        )
+        timeline = Timeline(began=time.monotonic())
+        with load:
+            load.phase("steady")
+            time.sleep(1.0)
+            for index, name in enumerate(names):
+                # (a) SIGHUP: gunicorn starts new workers and stops the old ones.
+                reload_behind_haproxy(proxy, name, servers[index], load, timeline)
+                time.sleep(SETTLE)
+                # (b) SIGTERM: drain, stop, start a new instance on the same port.
+                start = partial(start_draining_instance, start_gunicorn, ports[index])
+                servers[index] = restart_behind_haproxy(
+                    proxy, name, servers[index], load, timeline, start
+                )
+                time.sleep(SETTLE)
+            load.phase("steady")
+            time.sleep(1.0)
+        duration = time.monotonic() - timeline.began
+        transitions = proxy.transitions_since(timeline.began)
+        unanswered = proxy.failed_requests()
+    record_reloads_and_restarts(fault_record, load, timeline, duration, transitions)
     # HAProxy's own log names the instance and how each failed request ended.
     failures = "\n".join(load.failed[:20] + unanswered[:20])
     assert load.phases["SIGHUP"].sent > 100
@@ -733,6 +779,77 @@ def first_answer_from(
     raise AssertionError(f"{path} not answered by the new worker in {RECOVERY_BOUND} s")
 
 
+def freeze_and_count_in_flight(worker: int, port: int) -> int:
+    """SIGSTOP ``worker``; the connections to ``port`` it holds: requests in flight."""
+    # Frozen first, so that the connections it holds can be counted: these are
+    # the requests in flight on it, the only ones its death may lose.
+    os.kill(worker, signal.SIGSTOP)
+    wait_until(partial(stopped, worker), 5, f"worker {worker} stopped")
+    return len(socket_inodes(worker) & set(tcp_connections(port).values()))
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """The worker forked after a kill, when, and when it first answered each path."""
+
+    worker: int
+    replaced: float
+    ready: float
+    smoke: float
+
+
+def wait_for_a_new_worker_serving(
+    server: GunicornServer, old: set[int], killed: float
+) -> Replacement:
+    """The master's new worker, once it has answered /readyz and the smoke test."""
+    master = server.process.pid
+    replaced = wait_until(
+        lambda: len(children(master) - old) == 1,
+        RECOVERY_BOUND,
+        "a new worker",
+    )
+    [new_worker] = children(master) - old
+    ready = first_answer_from(new_worker, server.port, "/readyz", killed, bool)
+    smoke = first_answer_from(
+        new_worker,
+        server.port,
+        SMOKE_TEST,
+        killed,
+        lambda body: json.loads(body) == SMOKE_TEST_BODY,
+    )
+    return Replacement(new_worker, replaced, ready, smoke)
+
+
+def record_the_killed_worker(
+    fault_record: FaultRecorder,
+    victim: int,
+    in_flight: int,
+    new: Replacement,
+    load: ClientLoad,
+) -> None:
+    """Print what killing ``victim`` cost and how soon it was replaced; record it."""
+    print(
+        f"\nworker {victim} killed (SIGKILL) under load with {in_flight} connection(s) "
+        f"open on it; new worker {new.worker} forked after {new.replaced * 1000:.0f} "
+        f"ms; from it /readyz 200 after {new.ready * 1000:.0f} ms, the smoke test 200 "
+        f"after {new.smoke * 1000:.0f} ms; {load.sent} requests, "
+        f"{len(load.failed)} failed"
+        + "".join(f"\n  {failure}" for failure in load.failed)
+    )
+    fault_record(
+        fault="worker killed",
+        injected=(
+            f"SIGKILL to 1 of 2 workers ({in_flight} connection(s) in flight on it)"
+        ),
+        load="4 client threads, smoke test, new connection per request",
+        recovery=(
+            f"new worker after {new.replaced * 1000:.0f} ms; /readyz 200 from it after "
+            f"{new.ready * 1000:.0f} ms, smoke test after {new.smoke * 1000:.0f} ms"
+        ),
+        **load.total.counts(),
+    )
+
+
 @pytest.mark.fault
 def test_a_killed_worker_is_replaced_and_serves_again(
     start_gunicorn: GunicornFactory, fault_record: FaultRecorder
@@ -744,50 +861,13 @@ def test_a_killed_worker_is_replaced_and_serves_again(
     with ClientLoad(server.port, threads=4, pause=0.005) as load:
         load.phase("before the kill")
         time.sleep(1.0)
-        # Frozen first, so that the connections it holds can be counted: these are
-        # the requests in flight on it, the only ones its death may lose.
-        os.kill(victim, signal.SIGSTOP)
-        wait_until(partial(stopped, victim), 5, f"worker {victim} stopped")
-        in_flight = len(
-            socket_inodes(victim) & set(tcp_connections(server.port).values())
-        )
+        in_flight = freeze_and_count_in_flight(victim, server.port)
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
         load.phase("after the kill")
-        replaced = wait_until(
-            lambda: len(children(master) - {victim, survivor}) == 1,
-            RECOVERY_BOUND,
-            "a new worker",
-        )
-        [new_worker] = children(master) - {victim, survivor}
-        ready = first_answer_from(new_worker, server.port, "/readyz", killed, bool)
-        smoke = first_answer_from(
-            new_worker,
-            server.port,
-            SMOKE_TEST,
-            killed,
-            lambda body: json.loads(body) == SMOKE_TEST_BODY,
-        )
+        replacement = wait_for_a_new_worker_serving(server, {victim, survivor}, killed)
         time.sleep(0.5)
-    print(
-        f"\nworker {victim} killed (SIGKILL) under load with {in_flight} connection(s) "
-        f"open on it; new worker {new_worker} forked after {replaced * 1000:.0f} ms; "
-        f"from it /readyz 200 after {ready * 1000:.0f} ms, the smoke test 200 after "
-        f"{smoke * 1000:.0f} ms; {load.sent} requests, {len(load.failed)} failed"
-        + "".join(f"\n  {failure}" for failure in load.failed)
-    )
-    fault_record(
-        fault="worker killed",
-        injected=(
-            f"SIGKILL to 1 of 2 workers ({in_flight} connection(s) in flight on it)"
-        ),
-        load="4 client threads, smoke test, new connection per request",
-        recovery=(
-            f"new worker after {replaced * 1000:.0f} ms; /readyz 200 from it after "
-            f"{ready * 1000:.0f} ms, smoke test after {smoke * 1000:.0f} ms"
-        ),
-        **load.total.counts(),
-    )
+    record_the_killed_worker(fault_record, victim, in_flight, replacement, load)
     # The new worker answered both (first_answer_from fails otherwise); how soon is a
     # figure of the record, which load stretches, not a bound.
     assert len(load.failed) <= in_flight

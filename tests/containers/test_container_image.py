@@ -43,10 +43,10 @@ from tests.containers.podman import (
     podman,
 )
 from tests.health.test_gunicorn import DRAINING, LIVENESS
-from tests.serving.test_reliability import wait_until
 from tests.support.dockerfile import DOCKERFILE, image_environment
 from tests.support.gunicorn_process import REPO_ROOT, http_request
 from tests.support.load import SMOKE_TEST, SMOKE_TEST_BODY, ClientLoad
+from tests.support.processes import wait_until
 
 # One pytest-xdist worker runs them all: they share the images their session
 # fixtures build.

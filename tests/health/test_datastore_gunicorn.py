@@ -23,7 +23,6 @@ from tests.instance.test_health import (
     next_cycle,
     published,
 )
-from tests.serving.test_reliability import children
 from tests.support.datastores import (
     PETSAGE_PASSWORD,
     PostgresServer,
@@ -32,6 +31,7 @@ from tests.support.datastores import (
 )
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
+from tests.support.processes import children
 
 pytestmark = pytest.mark.slow  # real servers and gunicorn: not in the fast tier
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.instance.test_health import published
-from tests.serving.test_reliability import wait_until
 from tests.support.gunicorn_process import REPO_ROOT, GunicornFactory, GunicornServer
 from tests.support.listeners import http_reply, refusing, serving
 from tests.support.load import SMOKE_TEST, ClientLoad
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

@@ -25,16 +25,6 @@ from petsage.instance.directory import (
     process_start_time,
     running_instances,
 )
-from tests.serving.test_reliability import (
-    CLIENT_TIMEOUT,
-    DRAIN_DELAY,
-    answers,
-    children,
-    free_ports,
-    haproxy,
-    needs_haproxy,
-    wait_until,
-)
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import (
     GUNICORN,
@@ -43,6 +33,8 @@ from tests.support.gunicorn_process import (
     GunicornServer,
 )
 from tests.support.load import ClientLoad
+from tests.support.processes import answers, children, free_ports, wait_until
+from tests.support.proxies import CLIENT_TIMEOUT, DRAIN_DELAY, haproxy, needs_haproxy
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

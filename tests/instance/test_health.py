@@ -27,10 +27,10 @@ from petsage.health.shared import (
 from petsage.instance.directory import InstanceRecord
 from petsage.instance.memory import SNAPSHOT_CAPACITY, InstanceMemory
 from tests.instance.test_directory import instance_directory, readiness
-from tests.serving.test_reliability import children, wait_until
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 from tests.support.listeners import answering, refusing, serving
+from tests.support.processes import children, wait_until
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

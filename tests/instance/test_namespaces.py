@@ -31,13 +31,6 @@ from tests.instance.test_directory import (
     petsage,
     readiness,
 )
-from tests.serving.test_reliability import (
-    CLIENT_TIMEOUT,
-    DRAIN_DELAY,
-    children,
-    free_ports,
-    wait_until,
-)
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import (
     GUNICORN,
@@ -47,6 +40,8 @@ from tests.support.gunicorn_process import (
     GunicornServer,
 )
 from tests.support.load import ClientLoad
+from tests.support.processes import children, free_ports, wait_until
+from tests.support.proxies import CLIENT_TIMEOUT, DRAIN_DELAY
 
 pytestmark = pytest.mark.slow  # real processes in namespaces: not in the fast tier
 

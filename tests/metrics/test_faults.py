@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serving.test_reliability import answers, wait_until
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer, HttpResult
 from tests.support.load import SMOKE_TEST, ClientLoad
+from tests.support.processes import answers, wait_until
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

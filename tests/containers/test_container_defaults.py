@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FaultRecorder
-from tests.health.test_gunicorn import readiness_once_draining, wait_for_status
 from tests.support.dockerfile import image_command, image_environment
 from tests.support.gunicorn_process import (
     LISTENING,
@@ -27,6 +26,7 @@ from tests.support.gunicorn_process import (
     START_TIMEOUT,
     GunicornServer,
 )
+from tests.support.instances import readiness_once_draining, wait_for_status
 from tests.support.load import ClientLoad
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier

@@ -42,9 +42,9 @@ from tests.containers.podman import (
     inspect_image,
     podman,
 )
-from tests.health.test_gunicorn import DRAINING, LIVENESS
 from tests.support.dockerfile import DOCKERFILE, image_environment
 from tests.support.gunicorn_process import REPO_ROOT, http_request
+from tests.support.instances import DRAINING, LIVENESS
 from tests.support.load import SMOKE_TEST, SMOKE_TEST_BODY, ClientLoad
 from tests.support.processes import wait_until
 

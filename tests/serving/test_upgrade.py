@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from petsage.instance.directory import InstanceRecord, running_instances
-from tests.instance.test_directory import instance_name, readiness
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
+from tests.support.instances import instance_name, readiness
 from tests.support.processes import free_ports, gone, wait_until
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier

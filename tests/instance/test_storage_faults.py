@@ -40,11 +40,11 @@ from typing import Any
 import pytest
 
 from petsage.instance.directory import lock_held
-from tests.metrics.test_faults import mounted, read_only_bind_mount
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 from tests.support.instances import petsage, readiness
 from tests.support.load import ClientLoad
+from tests.support.mounts import mounted, read_only_bind_mount
 from tests.support.processes import children, free_ports, wait_until
 from tests.support.proxies import (
     CLIENT_TIMEOUT,

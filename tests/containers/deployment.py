@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from tests.containers.test_deploy_files import container, manifest
+from tests.containers.manifests import container, manifest
 
 # Kubernetes quantity suffixes, binary and decimal.
 MEMORY_UNITS = {

@@ -1,12 +1,14 @@
 """Who may import whom in petsage/: the import-linter contracts in setup.cfg hold, and
 an import that breaks one of them is caught (the rules: the ``petsage`` docstring); no
-two modules import each other, not even inside a function or for type checking."""
+two modules import each other, not even inside a function or for type checking. In
+tests/, no test module imports another: what tests share lives in tests/support/."""
 
+import ast
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,36 @@ def test_the_tests_mirror_the_package() -> None:
     folders = {path.name for path in (REPO_ROOT / "tests").iterdir() if path.is_dir()}
     assert packages <= folders, packages - folders
     assert (REPO_ROOT / "tests" / "features" / "test_smoke_test.py").is_file()
+
+
+def imported_modules(path: Path) -> Iterator[str]:
+    """The dotted names of the modules ``path`` imports, wherever the statement is;
+    relative imports resolved. ``from a import b`` gives a, and a.b too when a.b is a
+    module of the repository."""
+    package = ".".join(path.relative_to(REPO_ROOT).parent.parts)
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0]
+                base = f"{anchor}.{base}" if base else anchor
+            yield base
+            for alias in node.names:
+                name = f"{base}.{alias.name}"
+                if (REPO_ROOT / (name.replace(".", "/") + ".py")).is_file():
+                    yield name
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    # What tests share lives in tests/support/ (or a helper module beside them, such
+    # as tests/containers/podman.py): a test module is pytest's to collect, never
+    # another module's to import. conftest.py is not a test module.
+    imports = sorted(
+        f"{path.relative_to(REPO_ROOT)} imports {imported}"
+        for path in (REPO_ROOT / "tests").rglob("*.py")
+        for imported in set(imported_modules(path))
+        if imported.rpartition(".")[2].startswith("test_")
+    )
+    assert imports == [], "test modules imported:\n" + "\n".join(imports)

@@ -1,6 +1,7 @@
 """Who may import whom in petsage/: the import-linter contracts in setup.cfg hold, and
 an import that breaks one of them is caught (the rules: the ``petsage`` docstring); no
-two modules import each other, not even inside a function or for type checking."""
+two modules import each other, not even inside a function or for type checking. In
+tests/, no test module imports another: what tests share lives in tests/support/."""
 
 import ast
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.gunicorn_process import REPO_ROOT
+from tests.support.import_graph import import_graph
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
@@ -79,52 +81,6 @@ def test_an_import_against_the_rules_is_caught(
     assert forbidden_import in result.stdout
     broken = [line for line in result.stdout.splitlines() if line.endswith("BROKEN")]
     assert any(broken_contract in line for line in broken), result.stdout
-
-
-def module_paths(root: Path) -> dict[str, Path]:
-    """Every module of the ``petsage`` package under ``root``, by dotted name; a
-    package is its ``__init__``."""
-    modules = {}
-    for path in sorted((root / "petsage").rglob("*.py")):
-        parts = path.relative_to(root).with_suffix("").parts
-        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return modules
-
-
-def imported_names(module: str, path: Path) -> Iterator[str]:
-    """The dotted names ``module`` imports, wherever the statement is (inside a
-    function, under TYPE_CHECKING), relative imports resolved: ``from a import b``
-    gives ``a.b``, which is module a.b when there is one, else a's name b."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.rsplit(".", node.level - 1)[0]
-                base = f"{anchor}.{base}" if base else anchor
-            yield from (f"{base}.{alias.name}" for alias in node.names)
-
-
-def import_graph(root: Path) -> dict[str, set[str]]:
-    """The petsage modules each petsage module imports.
-
-    A name counts as the longest module it starts with (``petsage.config.Setting``:
-    ``petsage.config``). A package importing its own modules is no edge: that is how
-    a package is made, not a cycle.
-    """
-    modules = module_paths(root)
-    graph: dict[str, set[str]] = {module: set() for module in modules}
-    for module, path in modules.items():
-        for name in imported_names(module, path):
-            parts = name.split(".")
-            prefixes = (".".join(parts[:end]) for end in range(len(parts), 0, -1))
-            imported = next((prefix for prefix in prefixes if prefix in modules), None)
-            if imported is not None and not imported.startswith(module + "."):
-                graph[module].add(imported)
-        graph[module].discard(module)
-    return graph
 
 
 def import_cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
@@ -200,3 +156,36 @@ def test_the_tests_mirror_the_package() -> None:
     folders = {path.name for path in (REPO_ROOT / "tests").iterdir() if path.is_dir()}
     assert packages <= folders, packages - folders
     assert (REPO_ROOT / "tests" / "features" / "test_smoke_test.py").is_file()
+
+
+def imported_modules(path: Path) -> Iterator[str]:
+    """The dotted names of the modules ``path`` imports, wherever the statement is;
+    relative imports resolved. ``from a import b`` gives a, and a.b too when a.b is a
+    module of the repository."""
+    package = ".".join(path.relative_to(REPO_ROOT).parent.parts)
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0]
+                base = f"{anchor}.{base}" if base else anchor
+            yield base
+            for alias in node.names:
+                name = f"{base}.{alias.name}"
+                if (REPO_ROOT / (name.replace(".", "/") + ".py")).is_file():
+                    yield name
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    # What tests share lives in tests/support/ (or a helper module beside them, such
+    # as tests/containers/podman.py): a test module is pytest's to collect, never
+    # another module's to import. conftest.py is not a test module.
+    imports = sorted(
+        f"{path.relative_to(REPO_ROOT)} imports {imported}"
+        for path in (REPO_ROOT / "tests").rglob("*.py")
+        for imported in set(imported_modules(path))
+        if imported.rpartition(".")[2].startswith("test_")
+    )
+    assert imports == [], "test modules imported:\n" + "\n".join(imports)

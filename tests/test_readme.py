@@ -3,15 +3,7 @@
 from pathlib import Path
 
 from tests.support.gunicorn_process import REPO_ROOT
-
-TEST_COMMAND = (
-    "python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt -e ."
-    " && .venv/bin/pytest"
-)
-START_COMMAND = (
-    "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt -e ."
-    " && .venv/bin/gunicorn wsgi:app"
-)
+from tests.support.readme_commands import START_COMMAND, TEST_COMMAND
 
 
 def readme_lines() -> list[str]:

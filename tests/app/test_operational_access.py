@@ -11,17 +11,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from petsage.config import ConfigError, load_settings
-from tests.metrics.test_observability import access_records, wait_for_log
-from tests.serving.test_reliability import (
-    free_ports,
-    haproxy,
-    needs_haproxy,
-    needs_nginx,
-    nginx,
-    wait_until,
-)
 from tests.support.gunicorn_process import GunicornFactory, HttpResult
+from tests.support.logs import access_records, wait_for_log
 from tests.support.management import Instance, free_port, get
+from tests.support.processes import free_ports, wait_until
+from tests.support.proxies import haproxy, needs_haproxy, needs_nginx, nginx
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

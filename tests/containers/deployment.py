@@ -5,11 +5,10 @@ network): every PETSAGE_*BIND whose value names a container port is rewritten to
 """
 
 import re
-import socket
 from dataclasses import dataclass
 from typing import Any
 
-from tests.containers.test_deploy_files import container, manifest
+from tests.containers.manifests import container, manifest
 
 # Kubernetes quantity suffixes, binary and decimal.
 MEMORY_UNITS = {
@@ -34,13 +33,6 @@ def memory_quantity(value: str | int) -> int:
     match = re.fullmatch(r"(\d+)([KMG]i?|k)?", str(value))
     assert match, f"unsupported memory quantity {value!r}"
     return int(match.group(1)) * MEMORY_UNITS[match.group(2) or ""]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

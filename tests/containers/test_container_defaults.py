@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FaultRecorder
-from tests.health.test_gunicorn import readiness_once_draining, wait_for_status
 from tests.support.dockerfile import image_command, image_environment
 from tests.support.gunicorn_process import (
     LISTENING,
@@ -27,7 +26,9 @@ from tests.support.gunicorn_process import (
     START_TIMEOUT,
     GunicornServer,
 )
+from tests.support.instances import readiness_once_draining, wait_for_status
 from tests.support.load import ClientLoad
+from tests.support.processes import children
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
@@ -208,22 +209,6 @@ def half_cpu() -> Iterator[Cgroup]:
     remove_cgroup(cgroup)
 
 
-def children_of(pid: int) -> set[int]:
-    """The processes whose parent is ``pid``."""
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold blanks and parentheses: the fields follow the last.
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            children.add(int(entry.name))
-    return children
-
-
 def test_the_default_worker_count_follows_a_half_cpu_quota(half_cpu: Cgroup) -> None:
     env = {
         **environment_without_settings(),
@@ -236,7 +221,7 @@ def test_the_default_worker_count_follows_a_half_cpu_quota(half_cpu: Cgroup) -> 
         while server.log().count("Booting worker") < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)  # time enough for a fourth and fifth worker to appear
-        workers = children_of(server.process.pid)
+        workers = children(server.process.pid)
         log = server.log()
     finally:
         server.stop()

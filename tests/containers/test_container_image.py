@@ -26,7 +26,7 @@ import yaml
 
 from petsage.config import load_settings
 from tests.conftest import FaultRecorder
-from tests.containers.deployment import Deployment, deployment, free_port
+from tests.containers.deployment import Deployment, deployment
 from tests.containers.figures import record_figure
 from tests.containers.podman import (
     HELPERS,
@@ -42,11 +42,12 @@ from tests.containers.podman import (
     inspect_image,
     podman,
 )
-from tests.health.test_gunicorn import DRAINING, LIVENESS
-from tests.serving.test_reliability import wait_until
 from tests.support.dockerfile import DOCKERFILE, image_environment
 from tests.support.gunicorn_process import REPO_ROOT, http_request
+from tests.support.instances import DRAINING, LIVENESS
 from tests.support.load import SMOKE_TEST, SMOKE_TEST_BODY, ClientLoad
+from tests.support.management import free_port
+from tests.support.processes import wait_until
 
 # One pytest-xdist worker runs them all: they share the images their session
 # fixtures build.

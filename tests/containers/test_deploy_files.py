@@ -4,39 +4,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from petsage import create_app
 from petsage.config import load_settings
+from tests.containers.manifests import MANIFESTS, container, manifest
 from tests.support.dockerfile import image_environment, image_instructions
 from tests.support.gunicorn_process import REPO_ROOT, GunicornFactory
 
 BIN = Path(sys.executable).parent
 DEPLOY = REPO_ROOT / "deploy"
-MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 DOCKERFILE = DEPLOY / "Dockerfile"
-
-
-def manifest(kind: str) -> dict[str, Any]:
-    """The one manifest of ``kind``."""
-    [found] = [
-        document
-        for path in MANIFESTS
-        for document in yaml.safe_load_all(path.read_text())
-        if document["kind"] == kind
-    ]
-    assert isinstance(found, dict)
-    return found
-
-
-def container() -> dict[str, Any]:
-    """The PetSage container of the Deployment."""
-    [petsage] = manifest("Deployment")["spec"]["template"]["spec"]["containers"]
-    assert isinstance(petsage, dict)
-    return petsage
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ from petsage.config import SETTINGS, ConfigError, load_settings
 from petsage.health.dependencies import dependencies_from
 from tests.docs.pages import Block, blocks, name, normalized, pages, shell_blocks
 from tests.support.gunicorn_process import REPO_ROOT
-from tests.test_readme import START_COMMAND, TEST_COMMAND
+from tests.support.readme_commands import START_COMMAND, TEST_COMMAND
 
 PIP_COMPILE_TEST = "def test_readme_gives_the_command_that_generated_the_pins("
 FEATURE_PIPELINE = "tests/features/test_feature_pipeline.py"

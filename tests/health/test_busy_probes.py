@@ -1,6 +1,5 @@
 """Probes while every worker thread is busy: the management listener still answers."""
 
-import socket
 import threading
 import time
 from http.client import HTTPException
@@ -11,18 +10,11 @@ from tests.support.apps.slow import SLOW_SECONDS
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, http_request
 from tests.support.load import Tally
+from tests.support.management import free_port
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
 WORKERS, THREADS = 2, 2
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def probe_for(port: int, path: str, seconds: float) -> Tally:

@@ -15,15 +15,6 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.instance.test_directory import readiness
-from tests.instance.test_health import (
-    AUTH,
-    TOKEN,
-    first_cycle_begun_after,
-    next_cycle,
-    published,
-)
-from tests.serving.test_reliability import children
 from tests.support.datastores import (
     PETSAGE_PASSWORD,
     PostgresServer,
@@ -32,6 +23,9 @@ from tests.support.datastores import (
 )
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
+from tests.support.instances import AUTH, TOKEN, readiness
+from tests.support.processes import children
+from tests.support.snapshots import first_cycle_begun_after, next_cycle, published
 
 pytestmark = pytest.mark.slow  # real servers and gunicorn: not in the fast tier
 

@@ -18,7 +18,7 @@ from petsage.health import init_health
 from petsage.health.checks import Check, Observation
 from petsage.health.dependencies import SCHEMES, dependencies_from, reserved_names
 from tests.support.gunicorn_process import GUNICORN, REPO_ROOT
-from tests.test_layout import import_graph
+from tests.support.import_graph import import_graph
 
 CRITICAL = "PETSAGE_CRITICAL_DEPENDENCIES"
 OPTIONAL = "PETSAGE_OPTIONAL_DEPENDENCIES"

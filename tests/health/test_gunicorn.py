@@ -15,38 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.instance.test_health import published
-from tests.serving.test_reliability import wait_until
 from tests.support.gunicorn_process import REPO_ROOT, GunicornFactory, GunicornServer
+from tests.support.instances import LIVENESS, readiness_once_draining, wait_for_status
 from tests.support.listeners import http_reply, refusing, serving
 from tests.support.load import SMOKE_TEST, ClientLoad
+from tests.support.processes import wait_until
+from tests.support.snapshots import published
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
 PETSAGE = Path(sys.executable).with_name("petsage")
-# What the master logs once the drain marker is written: readiness fails from then on.
-DRAINING = "Draining: readiness fails now"
-# Bounds on waiting for what must happen: far longer than it takes on a busy machine.
-LIVENESS = 60.0
-
-
-def wait_for_status(
-    server: GunicornServer, path: str, status: int, timeout: float = LIVENESS
-) -> float:
-    """Probe ``path`` until it answers ``status``; the seconds it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if server.request("GET", path, timeout=10).status == status:
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise AssertionError(f"{path} did not answer {status} within {timeout} s")
-
-
-def readiness_once_draining(server: GunicornServer) -> int:
-    """The answer to the first /readyz sent after the master logged, on SIGTERM, that
-    it drains: readiness fails at once, with no moment of 200 left after that."""
-    wait_until(lambda: DRAINING in server.log(), LIVENESS, "the master draining")
-    return server.request("GET", "/readyz").status
 
 
 def test_sigterm_drains_under_load_then_exits_cleanly(

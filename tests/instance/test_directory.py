@@ -22,18 +22,7 @@ import pytest
 
 from petsage.instance.directory import (
     InstanceRecord,
-    process_start_time,
     running_instances,
-)
-from tests.serving.test_reliability import (
-    CLIENT_TIMEOUT,
-    DRAIN_DELAY,
-    answers,
-    children,
-    free_ports,
-    haproxy,
-    needs_haproxy,
-    wait_until,
 )
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import (
@@ -42,26 +31,20 @@ from tests.support.gunicorn_process import (
     GunicornFactory,
     GunicornServer,
 )
+from tests.support.instances import (
+    instance_directory,
+    instance_name,
+    petsage,
+    readiness,
+)
 from tests.support.load import ClientLoad
+from tests.support.processes import answers, children, free_ports, wait_until
+from tests.support.proxies import CLIENT_TIMEOUT, DRAIN_DELAY, haproxy, needs_haproxy
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
-PETSAGE = Path(sys.executable).with_name("petsage")
 # Instances in tests/support/gunicorn_process.py have no drain delay unless given one.
 DRAINING = {"PETSAGE_SHUTDOWN_DELAY": "2"}
-
-
-def readiness(port: int, timeout: float = 2.0) -> int | None:
-    """The status /readyz of 127.0.0.1:``port`` answers, or None without an answer."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(
-                b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-            )
-            head = sock.recv(64)
-    except OSError:
-        return None
-    return int(head.split()[1]) if head.startswith(b"HTTP/1.") else None
 
 
 def ready(port: int) -> bool:
@@ -77,30 +60,6 @@ def poll_readiness(port: int, seconds: float) -> list[int | None]:
         answers.append(readiness(port))
         time.sleep(0.05)
     return answers
-
-
-def petsage(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``petsage`` command with ``env`` added to the environment."""
-    return subprocess.run(
-        [str(PETSAGE), *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-def instance_name(pid: int) -> str:
-    """The instance name of the master ``pid`` (alive, in this PID namespace)."""
-    namespace = os.stat("/proc/self/ns/pid").st_ino
-    return f"petsage-{pid}-{namespace}-{process_start_time(pid)}"
-
-
-def instance_directory(server: GunicornServer, state: str = "/dev/shm") -> Path:
-    """The state directory of ``server``'s master (alive)."""
-    return Path(state) / instance_name(server.process.pid)
 
 
 def kill_master(server: GunicornServer, workers: set[int]) -> None:

@@ -24,22 +24,18 @@ from petsage.health.shared import (
     decode,
     encode,
 )
-from petsage.instance.directory import InstanceRecord
 from petsage.instance.memory import SNAPSHOT_CAPACITY, InstanceMemory
-from tests.instance.test_directory import instance_directory, readiness
-from tests.serving.test_reliability import children, wait_until
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
+from tests.support.instances import AUTH, LIVENESS, TOKEN, readiness
 from tests.support.listeners import answering, refusing, serving
+from tests.support.processes import children, wait_until
+from tests.support.snapshots import first_cycle_begun_after, published
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
 # A dependency as slow as the one that showed the reload gap: 1.5 s per answer.
 SLOW = 1.5
-# Bounds on waiting for what must happen: far longer than it takes on a busy machine.
-LIVENESS = 60.0
-TOKEN = "health-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Why readiness fails, to a token holder, once the instance saw its TCP check refused.
 REFUSED = "db: ConnectionRefusedError: Connection refused"
 
@@ -51,22 +47,6 @@ def slow_dependency(port: int) -> dict[str, str]:
         "PETSAGE_CHECK_TIMEOUT": "3",
         "PETSAGE_CHECK_PERIOD": "10",
     }
-
-
-def instance_memory(server: GunicornServer, state: str = "/dev/shm") -> InstanceMemory:
-    """The memory ``server``'s master shares with its workers, mapped here as
-    ``petsage drain`` maps it."""
-    record = InstanceRecord.load(str(instance_directory(server, state)))
-    return InstanceMemory.attach(record.pid, record.memory_fd, record.name)
-
-
-def published(server: GunicornServer, state: str = "/dev/shm") -> dict[str, Any] | None:
-    """The instance's published snapshot, or None before its first cycle."""
-    found = instance_memory(server, state).read_snapshot()
-    if found is None:
-        return None
-    document: dict[str, Any] = json.loads(found[2])
-    return document
 
 
 def poll_readiness(port: int, seconds: float, every: float) -> list[int | None]:
@@ -274,32 +254,6 @@ def test_another_worker_takes_over_the_checks_when_the_leader_is_killed(
     # From the kill on, through the takeover: every answer the instance's.
     assert answers == [200] * len(answers)
     assert hits <= elapsed / (period * (1 - JITTER)) + 2
-
-
-def next_cycle(server: GunicornServer, after: dict[str, Any]) -> dict[str, Any]:
-    """The instance's next published cycle after the one ``after`` describes."""
-
-    def newer() -> dict[str, Any] | None:
-        document = published(server)
-        if document is None or document["completed_at"] <= after["completed_at"]:
-            return None
-        return document
-
-    wait_until(lambda: newer() is not None, LIVENESS, "the next cycle")
-    document = newer()
-    assert document is not None
-    return document
-
-
-def first_cycle_begun_after(server: GunicornServer, moment: float) -> dict[str, Any]:
-    """The first cycle the instance began after ``moment`` (monotonic clock), as it
-    published it: a cycle begins at its predecessor's ``next_cycle_at`` or later.
-    (Cycles come seconds apart; the file is read every 20 ms.)"""
-    document = published(server)
-    assert document is not None
-    while document["next_cycle_at"] <= moment:
-        document = next_cycle(server, document)
-    return next_cycle(server, document)
 
 
 def published_by_another(

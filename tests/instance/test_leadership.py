@@ -21,12 +21,11 @@ from typing import Any
 import pytest
 
 from tests.faults.threads import frozen_thread
-from tests.instance.test_health import published
-from tests.serving.test_reliability import answers, children, served_by, wait_until
-from tests.serving.test_upgrade import gone
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory
 from tests.support.management import Instance
+from tests.support.processes import answers, children, gone, served_by, wait_until
+from tests.support.snapshots import published
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

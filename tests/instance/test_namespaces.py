@@ -25,19 +25,6 @@ from pathlib import Path
 import pytest
 
 from petsage.instance.directory import InstanceRecord, lock_held, process_start_time
-from tests.instance.test_directory import (
-    PETSAGE,
-    instance_directory,
-    petsage,
-    readiness,
-)
-from tests.serving.test_reliability import (
-    CLIENT_TIMEOUT,
-    DRAIN_DELAY,
-    children,
-    free_ports,
-    wait_until,
-)
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import (
     GUNICORN,
@@ -46,7 +33,10 @@ from tests.support.gunicorn_process import (
     GunicornFactory,
     GunicornServer,
 )
+from tests.support.instances import PETSAGE, instance_directory, petsage, readiness
 from tests.support.load import ClientLoad
+from tests.support.processes import children, free_ports, wait_until
+from tests.support.proxies import CLIENT_TIMEOUT, DRAIN_DELAY
 
 pytestmark = pytest.mark.slow  # real processes in namespaces: not in the fast tier
 

@@ -40,21 +40,19 @@ from typing import Any
 import pytest
 
 from petsage.instance.directory import lock_held
-from tests.instance.test_directory import petsage, readiness
-from tests.metrics.test_faults import mounted, read_only_bind_mount
-from tests.serving.test_reliability import (
+from tests.support.fault_record import FaultRecorder
+from tests.support.gunicorn_process import GunicornFactory, GunicornServer
+from tests.support.instances import petsage, readiness
+from tests.support.load import ClientLoad
+from tests.support.mounts import mounted, read_only_bind_mount
+from tests.support.processes import children, free_ports, wait_until
+from tests.support.proxies import (
     CLIENT_TIMEOUT,
     DRAIN_DELAY,
     HAProxy,
-    children,
-    free_ports,
     haproxy,
     needs_haproxy,
-    wait_until,
 )
-from tests.support.fault_record import FaultRecorder
-from tests.support.gunicorn_process import GunicornFactory, GunicornServer
-from tests.support.load import ClientLoad
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

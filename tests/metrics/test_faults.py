@@ -14,19 +14,18 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serving.test_reliability import answers, wait_until
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer, HttpResult
 from tests.support.load import SMOKE_TEST, ClientLoad
+from tests.support.metrics_files import metric_files, samples
+from tests.support.mounts import mounted, read_only_bind_mount
+from tests.support.processes import answers, wait_until
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
@@ -47,11 +46,6 @@ REQUESTS = ("petsage_http_requests_total", "GET", SMOKE_TEST, "200")
 # (the test suite's and CI's, ``--quick``) keeps the test near 20 s; the full form
 # (PETSAGE_FAULT_FULL=1, ``bash tests/faults/run``) restarts 1,000.
 RESTARTS = 1000 if os.environ.get("PETSAGE_FAULT_FULL") == "1" else 100
-
-
-def metric_files(directory: Path) -> list[Path]:
-    """Every metrics file under ``directory``, in whichever instance's directory."""
-    return sorted(directory.glob("**/*.db"))
 
 
 def booted_workers(server: GunicornServer) -> list[int]:
@@ -90,58 +84,12 @@ def crashes(server: GunicornServer) -> list[str]:
     ]
 
 
-def samples(body: bytes) -> dict[tuple[str, ...], float]:
-    """The text format's samples, keyed by name and label values (by label name)."""
-    return {
-        (sample.name, *(sample.labels[name] for name in sorted(sample.labels))): (
-            sample.value
-        )
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
-
-
 def is_degraded(answer: HttpResult) -> bool:
     """Whether a /metrics answer says that metrics are degraded, both ways it can."""
     degraded = samples(answer.body).get(("petsage_metrics_degraded",))
     header = answer.headers.get("PetSage-Metrics")
     assert (degraded == 1.0) == (header == "degraded"), (degraded, header)
     return degraded == 1.0
-
-
-@contextlib.contextmanager
-def mounted(*arguments: str) -> Iterator[None]:
-    """``mount arguments...`` for the block; skip the test where mounting is refused."""
-    target = arguments[-1]
-    if shutil.which("mount") is None:
-        pytest.skip(
-            "no mount command on this machine (Debian: apt-get install -y mount)"
-        )
-    result = subprocess.run(
-        ["mount", *arguments], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount here ({result.stderr.strip() or result.returncode})")
-    try:
-        yield
-    finally:
-        # Lazy: detached at once even if a process still holds a file in it.
-        subprocess.run(["umount", "-l", target], check=True)
-
-
-@contextlib.contextmanager
-def read_only_bind_mount(directory: Path) -> Iterator[None]:
-    """``directory`` read-only for the block, for files opened from now on."""
-    with mounted("--bind", str(directory), str(directory)):
-        remount = subprocess.run(
-            ["mount", "-o", "remount,bind,ro", str(directory)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if remount.returncode != 0:
-            pytest.skip(f"cannot remount read-only here ({remount.stderr.strip()})")
-        yield
 
 
 def wait_for_service(server: GunicornServer, workers: int = 2) -> list[int]:

@@ -18,20 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 from tests.support.load import ClientLoad
+from tests.support.logs import access_records, wait_for_log
 from tests.support.management import Instance
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
 SMOKE_TEST = "/api/v1/smoke-test"
-
-
-def access_records(server: GunicornServer, path: str) -> list[dict[str, Any]]:
-    """The access-log records of requests to ``path``."""
-    return [
-        record
-        for record in server.log_records()
-        if record["logger"] == "gunicorn.access" and record["path"] == path
-    ]
 
 
 def worker_pids(metrics_dir: Path, kind: str) -> set[int]:
@@ -50,17 +42,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition did not hold in time"
         time.sleep(0.05)
-
-
-def wait_for_log(server: GunicornServer, text: str, timeout: float = 30.0) -> None:
-    """Wait until the server has logged ``text`` in a whole line (it logs after
-    replying)."""
-    deadline = time.monotonic() + timeout
-    while (
-        not any(text in line for line in server.log_lines())
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.02)
 
 
 def raw_request(port: int, request: bytes) -> bytes:

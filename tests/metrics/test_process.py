@@ -13,11 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.serving.test_reliability import children
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory
 from tests.support.management import Instance
 from tests.support.monitoring import run_tool
+from tests.support.processes import children
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

@@ -17,7 +17,8 @@ from petsage.metrics.storage import (
     fold_into_archive,
     shared_exposition,
 )
-from tests.metrics.test_faults import metric_files, mounted, samples
+from tests.support.metrics_files import metric_files, samples
+from tests.support.mounts import mounted
 
 
 def worker_file(directory: Path, kind: str, pid: int, values: dict[str, float]) -> None:

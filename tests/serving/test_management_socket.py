@@ -21,19 +21,13 @@ from pathlib import Path
 import pytest
 
 from petsage.config import ConfigError, load_settings
-from tests.serving.test_reliability import (
-    SlowClients,
-    answers,
-    children,
-    probe_for,
-    wait_for_workers,
-    wait_until,
-)
 from tests.support.apps.gil import HOLD_SECONDS
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import REPO_ROOT, GunicornFactory, GunicornServer
 from tests.support.load import ClientLoad, Tally
 from tests.support.management import free_port
+from tests.support.processes import answers, children, wait_for_workers, wait_until
+from tests.support.slow_clients import SlowClients, probe_for
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 

@@ -9,20 +9,13 @@ record (``docs/reliability.md``); the requirements are those of the issue, not t
 """
 
 import contextlib
-import csv
 import http.client
-import io
 import json
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,12 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fault_record import FaultRecorder
-from tests.support.gunicorn_process import (
-    REPO_ROOT,
-    GunicornFactory,
-    GunicornServer,
-    complete_lines,
-)
+from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 from tests.support.load import (
     SMOKE_TEST,
     SMOKE_TEST_BODY,
@@ -43,61 +31,39 @@ from tests.support.load import (
     Tally,
     percentile,
 )
+from tests.support.processes import (
+    answers,
+    children,
+    free_ports,
+    served_by,
+    socket_inodes,
+    tcp_connections,
+    wait_for_workers,
+    wait_until,
+)
+from tests.support.proxies import (
+    CLIENT_TIMEOUT,
+    DRAIN_DELAY,
+    HAProxy,
+    haproxy,
+    needs_haproxy,
+    needs_nginx,
+    nginx,
+)
+from tests.support.slow_clients import (
+    PROBE_INTERVAL,
+    PROBE_TIMEOUT,
+    SlowClients,
+    probe_for,
+)
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
-DEPLOY = REPO_ROOT / "deploy"
-HAPROXY_CONFIG = DEPLOY / "haproxy.cfg"
-NGINX_CONFIG = DEPLOY / "nginx.conf"
-HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-
-needs_haproxy = pytest.mark.skipif(
-    HAPROXY is None,
-    reason="haproxy is not installed (Debian: apt-get install -y haproxy)",
-)
-needs_nginx = pytest.mark.skipif(
-    NGINX is None,
-    reason="nginx is not installed (Debian: apt-get install -y nginx)",
-)
-
-# Long enough for HAProxy (inter 500ms, fall 2) to take a draining instance out of
-# rotation before it closes its listener, short enough for a quick test.
-DRAIN_DELAY = 3.0
-# Requests a client waits for: an instance whose workers are rebooting holds new
-# connections in its listen backlog for a second or two; that is latency, not loss.
-CLIENT_TIMEOUT = 15.0
 # Steady load between events, so that each event starts from a settled state.
 SETTLE = 2.0
 
 
-# Processes and sockets, read from /proc (Linux), so that no extra package is needed.
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports of 127.0.0.1 that nothing listens on right now."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
-def children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid``: a gunicorn master's workers."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        # The command name, in parentheses, may hold spaces: the fields follow it.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid:
-            found.add(int(entry))
-    return found
+# Processes, read from /proc (Linux), so that no extra package is needed.
 
 
 def rss_kib(pid: int) -> int:
@@ -107,29 +73,6 @@ def rss_kib(pid: int) -> int:
     )
     assert match, f"no VmRSS for {pid}"
     return int(match.group(1))
-
-
-def tcp_connections(port: int) -> dict[int, int]:
-    """Established IPv4 connections whose local port is ``port``: peer port -> inode."""
-    found = {}
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-        if state == "01" and int(local.split(":")[1], 16) == port:
-            found[int(remote.split(":")[1], 16)] = int(inode)
-    return found
-
-
-def socket_inodes(pid: int) -> set[int]:
-    """The inodes of the sockets ``pid`` holds open."""
-    inodes = set()
-    directory = f"/proc/{pid}/fd"
-    for fd in os.listdir(directory):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"{directory}/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    return inodes
 
 
 def stopped(pid: int) -> bool:
@@ -142,193 +85,7 @@ def stopped(pid: int) -> bool:
     return all(state in "tT" for state in states)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until it holds; the seconds that took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
-    return time.monotonic() - started
-
-
-def answers(port: int, path: str, timeout: float = 2.0) -> int | None:
-    """The status ``path`` answers on a new connection, or None if it cannot."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        connection.close()
-
-
-def served_by(pid: int, connection: http.client.HTTPConnection, port: int) -> bool:
-    """Whether process ``pid`` holds the server end of ``connection`` (kept alive)."""
-    assert connection.sock is not None
-    client_port = connection.sock.getsockname()[1]
-    inode = tcp_connections(port).get(client_port)
-    return inode is not None and inode in socket_inodes(pid)
-
-
-def wait_for_workers(server: GunicornServer, count: int = 2) -> list[int]:
-    """The pids of the master's ``count`` workers, once each has answered a request.
-
-    gunicorn reports it listens when its first worker boots; a test that measures how
-    the workers share connections must not start before the last one accepts them.
-    """
-    master = server.process.pid
-    answered: set[int] = set()
-
-    def all_answered() -> bool:
-        workers = children(master)
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
-        try:
-            connection.request("GET", "/livez")
-            response = connection.getresponse()
-            response.read()
-            answered.update(
-                pid for pid in workers if served_by(pid, connection, server.port)
-            )
-        except (OSError, http.client.HTTPException):
-            pass
-        finally:
-            connection.close()
-        return len(workers) == count and workers <= answered
-
-    wait_until(all_answered, 20, f"{count} workers answering")
-    return sorted(children(master))
-
-
-# HAProxy, running deploy/haproxy.cfg itself.
-
-
-class HAProxy:
-    """HAProxy in the foreground with ``deploy/haproxy.cfg``, and its servers' states.
-
-    The shipped file is loaded unchanged (HAProxy fills in its environment variables);
-    a second file adds only a stats socket, so the test can see what HAProxy thinks of
-    each instance. A thread records every change of state with its time.
-    """
-
-    def __init__(self, workdir: Path, port: int, instances: list[int]) -> None:
-        assert HAPROXY is not None
-        self.port = port
-        self.stats_path = workdir / "haproxy.sock"
-        self.log_path = workdir / "haproxy.log"
-        extra = workdir / "stats.cfg"
-        extra.write_text(f'global\n    stats socket "{self.stats_path}" mode 600\n')
-        environment = {
-            **os.environ,
-            "PETSAGE_HAPROXY_BIND": f"127.0.0.1:{port}",
-            **{
-                f"PETSAGE_INSTANCE_{number}": f"127.0.0.1:{instance}"
-                for number, instance in enumerate(instances, start=1)
-            },
-        }
-        command = [HAPROXY, "-db", "-f", str(HAPROXY_CONFIG), "-f", str(extra)]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, env=environment, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.states: dict[str, str] = {}
-        self.transitions: list[tuple[float, str, str]] = []
-        self._stop = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-
-    def stat(self) -> dict[str, str]:
-        """Each server's status as HAProxy reports it: UP, DOWN, 'UP 1/2', ..."""
-        with socket.socket(socket.AF_UNIX) as client:
-            client.settimeout(2)
-            client.connect(str(self.stats_path))
-            client.sendall(b"show stat\n")
-            chunks = []
-            while chunk := client.recv(65536):
-                chunks.append(chunk)
-        text = b"".join(chunks).decode().lstrip("# ")
-        return {
-            row["svname"]: row["status"]
-            for row in csv.DictReader(io.StringIO(text))
-            if row["pxname"] == "petsage"
-            and row["svname"] not in ("FRONTEND", "BACKEND")
-        }
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                states = self.stat()
-            except OSError:
-                continue
-            for name, status in states.items():
-                if self.states.get(name) != status:
-                    self.transitions.append((time.monotonic(), name, status))
-            self.states = states
-
-    def in_rotation(self, name: str) -> bool:
-        """HAProxy sends ``name`` traffic and has no failed check pending."""
-        return self.states.get(name) == "UP"
-
-    def out_of_rotation(self, name: str) -> bool:
-        """HAProxy sends ``name`` no new traffic."""
-        return self.states.get(name, "").startswith("DOWN")
-
-    def transitions_since(self, began: float) -> list[str]:
-        """Each change of a server's state since ``began``, as +seconds, name, state."""
-        return [
-            f"+{at - began:.1f} s {name} {status}"
-            for at, name, status in self.transitions
-            if at >= began
-        ]
-
-    def log(self) -> str:
-        """What HAProxy logged: one line per request (option httplog)."""
-        return self.log_path.read_text(errors="replace")
-
-    def failed_requests(self) -> list[str]:
-        """Request log lines whose answer was not 200, for a failing test's message."""
-        return [
-            line
-            for line in complete_lines(self.log())
-            if " petsage petsage/" in line and not re.search(r"/\d+ 200 ", line)
-        ]
-
-    def start(self) -> None:
-        """Wait until HAProxy answers on its stats socket, then watch its servers."""
-
-        def up() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"haproxy exited:\n{self.log()}")
-            try:
-                self.stat()
-            except OSError:
-                return False
-            return True
-
-        wait_until(up, 10, "HAProxy started")
-        self._watcher.start()
-
-    def stop(self) -> None:
-        """Stop watching and stop HAProxy."""
-        self._stop.set()
-        if self._watcher.is_alive():
-            self._watcher.join(timeout=5)
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def haproxy(workdir: Path, port: int, instances: list[int]) -> Iterator[HAProxy]:
-    """HAProxy balancing ``instances`` on ``port``, stopped after."""
-    proxy = HAProxy(workdir, port, instances)
-    try:
-        proxy.start()
-        yield proxy
-    finally:
-        proxy.stop()
+# Reloads and restarts behind HAProxy (tests/support/proxies.py).
 
 
 def workers_replaced(master: int, old: set[int], count: int) -> bool:
@@ -497,121 +254,9 @@ def test_reloads_and_restarts_behind_haproxy_lose_no_request(
 
 # Idle and slowloris connections.
 
-# A request head that never ends: after these bytes, one "a" a second, forever.
-SLOWLORIS_HEAD = b"GET /livez HTTP/1.1\r\nHost: petsage\r\nX-Slowloris: "
 IDLE_CONNECTIONS = 200
 SLOWLORIS_CONNECTIONS = 50
 HOLD_SECONDS = 12.0
-PROBE_INTERVAL = 0.2
-PROBE_TIMEOUT = 1.0  # kubelet's default timeoutSeconds
-
-
-@dataclass
-class HeldConnection:
-    """One attacking connection, and how much of its head it has sent."""
-
-    sock: socket.socket
-    slow: bool
-    sent: int = 0
-
-    def closed_by_server(self) -> bool:
-        """Whether the server closed, reset or answered (e.g. 408) this connection."""
-        try:
-            # Returns at once: b"" once closed, or the first byte of an answer.
-            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False  # open, and nothing to read: still held
-        except OSError:
-            pass  # reset
-        return True
-
-    def trickle(self) -> None:
-        """Send the next byte of the endless head."""
-        byte = SLOWLORIS_HEAD[self.sent : self.sent + 1] or b"a"
-        with contextlib.suppress(OSError):  # noticed as closed at the next tick
-            self.sock.send(byte)
-            self.sent += 1
-
-
-class SlowClients:
-    """``idle`` silent connections and ``slow`` slowloris connections to a port.
-
-    Every second each slowloris connection sends one more byte of a head that never
-    ends. A connection the server closes (nginx times them out) is opened again at the
-    next tick, as an attacker would, so about ``idle`` + ``slow`` stay open throughout.
-    """
-
-    def __init__(self, port: int, idle: int, slow: int) -> None:
-        self.port = port
-        self.idle = idle
-        self.slow = slow
-        self.reopened = 0
-        self.not_opened = 0
-        self.connections: list[HeldConnection] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _open(self, slow: bool) -> HeldConnection | None:
-        try:
-            sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
-        except OSError:
-            self.not_opened += 1
-            return None
-        # Non-blocking: a socket with a timeout would wait out the timeout in recv
-        # instead of answering MSG_DONTWAIT at once.
-        sock.setblocking(False)
-        return HeldConnection(sock, slow)
-
-    def _tick(self) -> None:
-        kept = []
-        for connection in self.connections:
-            if connection.closed_by_server():
-                connection.sock.close()
-                self.reopened += 1
-                replacement = self._open(connection.slow)
-                if replacement is None:
-                    continue
-                connection = replacement
-            if connection.slow:
-                connection.trickle()
-            kept.append(connection)
-        self.connections = kept
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            self._tick()
-
-    def __enter__(self) -> "SlowClients":
-        opened = [self._open(slow=n >= self.idle) for n in range(self.idle + self.slow)]
-        self.connections = [c for c in opened if c is not None]
-        for connection in self.connections:
-            if connection.slow:
-                connection.trickle()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        for connection in self.connections:
-            connection.sock.close()
-
-
-def probe_for(port: int, path: str, seconds: float) -> Tally:
-    """Probe ``path`` every PROBE_INTERVAL for ``seconds``, as a kubelet would."""
-    tally = Tally()
-    deadline = time.monotonic() + seconds
-    while (started := time.monotonic()) < deadline:
-        status = answers(port, path, timeout=PROBE_TIMEOUT)
-        tally.sent += 1
-        if status == 200:
-            tally.latencies.append(time.monotonic() - started)
-        else:
-            at = seconds - (deadline - started)
-            tally.failed.append(f"+{at:.1f} s: {status or 'no answer in 1 s'}")
-            tally.lost += status is None
-        time.sleep(max(0.0, started + PROBE_INTERVAL - time.monotonic()))
-    return tally
 
 
 def slow_client_figures(where: str, attack: SlowClients, probes: Tally) -> str:
@@ -673,53 +318,6 @@ def test_idle_and_slowloris_clients_against_gunicorn_alone(
         probes,
         f"{freed * 1000:.0f} ms to /livez 200 once the connections closed",
     )
-
-
-def render_nginx_config(listen: str, upstream: str) -> str:
-    """deploy/nginx.conf with its two placeholders filled in, as envsubst would."""
-    text = NGINX_CONFIG.read_text()
-    for name, value in (
-        ("PETSAGE_NGINX_LISTEN", listen),
-        ("PETSAGE_UPSTREAM", upstream),
-    ):
-        text = text.replace("${" + name + "}", value)
-    assert "${" not in text, "deploy/nginx.conf has a placeholder the test misses"
-    return text
-
-
-@contextlib.contextmanager
-def nginx(upstream_port: int) -> Iterator[int]:
-    """nginx running deploy/nginx.conf in front of 127.0.0.1:``upstream_port``."""
-    assert NGINX is not None
-    [port] = free_ports(1)
-    # nginx's workers run as an unprivileged user when started as root: its prefix
-    # (temporary files) must be theirs to enter.
-    prefix = Path(tempfile.mkdtemp(prefix="petsage-nginx-"))
-    prefix.chmod(0o755)
-    config = prefix / "nginx.conf"
-    config.write_text(
-        render_nginx_config(f"127.0.0.1:{port}", f"127.0.0.1:{upstream_port}")
-    )
-    log_path = prefix / "nginx.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [NGINX, "-p", f"{prefix}/", "-e", "stderr", "-c", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-
-        def serving() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"nginx exited:\n{log_path.read_text()}")
-            return answers(port, "/livez") == 200
-
-        wait_until(serving, 10, "nginx serving /livez")
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(prefix, ignore_errors=True)
 
 
 @pytest.mark.fault

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from petsage.instance.directory import InstanceRecord, running_instances
-from tests.instance.test_directory import instance_name, readiness
-from tests.serving.test_reliability import free_ports, wait_until
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
+from tests.support.instances import instance_name, readiness
+from tests.support.processes import free_ports, gone, wait_until
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
@@ -36,15 +36,6 @@ def smoke_tests_counted(server: GunicornServer) -> float:
     body = server.request("GET", "/metrics").body.decode()
     match = SMOKE_COUNT.search(body)
     return float(match.group(1)) if match else 0.0
-
-
-def gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (and been reaped, or is a zombie)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
 
 
 @pytest.fixture

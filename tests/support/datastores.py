@@ -12,7 +12,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.management import free_port
 
 # Who runs the servers when the tests run as root.
 SERVER_USER = "petsage-test"
@@ -33,14 +34,6 @@ PETSAGE_USER = "petsage"
 PETSAGE_PASSWORD = "s3cret/pw#1,x"
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-pw"
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def server_user() -> dict[str, Any]:

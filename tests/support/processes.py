@@ -1,0 +1,132 @@
+"""Processes and sockets on 127.0.0.1, read from /proc (Linux) so that no extra
+package is needed: free ports, a master's workers, which process serves a
+connection, whether a process is gone, and polling until a condition holds."""
+
+import contextlib
+import http.client
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.gunicorn_process import GunicornServer
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports of 127.0.0.1 that nothing listens on right now."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``: a gunicorn master's workers."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name, in parentheses, may hold spaces: the fields follow it.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.add(int(entry))
+    return found
+
+
+def tcp_connections(port: int) -> dict[int, int]:
+    """Established IPv4 connections whose local port is ``port``: peer port -> inode."""
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if state == "01" and int(local.split(":")[1], 16) == port:
+            found[int(remote.split(":")[1], 16)] = int(inode)
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets ``pid`` holds open."""
+    inodes = set()
+    directory = f"/proc/{pid}/fd"
+    for fd in os.listdir(directory):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"{directory}/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``condition`` until it holds; the seconds that took."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def answers(port: int, path: str, timeout: float = 2.0) -> int | None:
+    """The status ``path`` answers on a new connection, or None if it cannot."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+def served_by(pid: int, connection: http.client.HTTPConnection, port: int) -> bool:
+    """Whether process ``pid`` holds the server end of ``connection`` (kept alive)."""
+    assert connection.sock is not None
+    client_port = connection.sock.getsockname()[1]
+    inode = tcp_connections(port).get(client_port)
+    return inode is not None and inode in socket_inodes(pid)
+
+
+def wait_for_workers(server: GunicornServer, count: int = 2) -> list[int]:
+    """The pids of the master's ``count`` workers, once each has answered a request.
+
+    gunicorn reports it listens when its first worker boots; a test that measures how
+    the workers share connections must not start before the last one accepts them.
+    """
+    master = server.process.pid
+    answered: set[int] = set()
+
+    def all_answered() -> bool:
+        workers = children(master)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
+        try:
+            connection.request("GET", "/livez")
+            response = connection.getresponse()
+            response.read()
+            answered.update(
+                pid for pid in workers if served_by(pid, connection, server.port)
+            )
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            connection.close()
+        return len(workers) == count and workers <= answered
+
+    wait_until(all_answered, 20, f"{count} workers answering")
+    return sorted(children(master))
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (and been reaped, or is a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"

@@ -40,6 +40,7 @@ from petsage.serving.server import (  # noqa: E402
     ProbeQuietLogger,
     answer_gunicorn_errors_with_problems,
     assign_health_slot,
+    close_listeners_in_forked_children,
     drain_before_stopping,
     forget_worker_metrics,
     record_listeners,
@@ -131,6 +132,11 @@ def on_reload(server: Any) -> None:
 def pre_fork(server: Any, worker: Any) -> None:
     """Give the worker its slot in the instance's memory: its heartbeat and lease."""
     assign_health_slot(server, worker, instance.memory)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Keep the listening sockets out of any process the worker forks (a check's)."""
+    close_listeners_in_forked_children(worker)
 
 
 def post_worker_init(worker: Any) -> None:

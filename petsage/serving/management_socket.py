@@ -85,6 +85,11 @@ def listening_socket(bind: str) -> socket.socket | None:
     return _opened.get(bind)
 
 
+def listening_sockets() -> list[socket.socket]:
+    """The sockets this master opened, which its workers inherited."""
+    return list(_opened.values())
+
+
 def inherited(bind: str) -> socket.socket:
     """In a worker: the socket its master opened for ``bind``."""
     try:

@@ -3,6 +3,7 @@
 ``gunicorn.conf.py`` wires these in; nothing here runs outside gunicorn.
 """
 
+import contextlib
 import errno
 import logging
 import os
@@ -27,7 +28,7 @@ from petsage.instance.memory import InstanceMemory
 from petsage.metrics.storage import RETIREMENT
 from petsage.middleware.security import problem_error_bytes
 from petsage.serving.logs import AccessAtoms, JsonAccessLines
-from petsage.serving.management_socket import IN_USE
+from petsage.serving.management_socket import IN_USE, listening_sockets
 from petsage.serving.probe_listener import start_probe_listener
 
 logger = logging.getLogger(__name__)
@@ -293,6 +294,30 @@ def forget_worker_metrics(pid: int) -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         RETIREMENT.retire(directory, pid)
+
+
+def close_listeners_in_forked_children(worker: Any) -> None:
+    """Make every process this worker forks close the sockets the instance listens
+    on, first thing after the fork.
+
+    A check may fork without exec (``os.fork``, multiprocessing's fork start
+    method). Its child gets a copy of every descriptor, the public listeners and the
+    management listener among them, and keeps them after the worker and the master
+    are gone: the kernel then queues connections that nobody will accept, and a new
+    instance cannot bind the addresses, for as long as the child lives (one that
+    ignores SIGTERM outlives any stop). Closed in the child (``os.register_at_fork``),
+    they are the worker's and the master's alone; the child keeps every other
+    descriptor it may need. A program started with exec (``subprocess``) inherits
+    none of them anyway: they are close-on-exec. Registered in each worker after it
+    is forked, never in the master, whose own forks are the workers.
+    """
+
+    def close_listeners() -> None:
+        for listener in [*worker.sockets, *listening_sockets()]:
+            with contextlib.suppress(OSError):
+                listener.close()
+
+    os.register_at_fork(after_in_child=close_listeners)
 
 
 def start_worker_services(

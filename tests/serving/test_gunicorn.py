@@ -1,21 +1,29 @@
 """PetSage under a real gunicorn with gunicorn.conf.py, over HTTP on 127.0.0.1."""
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import gunicorn
 import pytest
 
+from tests.support.apps.forking import CHILDREN_VARIABLE
+from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import (
     GUNICORN,
     REPO_ROOT,
     GunicornFactory,
     GunicornServer,
 )
+from tests.support.instances import LIVENESS
+from tests.support.processes import answers, free_ports, gone, wait_until
 
 SMOKE_TEST = "/api/v1/smoke-test"
 BODY = {"status": "ok", "message": "PetSage smoke test successful!"}
@@ -163,3 +171,74 @@ def test_a_taken_bind_option_is_named_as_gunicorns_own(taken_port: int) -> None:
         f" {IN_USE}",
     ]
     assert result.stderr == ""
+
+
+def pids_in(record: Path) -> list[int]:
+    """The pids a forking check's children wrote to ``record``, one a line."""
+    return [int(line) for line in record.read_text().split()] if record.exists() else []
+
+
+@pytest.fixture
+def forked_children(tmp_path: Path) -> Iterator[Path]:
+    """Where a forking check's children write their pids; every one killed after."""
+    record = tmp_path / "children"
+    yield record
+    for pid in pids_in(record):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def refuses(port: int) -> bool:
+    """Whether a connection to 127.0.0.1:``port`` is refused (nothing listens)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False  # accepted by the kernel, or timed out: someone listens
+
+
+@pytest.mark.fault
+@pytest.mark.slow
+def test_a_checks_forked_child_keeps_no_listener_once_the_master_stops(
+    start_gunicorn: GunicornFactory, forked_children: Path, fault_record: FaultRecorder
+) -> None:
+    public, management = free_ports(2)
+    env = {"PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{management}"}
+    args = ["-b", f"127.0.0.1:{public}"]
+    old = start_gunicorn(
+        {**env, CHILDREN_VARIABLE: str(forked_children)},
+        app="tests.support.apps.forking:app",
+        args=args,
+    )
+    wait_until(lambda: bool(pids_in(forked_children)), LIVENESS, "the check's fork")
+    old.stop()
+    children = pids_in(forked_children)
+    outliving = [pid for pid in children if not gone(pid)]
+    refused = [port for port in (public, management) if refuses(port)]
+    assert outliving == children, "the children ignore SIGTERM and outlive the master"
+    assert refused == [public, management]
+    started = time.monotonic()
+    new = start_gunicorn(env, args=args)
+    wait_until(
+        lambda: {answers(new.port, "/readyz"), answers(management, "/readyz")} == {200},
+        LIVENESS,
+        "/readyz 200 on both ports of the new instance",
+    )
+    fault_record(
+        fault="a check's child holding the listeners",
+        injected=(
+            "a check forks a child without exec (os.fork) that ignores SIGTERM and"
+            " sleeps; SIGTERM to the master, which exits while the child lives"
+        ),
+        load="a connection to each old port; /readyz on both ports of a new instance",
+        sent=4,
+        failed=2 - len(refused),
+        lost=0,
+        recovery=(
+            "both old ports refused connections while the children lived; a new"
+            " instance on the same public and management ports answered /readyz 200"
+            f" {time.monotonic() - started:.1f} s after its start"
+        ),
+    )

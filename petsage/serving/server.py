@@ -113,6 +113,8 @@ def drain_before_stopping(arbiter: Any, drain: Drain, delay: float) -> None:
             graceful_stop()
             return
         draining.set()
+        # A drain ``petsage drain`` began before this SIGTERM, if any.
+        earlier = drain.began()
         # In the memory the master shares with its workers: no storage can fail it.
         began = drain.begin(Drain.SHUTDOWN)
         # Time already spent draining (``petsage drain`` before the SIGTERM), on the
@@ -120,11 +122,20 @@ def drain_before_stopping(arbiter: Any, drain: Drain, delay: float) -> None:
         # from before a reboot (a later monotonic time) counts as none spent.
         spent = min(max(time.monotonic() - began, 0.0), delay)
         remaining = delay - spent
+        since = (
+            f", after {spent:.1f} s of draining by {DrainLog.COMMAND}"
+            if earlier is not None
+            else ""
+        )
         if remaining <= 0:
+            if since:
+                arbiter.log.info("Stopping on SIGTERM%s", since)
             graceful_stop()
             return
         arbiter.log.info(
-            "Draining: readiness fails now; shutting down in %.1f s", remaining
+            "Draining: readiness fails now; shutting down in %.1f s (SIGTERM%s)",
+            remaining,
+            since,
         )
         timer = threading.Timer(remaining, os.kill, (os.getpid(), signal.SIGTERM))
         timer.daemon = True
@@ -171,10 +182,89 @@ def release_health_slot(worker: Any, memory: InstanceMemory) -> None:
         memory.clear_slot(slot)
 
 
+class DrainLog:
+    """Log each drain an operator begins or cancels, one line per instance.
+
+    ``petsage drain`` writes the drain state into the instance's memory from a
+    process of its own, and a drain file comes and goes with no PetSage process
+    involved: neither can write to the instance's log. The master notices them. It is
+    one per instance (every worker seeing the change would log it once per worker),
+    it stays for the instance's life (the health leader changes, so a change one
+    leader saw might be logged again by the next, or by none), it wakes at least once
+    a second whatever the workers do, and its log is the instance's, where SIGTERM's
+    drain line goes. A change is logged within a pass of gunicorn's loop; a drain
+    begun and cancelled within one pass leaves no line. The shutdown drain is not
+    watched here: the master begins it itself, on SIGTERM, and logs it then.
+    """
+
+    COMMAND = "petsage drain"
+    CANCEL = "petsage drain --cancel"
+
+    def __init__(self, log: Any, memory: InstanceMemory, marker: str | None) -> None:
+        self.log = log
+        self.memory = memory
+        self.marker = marker or None
+        self.file_cause = f"the drain file {self.marker}"
+        # What the last pass saw: the manual drain's start, the drain file.
+        self.manual: float | None = None
+        self.marked = False
+
+    def note_changes(self) -> None:
+        """Log what ended and what began since the last pass, in that order, each
+        line saying what still drains."""
+        state = self.memory.drain_state()
+        manual = state.manual
+        marked = self.marker is not None and os.path.exists(self.marker)
+        shutdown = state.shutdown is not None
+        command_ended = self.manual is not None and manual != self.manual
+        file_ended = self.marked and not marked
+        by_command = self.manual is not None and not command_ended
+        by_file = self.marked and not file_ended
+        if command_ended:
+            removed = f", which removed {self.file_cause} too" if file_ended else ""
+            self._cancelled(f"by {self.CANCEL}{removed}", shutdown, by_command, by_file)
+        elif file_ended:
+            how = f"by removing {self.file_cause}"
+            self._cancelled(how, shutdown, by_command, by_file)
+        if manual is not None and manual != self.manual:
+            self._begun(self.COMMAND, shutdown or by_file)
+            by_command = True
+        if marked and not self.marked:
+            self._begun(self.file_cause, shutdown or by_command)
+        self.manual, self.marked = manual, marked
+
+    def _begun(self, cause: str, already: bool) -> None:
+        self.log.info(
+            "Draining begun by %s: %s",
+            cause,
+            "readiness already failed"
+            if already
+            else "readiness fails now; requests are still served",
+        )
+
+    def _cancelled(
+        self, how: str, shutdown: bool, by_command: bool, by_file: bool
+    ) -> None:
+        causes = (
+            ("SIGTERM", shutdown),
+            (self.COMMAND, by_command),
+            (self.file_cause, by_file),
+        )
+        still = [cause for cause, active in causes if active]
+        self.log.info(
+            "Draining cancelled %s: %s",
+            how,
+            f"still draining ({', '.join(still)})"
+            if still
+            else "readiness follows the checks again",
+        )
+
+
 class InstanceKeeper:
     """What the master does about once a second, beside gunicorn's own loop: put
-    back what vanished of the instance's directory, and replace a worker whose
-    health thread has been silent for REPLACE_AFTER leases.
+    back what vanished of the instance's directory, replace a worker whose health
+    thread has been silent for REPLACE_AFTER leases, and log the drains operators
+    begin and cancel (DrainLog).
 
     That worker fails its own liveness from one lease on, and another worker runs
     the checks; the master stops it gracefully (SIGTERM: requests in flight are
@@ -200,6 +290,9 @@ class InstanceKeeper:
         self.seen: dict[int, tuple[float, float]] = {}
         self.last_pass = time.monotonic()
         self.last_replaced = float("-inf")
+        self.drain_log = DrainLog(
+            arbiter.log, instance.memory, instance.record.drain_file
+        )
 
     def install(self) -> None:
         """Run after each pass of gunicorn's loop (it wakes at least once a second)."""
@@ -212,8 +305,9 @@ class InstanceKeeper:
         self.arbiter.murder_workers = murder_then_keep
 
     def keep(self) -> None:
-        """One pass: repair the directory, replace wedged workers."""
+        """One pass: log drains, repair the directory, replace wedged workers."""
         try:
+            self.drain_log.note_changes()
             self.instance.repair()
             self.replace_wedged_workers()
         except Exception:

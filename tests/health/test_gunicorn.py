@@ -11,14 +11,22 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import REPO_ROOT, GunicornFactory, GunicornServer
-from tests.support.instances import LIVENESS, readiness_once_draining, wait_for_status
+from tests.support.instances import (
+    LIVENESS,
+    petsage,
+    readiness_once_draining,
+    wait_for_status,
+)
 from tests.support.listeners import http_reply, refusing, serving
 from tests.support.load import SMOKE_TEST, ClientLoad
+from tests.support.logs import messages_at
 from tests.support.processes import wait_until
 from tests.support.snapshots import published
 
@@ -208,6 +216,105 @@ def test_a_drain_begun_by_the_command_counts_toward_the_sigterms_delay(
     ]
     assert 0 < remaining <= delay
     assert server.request("GET", "/readyz").status == 503
+
+
+# What the instance's log says of a drain begun and cancelled, then of SIGTERM.
+READINESS_FAILS = "readiness fails now; requests are still served"
+READINESS_BACK = "readiness follows the checks again"
+SIGTERM_DRAIN = "Draining: readiness fails now; shutting down in 1.0 s (SIGTERM)"
+
+
+def run_petsage(*args: str) -> None:
+    """Run the ``petsage`` command; it must succeed."""
+    result = petsage(*args)
+    assert result.returncode == 0, result.stderr
+
+
+def wait_for_drain_lines(server: GunicornServer, count: int) -> float:
+    """Wait until the instance logged ``count`` drain lines at INFO; the seconds."""
+    return wait_until(
+        lambda: len(messages_at(server, "INFO", "Draining")) >= count,
+        LIVENESS,
+        f"drain line {count}",
+    )
+
+
+def drain_then_cancel(
+    server: GunicornServer, begin: Callable[[], object], cancel: Callable[[], object]
+) -> tuple[list[int], float]:
+    """Begin a drain, then cancel it, each once the instance logged the one before;
+    /readyz after each line, and the longest wait for a line after its action."""
+    statuses, waits = [], []
+    for count, act in enumerate((begin, cancel), start=1):
+        act()
+        waits.append(wait_for_drain_lines(server, count))
+        statuses.append(server.request("GET", "/readyz").status)
+    server.stop()  # its SIGTERM drains for PETSAGE_SHUTDOWN_DELAY=1
+    return statuses, max(waits)
+
+
+def record_operator_drain(
+    fault_record: FaultRecorder,
+    how: str,
+    log: str,
+    statuses: list[int],
+    wait: float,
+) -> None:
+    """The fault record's row for a drain begun and cancelled by ``how``."""
+    fault_record(
+        fault=f"a drain begun and cancelled by {how}",
+        injected=f"{how}: a drain, its cancel, then SIGTERM (3 workers, {log} log)",
+        load="/readyz once after each line of the instance's log",
+        sent=len(statuses),
+        failed=int(statuses != [503, 200]),
+        lost=0,
+        recovery=(
+            f"one INFO line each in the instance's log naming {how}, at most"
+            f" {wait:.1f} s after the action; then one naming SIGTERM"
+        ),
+    )
+
+
+@pytest.mark.fault
+def test_the_drain_command_and_its_cancel_are_logged_once_per_instance(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+) -> None:
+    env = {"PETSAGE_WORKERS": "3", "PETSAGE_SHUTDOWN_DELAY": "1"}
+    server = start_gunicorn({**env, "PETSAGE_LOG_FORMAT": "json"})
+    wait_for_status(server, "/readyz", 200)
+    instance = ("--instance", str(server.port))
+    statuses, wait = drain_then_cancel(
+        server,
+        lambda: run_petsage("drain", *instance),
+        lambda: run_petsage("drain", "--cancel", *instance),
+    )
+    record_operator_drain(fault_record, "petsage drain", "JSON", statuses, wait)
+    assert messages_at(server, "INFO", "Draining") == [
+        f"Draining begun by petsage drain: {READINESS_FAILS}",
+        f"Draining cancelled by petsage drain --cancel: {READINESS_BACK}",
+        SIGTERM_DRAIN,
+    ]
+    assert statuses == [503, 200]
+
+
+@pytest.mark.fault
+def test_a_drain_file_made_and_removed_is_logged_once_per_instance(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder, tmp_path: Path
+) -> None:
+    marker = tmp_path / "petsage.drain"
+    env = {"PETSAGE_WORKERS": "3", "PETSAGE_SHUTDOWN_DELAY": "1"}
+    server = start_gunicorn(
+        {**env, "PETSAGE_LOG_FORMAT": "text", "PETSAGE_DRAIN_FILE": str(marker)}
+    )
+    wait_for_status(server, "/readyz", 200)
+    statuses, wait = drain_then_cancel(server, marker.touch, marker.unlink)
+    record_operator_drain(fault_record, "the drain file", "text", statuses, wait)
+    assert messages_at(server, "INFO", "Draining") == [
+        f"Draining begun by the drain file {marker}: {READINESS_FAILS}",
+        f"Draining cancelled by removing the drain file {marker}: {READINESS_BACK}",
+        SIGTERM_DRAIN,
+    ]
+    assert statuses == [503, 200]
 
 
 CONFIG = "gunicorn.conf.py"

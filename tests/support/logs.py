@@ -1,6 +1,7 @@
-"""What a real gunicorn serving PetSage logged: its access records, and a wait for a
-line."""
+"""What a real gunicorn serving PetSage logged: its access records, its messages at
+a level, and a wait for a line."""
 
+import json
 import time
 from typing import Any
 
@@ -25,3 +26,19 @@ def wait_for_log(server: GunicornServer, text: str, timeout: float = 30.0) -> No
         and time.monotonic() < deadline
     ):
         time.sleep(0.02)
+
+
+def messages_at(server: GunicornServer, level: str, text: str = "") -> list[str]:
+    """The messages logged at ``level`` that contain ``text``, in order, from JSON
+    lines and text lines (``ASCTIME LEVEL LOGGER: MESSAGE``) alike."""
+    found = []
+    for line in server.log_lines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            logged, message = record.get("level"), str(record.get("message", ""))
+        else:
+            head, _, message = line.partition(": ")
+            logged = head.split()[2] if len(head.split()) > 2 else None
+        if logged == level and text in message:
+            found.append(message)
+    return found

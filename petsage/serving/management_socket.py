@@ -85,6 +85,15 @@ def listening_socket(bind: str) -> socket.socket | None:
     return _opened.get(bind)
 
 
+def listening_url() -> str | None:
+    """The URL of the socket this master holds (``http://HOST:PORT``, IPv6 in
+    brackets), as the kernel bound it; None when it holds none."""
+    for sock in _opened.values():
+        host, port = sock.getsockname()[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return None
+
+
 def inherited(bind: str) -> socket.socket:
     """In a worker: the socket its master opened for ``bind``."""
     try:

@@ -27,7 +27,7 @@ from petsage.instance.memory import InstanceMemory
 from petsage.metrics.storage import RETIREMENT
 from petsage.middleware.security import problem_error_bytes
 from petsage.serving.logs import AccessAtoms, JsonAccessLines
-from petsage.serving.management_socket import IN_USE
+from petsage.serving.management_socket import IN_USE, listening_url
 from petsage.serving.probe_listener import start_probe_listener
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,15 @@ def record_listeners(arbiter: Any, instance: OwnInstance) -> None:
     """
     listeners = [str(listener) for listener in arbiter.LISTENERS]
     instance.mark_listening(listeners or map(address_text, arbiter.cfg.address))
+
+
+def announce_management_listener(arbiter: Any) -> None:
+    """Log where the management listener listens, as gunicorn logs ``Listening at:``
+    for the public port: once at start, and again after a reload that moved it."""
+    url = listening_url()
+    if url is not None and url != getattr(arbiter, "petsage_management_url", None):
+        arbiter.log.info("Management listener at: %s", url)
+    arbiter.petsage_management_url = url
 
 
 def assign_health_slot(arbiter: Any, worker: Any, memory: InstanceMemory) -> None:

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 
 import gunicorn
@@ -16,6 +17,7 @@ from tests.support.gunicorn_process import (
     GunicornFactory,
     GunicornServer,
 )
+from tests.support.management import free_port
 
 SMOKE_TEST = "/api/v1/smoke-test"
 BODY = {"status": "ok", "message": "PetSage smoke test successful!"}
@@ -163,3 +165,54 @@ def test_a_taken_bind_option_is_named_as_gunicorns_own(taken_port: int) -> None:
         f" {IN_USE}",
     ]
     assert result.stderr == ""
+
+
+def wait_for_line(
+    server: GunicornServer, text: str, timeout: float = 30.0
+) -> list[str]:
+    """The whole lines logged so far, once one of them holds ``text`` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = server.log_lines()
+        if any(text in line for line in lines):
+            return lines
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{server.log()}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_the_management_address_is_logged_beside_the_public_one(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    port = free_port()
+    server = start_gunicorn({"PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{port}"})
+    wait_for_line(server, "Management listener at:")
+    records = server.log_records()
+    messages = [record["message"] for record in records]
+    announced = f"Management listener at: http://127.0.0.1:{port}"
+    assert messages.count(announced) == 1, messages
+    [record] = [record for record in records if record["message"] == announced]
+    assert record["level"] == "INFO"
+    assert record["logger"] == "gunicorn.error"
+    # Right beside gunicorn's own line for the public port.
+    public = next(n for n, m in enumerate(messages) if m.startswith("Listening at: "))
+    assert public < messages.index(announced) <= public + 2
+
+
+@pytest.mark.slow
+def test_the_management_address_is_logged_in_text_too(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    port = free_port()
+    server = start_gunicorn(
+        {
+            "PETSAGE_MANAGEMENT_BIND": f"localhost:{port}",
+            "PETSAGE_LOG_FORMAT": "text",
+        }
+    )
+    lines = wait_for_line(server, "Management listener at:")
+    # The address the socket was bound to, not the name it was given.
+    [line] = [line for line in lines if "Management listener at:" in line]
+    assert line.endswith(
+        f" INFO gunicorn.error: Management listener at: http://127.0.0.1:{port}"
+    )

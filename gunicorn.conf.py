@@ -99,11 +99,12 @@ logger_class = ProbeQuietLogger
 
 
 def on_starting(server: Any) -> None:
-    """Stop at once when the address to listen on is taken; log the worker count and
-    why, and every PETSAGE_* variable that is ignored."""
+    """Stop at once when the address to listen on is taken (by the management
+    listener too); log the worker count and why, and every PETSAGE_* variable that
+    is ignored."""
     try:
         # Here, not above: only now are gunicorn's own -b/--bind options applied.
-        refuse_addresses_in_use(server, settings["BIND"])
+        refuse_addresses_in_use(server, settings["BIND"], settings["MANAGEMENT_BIND"])
     except AddressInUseError as error:
         # Logging is set up by now: the record goes to stdout, with every other one.
         server.log.error("%s", error)

@@ -167,6 +167,49 @@ def test_a_taken_bind_option_is_named_as_gunicorns_own(taken_port: int) -> None:
     assert result.stderr == ""
 
 
+# How the public address is given, and how the refusal names it.
+SAME_ADDRESS = [
+    ("PETSAGE_BIND", "127.0.0.1", "PETSAGE_BIND='127.0.0.1:{port}'"),
+    (
+        "-b",
+        "127.0.0.1",
+        "gunicorn's -b/--bind '127.0.0.1:{port}' (which overrides PETSAGE_BIND)",
+    ),
+    # A wildcard covers the management listener's address: the binds would collide
+    # all the same. Refused before gunicorn binds: nothing listens on every interface.
+    (
+        "-b",
+        "0.0.0.0",  # never listened on
+        "gunicorn's -b/--bind '0.0.0.0:{port}' (which overrides PETSAGE_BIND)",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("given_by", "host", "named"), SAME_ADDRESS)
+def test_one_address_for_both_listeners_is_refused_naming_both_settings(
+    given_by: str, host: str, named: str
+) -> None:
+    port = free_port()
+    env = {"PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{port}"}
+    args: list[str] = []
+    if given_by == "PETSAGE_BIND":
+        env["PETSAGE_BIND"] = f"{host}:{port}"
+    else:
+        args = ["-b", f"{host}:{port}"]
+    result = run_gunicorn(env, args)
+    assert result.returncode == 1
+    # One line naming both settings; not "Address already in use (another PetSage
+    # instance, or another program, ...)", nor gunicorn's five retries.
+    assert logged_messages(result.stdout) == [
+        f"Starting gunicorn {gunicorn.__version__}",
+        f"PETSAGE_MANAGEMENT_BIND='127.0.0.1:{port}' and {named.format(port=port)}"
+        f" name the same address (port {port}): the management listener needs an"
+        " address of its own; give either another port",
+    ]
+    assert result.stderr == ""
+
+
 def wait_for_line(
     server: GunicornServer, text: str, timeout: float = 30.0
 ) -> list[str]:

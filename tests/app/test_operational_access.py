@@ -5,6 +5,7 @@ client connects from 127.0.0.2 (still loopback), so that its address differs fro
 address nginx forwards from (127.0.0.1) and the access log can tell them apart.
 """
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,26 @@ class TestManagementListener:
         # The public port gives nothing more for the header either.
         assert not shows_details(instance.public("/readyz?verbose", headers=forwarded))
         assert instance.public("/metrics", headers=forwarded).status == 404
+
+    def test_a_proxy_protocol_header_is_never_trusted(
+        self, start_gunicorn: GunicornFactory
+    ) -> None:
+        # gunicorn's PROXY protocol is an operator's choice for the public port (behind
+        # HAProxy's send-proxy, from --proxy-allow-from); the management listener must
+        # not let a caller from there claim a trusted address with it either.
+        instance = Instance(
+            start_gunicorn,
+            args=["--proxy-protocol", "auto", "--proxy-allow-from", "127.0.0.1"],
+            TRUSTED_NETWORKS="10.0.0.0/8",
+            HEALTH_TOKEN=TOKEN,
+        )
+        port = instance.management_port
+        claim = f"PROXY TCP4 10.1.2.3 127.0.0.1 40000 {port}\r\n".encode()
+        request = b"GET /metrics HTTP/1.1\r\nHost: petsage\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(claim + request)
+            status_line = connection.makefile("rb").readline()
+        assert status_line.split()[1] in (b"400", b"401"), status_line
 
     def test_trust_comes_from_the_peer_address(
         self, start_gunicorn: GunicornFactory

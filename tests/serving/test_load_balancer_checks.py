@@ -24,17 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.test_reliability import (
-    HAPROXY,
-    NGINX,
-    answers,
-    free_ports,
-    needs_haproxy,
-    needs_nginx,
-    wait_until,
-)
 from tests.support.gunicorn_process import GunicornFactory
 from tests.support.management import Instance, get
+from tests.support.processes import answers, free_ports, wait_until
+from tests.support.proxies import HAPROXY, NGINX, needs_haproxy, needs_nginx
 
 pytestmark = [pytest.mark.slow, needs_haproxy]  # real processes: not in the fast tier
 

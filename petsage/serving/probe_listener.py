@@ -11,7 +11,8 @@ Actuator's management port: keep this address off the internet.
 It speaks HTTP as the public port does, with gunicorn's own code: gunicorn's parser
 (``RequestParser``) reads each request head, configured by the worker's gunicorn
 settings (``limit_request_line``, ``limit_request_fields``,
-``limit_request_field_size`` and the rest), gunicorn's ``wsgi.create`` makes the
+``limit_request_field_size`` and the rest, but for the PROXY protocol:
+``ListenerSettings``), gunicorn's ``wsgi.create`` makes the
 environ and its ``Response`` writes the answer (status line in the request's version,
 hop-by-hop fields, HEAD). A head gunicorn's parser refuses gets the status gunicorn's
 worker gives that error (``REFUSALS``), as the problem JSON the public port answers
@@ -167,6 +168,28 @@ def starts_no_request(head: bytes | bytearray) -> bool:
     return bool(head) and METHOD_START.match(head[:1]) is None
 
 
+class ListenerSettings:
+    """The worker's gunicorn settings as the management listener reads requests with
+    them: the same, but for the PROXY protocol, which it never speaks. A PROXY header
+    sets the caller's address, and trust here comes from the connection's peer only
+    (an operator may let gunicorn read PROXY headers on the public port, from a
+    load balancer; none belongs in front of this listener): one is refused, 400.
+
+    Each setting is read from gunicorn's ``Config`` once, since a worker's settings
+    do not change while it runs, and then costs an attribute lookup.
+    """
+
+    proxy_protocol = "off"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.cfg, name)
+        setattr(self, name, value)
+        return value
+
+
 def read_request(cfg: Any, head: bytearray, peer: Any) -> Request:
     """The request whose bytes ``head`` holds, read by gunicorn's parser as the public
     port reads one. Raises gunicorn's errors (``ParseException``), and
@@ -247,10 +270,11 @@ class ManagementListener:
     handler threads serving the socket every worker inherited."""
 
     def __init__(self, sock: socket.socket, app: "WSGIApplication", cfg: Any) -> None:
-        """Serve ``app`` on ``sock``, reading requests as gunicorn's ``cfg`` says."""
+        """Serve ``app`` on ``sock``, reading requests as gunicorn's ``cfg`` says
+        (``ListenerSettings``)."""
         self.sock = sock
         self.app = app
-        self.cfg = cfg
+        self.cfg = ListenerSettings(cfg)
         self.server: tuple[str, int] = sock.getsockname()[:2]
         self.requests: queue.Queue[Pending | None] = queue.Queue(QUEUE_LIMIT)
         self._selector = selectors.DefaultSelector()

@@ -169,6 +169,20 @@ def test_the_limits_are_gunicorns_settings(
         assert problem_status(answer) == status
 
 
+def test_a_proxy_protocol_header_is_refused_whatever_gunicorn_reads(
+    serve: Serve,
+) -> None:
+    # gunicorn may read PROXY headers on the public port; here one would let a caller
+    # claim any address.
+    port = serve(proxy_protocol="auto", proxy_allow_ips="127.0.0.1")
+    claim = b"PROXY TCP4 10.1.2.3 127.0.0.1 40000 8001\r\n"
+    answer = exchange(port, claim + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (answer.status, problem_status(answer)) == (400, 400)
+    # Without one, the caller is the connection's peer.
+    answer = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert json.loads(answer.body)["REMOTE_ADDR"] == "127.0.0.1"
+
+
 def test_a_head_sent_a_byte_at_a_time_is_answered(serve: Serve) -> None:
     request = b"GET /trickled HTTP/1.1\r\nHost: x\r\n\r\n"
     answer = exchange(serve(), *(request[i : i + 1] for i in range(len(request))))

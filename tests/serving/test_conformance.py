@@ -13,7 +13,7 @@ its own below, which shows the difference and nothing more.
 import re
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -149,8 +149,10 @@ def instance() -> Iterator[Instance]:
     """One PetSage with a management listener, /metrics on both listeners, ready."""
     started: list[GunicornServer] = []
 
-    def start(env: dict[str, str]) -> GunicornServer:
-        started.append(GunicornServer.start(env))
+    def start(
+        env: dict[str, str], app: str | None = None, args: Sequence[str] = ()
+    ) -> GunicornServer:
+        started.append(GunicornServer.start(env, app, args))
         return started[-1]
 
     try:

@@ -159,7 +159,7 @@ def check_answers(server: Server, measurements: Measurements) -> None:
         # Several, on new connections, so that more than one worker has to answer.
         for _ in range(CHECK_REQUESTS):
             try:
-                status, body = get(server.port, path)
+                status, body = get(server.measured_port, path)
             except OSError as error:
                 measurements.problems.append(f"{candidate.label} GET {path}: {error}")
                 break

@@ -13,6 +13,15 @@ BARE_WSGI = "bare_wsgi"
 FASTAPI = "fastapi"
 PETSAGE = "petsage"
 PETSAGE_METRICS_OFF = "petsage_metrics_off"
+PETSAGE_MANAGEMENT = "petsage_management"
+#: The management listener's /readyz against the bare WSGI callable on the public
+#: port (issue 29): gunicorn's parser reads its heads too. The issue's limit is 0.9,
+#: or 1.0 for a maintained parser that costs more than the hand-written one, as
+#: gunicorn's does (about 40 us a request in process). Measured at about 1.45, and
+#: 1.25 with the hand-written parser: each probe is a connection of its own, which
+#: every worker's reader wakes for (docs/operators/management-listener.md).
+MANAGEMENT_READYZ = "/readyz"
+MANAGEMENT_READYZ_LIMIT = 1.0
 PROBES = ("/livez", "/readyz")
 #: The bare WSGI callable answers every path; PetSage's gunicorn logger leaves
 #: successful /livez requests out of the access log, so that path measures gunicorn
@@ -260,6 +269,17 @@ def targets(
                 1.0,
             ),
         ]
+    found.append(
+        Target(
+            group,
+            f"{MANAGEMENT_READYZ} on the management listener / bare WSGI",
+            ratio(
+                pooled.get((PETSAGE_MANAGEMENT, MANAGEMENT_READYZ)),
+                pooled.get((BARE_WSGI, SMOKE_TEST_PATH)),
+            ),
+            MANAGEMENT_READYZ_LIMIT,
+        )
+    )
     found += [
         Target(
             group,

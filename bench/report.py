@@ -19,6 +19,7 @@ from bench.model import (
     FASTAPI,
     METRICS_ONLY,
     PETSAGE,
+    PETSAGE_MANAGEMENT,
     PETSAGE_METRICS_OFF,
     PROBES,
     Launch,
@@ -410,6 +411,8 @@ def _profile_top(out: Path) -> list[str]:
 def _bar_label(key: str, label: str, path: str) -> str:
     if key == PETSAGE:
         return f"PetSage\n{path}"
+    if key == PETSAGE_MANAGEMENT:
+        return f"PetSage\n{path}\nmanagement"
     if key == PETSAGE_METRICS_OFF:
         return f"PetSage\n{path}\nmetrics off"
     if key == BARE_WSGI:
@@ -436,6 +439,7 @@ def chart(
     ]
     colours = {
         PETSAGE: "#2b6cb0",
+        PETSAGE_MANAGEMENT: "#2c7a7b",
         PETSAGE_METRICS_OFF: "#63b3ed",
         BARE_WSGI: "#718096",
         BARE_FLASK: "#4a5568",
@@ -545,7 +549,7 @@ def write(
         "",
         f"![server CPU per request]({CHART_FILE})",
         "",
-        "## Targets (issues 4 and 14)",
+        "## Targets (issues 4, 14 and 29)",
         "",
         *_targets_table(found),
         "",

@@ -346,7 +346,7 @@ def start_worker_services(
             serving=lambda: bool(worker.alive),
         )
         if management_bind:
-            start_probe_listener(management_bind, app.extensions[PROBE_APP])
+            start_probe_listener(management_bind, app.extensions[PROBE_APP], worker.cfg)
 
 
 class ProbeQuietLogger(Logger):  # type: ignore[misc]

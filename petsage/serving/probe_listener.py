@@ -12,12 +12,12 @@ It speaks HTTP as the public port does, with gunicorn's own code: gunicorn's par
 (``RequestParser``) reads each request head, configured by the worker's gunicorn
 settings (``limit_request_line``, ``limit_request_fields``,
 ``limit_request_field_size`` and the rest, but for the PROXY protocol:
-``ListenerSettings``), gunicorn's ``wsgi.create`` makes the
-environ and its ``Response`` writes the answer (status line in the request's version,
-hop-by-hop fields, HEAD). A head gunicorn's parser refuses gets the status gunicorn's
-worker gives that error (``REFUSALS``), as the problem JSON the public port answers
-(petsage.middleware.security.problem_error_bytes). The parser is handed the bytes the
-reader collected; how they are collected, and the threads, stay PetSage's:
+``ListenerSettings``), gunicorn's ``wsgi.create`` makes the environ and its
+``Response`` writes the answer (status line in the request's version, hop-by-hop
+fields, HEAD). A head gunicorn's parser refuses gets the status gunicorn's worker
+gives that error (``REFUSALS``), as the problem JSON the public port answers
+(``problem_error_bytes``, petsage.middleware.security). The parser is handed the bytes
+the reader collected; how they are collected, and the threads, stay PetSage's:
 
 One socket per instance: the gunicorn master opens it
 (petsage.serving.management_socket) and every worker inherits it, so the kernel's

@@ -1,18 +1,15 @@
 """A PetSage instance with a management listener, and requests from a chosen address."""
 
 import http.client
-import socket
 from collections.abc import Sequence
 
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer, HttpResult
+from tests.support.ports import free_ports
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port on 127.0.0.1 that nothing listens on now (``tests.support.ports``)."""
+    return free_ports(1)[0]
 
 
 def get(

@@ -5,21 +5,12 @@ connection, whether a process is gone, and polling until a condition holds."""
 import contextlib
 import http.client
 import os
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.gunicorn_process import GunicornServer
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports of 127.0.0.1 that nothing listens on right now."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+from tests.support.ports import free_ports as free_ports
 
 
 def children(pid: int) -> set[int]:

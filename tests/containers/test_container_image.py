@@ -582,7 +582,12 @@ def test_compose_serves_through_nginx_and_stops_cleanly(
         f"{time.monotonic() - started:.1f} s",
     )
     assert json.loads(smoke.body) == SMOKE_TEST_BODY
-    assert http_request(port, "GET", "/readyz").status == 200
+    # The smoke test answers before the first check cycle ends: wait for readiness.
+    wait_until(
+        lambda: http_request(port, "GET", "/readyz").status == 200,
+        LIVENESS,
+        "/readyz 200 through nginx",
+    )
     assert http_request(port, "GET", "/metrics").status == 404
     health = http_request(
         port, "GET", "/health", {"Authorization": f"Bearer {health_token}"}

@@ -20,6 +20,7 @@ from bench.loadgen import run_wrk
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory
 from tests.support.management import Instance
+from tests.support.processes import wait_until
 from tests.support.raw_http import HOSTILE_HEADS
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
@@ -30,8 +31,11 @@ ROUNDS = 4
 
 @pytest.fixture
 def instance(start_gunicorn: GunicornFactory) -> Instance:
-    """PetSage with 5 workers and a management listener."""
-    return Instance(start_gunicorn, {"PETSAGE_WORKERS": "5"})
+    """PetSage with 5 workers and a management listener, ready: the tests assert
+    that it stays ready, so its first check cycle must be published first."""
+    started = Instance(start_gunicorn, {"PETSAGE_WORKERS": "5"})
+    wait_until(lambda: started.management("/readyz").status == 200, 60.0, "/readyz 200")
+    return started
 
 
 def exchange(port: int, data: bytes) -> bytes:

@@ -15,6 +15,7 @@ from bench.loadgen import wrk_command, wrk_version
 from bench.model import (
     BARE_FLASK,
     BARE_WSGI,
+    BARE_WSGI_CLOSE,
     BARE_WSGI_MICRO,
     FASTAPI,
     METRICS_ONLY,
@@ -417,6 +418,8 @@ def _bar_label(key: str, label: str, path: str) -> str:
         return f"PetSage\n{path}\nmetrics off"
     if key == BARE_WSGI:
         return "bare WSGI" + ("\n(no access log)" if path != SMOKE_TEST_PATH else "")
+    if key == BARE_WSGI_CLOSE:
+        return "bare WSGI\n(no access log)\nconnection\nper request"
     # "FastAPI, uvicorn --no-access-log" on three short lines.
     return label.replace(", ", "\n", 1).replace(" --", "\n--").replace(" as ", "\nas ")
 
@@ -442,6 +445,7 @@ def chart(
         PETSAGE_MANAGEMENT: "#2c7a7b",
         PETSAGE_METRICS_OFF: "#63b3ed",
         BARE_WSGI: "#718096",
+        BARE_WSGI_CLOSE: "#a0aec0",
         BARE_FLASK: "#4a5568",
     }
     width = 0.8 / len(context.connections)
@@ -647,7 +651,9 @@ def write(
         + " ".join(
             wrk_command("http://127.0.0.1:PORT/PATH", 64, context.duration_s)
         ).replace("-c64", "-c<16|64>")
-        + "`",
+        + "`; with `-H 'Connection: close'` for "
+        + " and ".join(c.label for c in CANDIDATES if c.close)
+        + " (a new connection for every request)",
         *(
             f"- {c.label}: `{c.shown_command(context.workers, context.threads)}`"
             for c in CANDIDATES

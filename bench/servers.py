@@ -51,6 +51,8 @@ class Candidate:
     #: Its paths are measured on the management listener (PETSAGE_MANAGEMENT_BIND on a
     #: port of its own), not on the public port.
     management: bool = False
+    #: Measured with a new connection for every request, as probes are sent.
+    close: bool = False
 
     def connection_counts(self, requested: Sequence[int]) -> list[int]:
         """The connection counts this candidate is measured at."""
@@ -130,6 +132,18 @@ PETSAGE_MANAGEMENT = Candidate(
     "wsgi:app",
     ("/readyz",),
     management=True,
+    close=True,
+)
+#: gunicorn's own handling of a request on a connection of its own, as a kubelet's
+#: probe or a scrape opens one: the floor for the management listener, which
+#: answers one request per connection.
+BARE_WSGI_CLOSE = Candidate(
+    "bare_wsgi_close",
+    "bare WSGI, a connection per request",
+    "gunicorn",
+    "bench.apps.bare_wsgi:app",
+    (BARE_WSGI_UNLOGGED_PATH,),
+    close=True,
 )
 FASTAPI_APP = "bench.apps.fastapi_app:app"
 FASTAPI = Candidate(
@@ -155,6 +169,7 @@ CANDIDATES = (
     PETSAGE_MANAGEMENT,
     PETSAGE_METRICS_OFF,
     BARE_WSGI,
+    BARE_WSGI_CLOSE,
     BARE_FLASK,
     FASTAPI,
     FASTAPI_NO_LOG,

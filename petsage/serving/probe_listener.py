@@ -383,6 +383,9 @@ class ManagementListener:
         connection = Connection(sock, peer, time.monotonic() + HEAD_DEADLINE)
         self._reading[sock.fileno()] = connection
         self._selector.register(sock, selectors.EVENT_READ, connection)
+        # A probe's head has most often come by the time its connection is taken:
+        # read it now rather than after another wake-up.
+        self._read(connection)
 
     def _pause_accepting(self) -> None:
         """Leave new connections in the kernel's queue until the handler threads

@@ -38,6 +38,7 @@ from petsage.serving.server import (  # noqa: E402
     AddressInUseError,
     InstanceKeeper,
     ProbeQuietLogger,
+    announce_management_listener,
     answer_gunicorn_errors_with_problems,
     assign_health_slot,
     close_listeners_in_forked_children,
@@ -99,11 +100,12 @@ logger_class = ProbeQuietLogger
 
 
 def on_starting(server: Any) -> None:
-    """Stop at once when the address to listen on is taken; log the worker count and
-    why, and every PETSAGE_* variable that is ignored."""
+    """Stop at once when the address to listen on is taken (by the management
+    listener too); log the worker count and why, and every PETSAGE_* variable that
+    is ignored."""
     try:
         # Here, not above: only now are gunicorn's own -b/--bind options applied.
-        refuse_addresses_in_use(server, settings["BIND"])
+        refuse_addresses_in_use(server, settings["BIND"], settings["MANAGEMENT_BIND"])
     except AddressInUseError as error:
         # Logging is set up by now: the record goes to stdout, with every other one.
         server.log.error("%s", error)
@@ -115,9 +117,10 @@ def on_starting(server: Any) -> None:
 
 
 def when_ready(server: Any) -> None:
-    """Record where this instance listens; make SIGTERM drain before stopping; keep
-    the instance's directory and replace wedged workers; export the worker restart
-    count from 0."""
+    """Log the management listener's address; record where this instance listens;
+    make SIGTERM drain before stopping; keep the instance's directory and replace
+    wedged workers; export the worker restart count from 0."""
+    announce_management_listener(server)
     record_listeners(server, instance)
     drain_before_stopping(server, drain, settings["SHUTDOWN_DELAY"])
     InstanceKeeper(server, instance).install()
@@ -125,7 +128,9 @@ def when_ready(server: Any) -> None:
 
 
 def on_reload(server: Any) -> None:
-    """Record where this instance listens, in case a reload changed it."""
+    """Record where this instance listens, and log the management listener's
+    address, in case a reload changed it."""
+    announce_management_listener(server)
     record_listeners(server, instance)
 
 

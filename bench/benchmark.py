@@ -159,7 +159,7 @@ def check_answers(server: Server, measurements: Measurements) -> None:
         # Several, on new connections, so that more than one worker has to answer.
         for _ in range(CHECK_REQUESTS):
             try:
-                status, body = get(server.port, path)
+                status, body = get(server.measured_port, path)
             except OSError as error:
                 measurements.problems.append(f"{candidate.label} GET {path}: {error}")
                 break
@@ -188,7 +188,12 @@ def measure_candidate(
         # Lets the last workers finish booting and gives each its first requests;
         # the other paths share the workers, and check_answers() calls them too.
         try:
-            run_wrk(server.url(candidate.paths[0]), max(args.connections), WARMUP_S)
+            run_wrk(
+                server.url(candidate.paths[0]),
+                max(args.connections),
+                WARMUP_S,
+                candidate.close,
+            )
         except (WrkOutputError, subprocess.TimeoutExpired) as error:
             measurements.problems.append(f"{candidate.label} warm-up: {error}")
         check_answers(server, measurements)
@@ -205,7 +210,9 @@ def measure_candidate(
                 machine_before = cpu_now()
                 before = server.cpu_seconds()
                 try:
-                    result, _ = run_wrk(server.url(path), connections, args.duration)
+                    result, _ = run_wrk(
+                        server.url(path), connections, args.duration, candidate.close
+                    )
                 except (WrkOutputError, subprocess.TimeoutExpired) as error:
                     measurements.problems.append(
                         f"{candidate.label} {path} c={connections}: {error}"

@@ -39,8 +39,12 @@ class WrkResult:
     socket_errors: int
 
 
-def wrk_command(url: str, connections: int, duration_s: int) -> list[str]:
-    """The wrk command line: 2 threads, ``connections`` keep-alive connections."""
+def wrk_command(
+    url: str, connections: int, duration_s: int, close: bool = False
+) -> list[str]:
+    """The wrk command line: 2 threads, ``connections`` keep-alive connections, or,
+    with ``close``, a new connection for every request (``Connection: close``, as a
+    kubelet's probe or a scrape sends)."""
     threads = min(WRK_THREADS, connections)
     return [
         "wrk",
@@ -48,18 +52,21 @@ def wrk_command(url: str, connections: int, duration_s: int) -> list[str]:
         f"-c{connections}",
         f"-d{duration_s}s",
         "--latency",
+        *(["-H", "Connection: close"] if close else []),
         url,
     ]
 
 
-def run_wrk(url: str, connections: int, duration_s: int) -> tuple[WrkResult, str]:
+def run_wrk(
+    url: str, connections: int, duration_s: int, close: bool = False
+) -> tuple[WrkResult, str]:
     """Run wrk against ``url`` and parse what it prints; also return the raw output."""
     if shutil.which("wrk") is None:
         raise FileNotFoundError(
             "wrk is not installed: run bench/run, which installs it"
         )
     completed = subprocess.run(
-        wrk_command(url, connections, duration_s),
+        wrk_command(url, connections, duration_s, close),
         capture_output=True,
         text=True,
         # wrk stops itself after the duration; the margin covers its 2 s socket timeout.

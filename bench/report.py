@@ -15,10 +15,12 @@ from bench.loadgen import wrk_command, wrk_version
 from bench.model import (
     BARE_FLASK,
     BARE_WSGI,
+    BARE_WSGI_CLOSE,
     BARE_WSGI_MICRO,
     FASTAPI,
     METRICS_ONLY,
     PETSAGE,
+    PETSAGE_MANAGEMENT,
     PETSAGE_METRICS_OFF,
     PROBES,
     Launch,
@@ -410,10 +412,14 @@ def _profile_top(out: Path) -> list[str]:
 def _bar_label(key: str, label: str, path: str) -> str:
     if key == PETSAGE:
         return f"PetSage\n{path}"
+    if key == PETSAGE_MANAGEMENT:
+        return f"PetSage\n{path}\nmanagement"
     if key == PETSAGE_METRICS_OFF:
         return f"PetSage\n{path}\nmetrics off"
     if key == BARE_WSGI:
         return "bare WSGI" + ("\n(no access log)" if path != SMOKE_TEST_PATH else "")
+    if key == BARE_WSGI_CLOSE:
+        return "bare WSGI\n(no access log)\nconnection\nper request"
     # "FastAPI, uvicorn --no-access-log" on three short lines.
     return label.replace(", ", "\n", 1).replace(" --", "\n--").replace(" as ", "\nas ")
 
@@ -436,8 +442,10 @@ def chart(
     ]
     colours = {
         PETSAGE: "#2b6cb0",
+        PETSAGE_MANAGEMENT: "#2c7a7b",
         PETSAGE_METRICS_OFF: "#63b3ed",
         BARE_WSGI: "#718096",
+        BARE_WSGI_CLOSE: "#a0aec0",
         BARE_FLASK: "#4a5568",
     }
     width = 0.8 / len(context.connections)
@@ -545,7 +553,7 @@ def write(
         "",
         f"![server CPU per request]({CHART_FILE})",
         "",
-        "## Targets (issues 4 and 14)",
+        "## Targets (issues 4, 14 and 29)",
         "",
         *_targets_table(found),
         "",
@@ -643,7 +651,9 @@ def write(
         + " ".join(
             wrk_command("http://127.0.0.1:PORT/PATH", 64, context.duration_s)
         ).replace("-c64", "-c<16|64>")
-        + "`",
+        + "`; with `-H 'Connection: close'` for "
+        + " and ".join(c.label for c in CANDIDATES if c.close)
+        + " (a new connection for every request)",
         *(
             f"- {c.label}: `{c.shown_command(context.workers, context.threads)}`"
             for c in CANDIDATES

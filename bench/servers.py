@@ -48,6 +48,11 @@ class Candidate:
     settings: tuple[tuple[str, str], ...] = ()
     #: Measured at the lowest connection count only (an illustration, not a baseline).
     lowest_connections_only: bool = False
+    #: Its paths are measured on the management listener (PETSAGE_MANAGEMENT_BIND on a
+    #: port of its own), not on the public port.
+    management: bool = False
+    #: Measured with a new connection for every request, as probes are sent.
+    close: bool = False
 
     def connection_counts(self, requested: Sequence[int]) -> list[int]:
         """The connection counts this candidate is measured at."""
@@ -81,6 +86,8 @@ class Candidate:
         """The command as a reader would type it from the repository root."""
         if self.server == "gunicorn":
             settings = "".join(f" {name}={value}" for name, value in self.settings)
+            if self.management:
+                settings += " PETSAGE_MANAGEMENT_BIND=127.0.0.1:MANAGEMENT_PORT"
             return (
                 f"PETSAGE_BIND=127.0.0.1:PORT PETSAGE_WORKERS={workers}"
                 f" PETSAGE_THREADS={threads} PETSAGE_SHUTDOWN_DELAY=0"
@@ -116,6 +123,28 @@ BARE_WSGI = Candidate(
 BARE_FLASK = Candidate(
     "bare_flask", "bare Flask", "gunicorn", "bench.apps.bare_flask:app"
 )
+#: PetSage's management listener, beside the public port's probes: /readyz there,
+#: read by gunicorn's parser from PetSage's reader and handler threads.
+PETSAGE_MANAGEMENT = Candidate(
+    "petsage_management",
+    "PetSage, management listener",
+    "gunicorn",
+    "wsgi:app",
+    ("/readyz",),
+    management=True,
+    close=True,
+)
+#: gunicorn's own handling of a request on a connection of its own, as a kubelet's
+#: probe or a scrape opens one: the floor for the management listener, which
+#: answers one request per connection.
+BARE_WSGI_CLOSE = Candidate(
+    "bare_wsgi_close",
+    "bare WSGI, a connection per request",
+    "gunicorn",
+    "bench.apps.bare_wsgi:app",
+    (BARE_WSGI_UNLOGGED_PATH,),
+    close=True,
+)
 FASTAPI_APP = "bench.apps.fastapi_app:app"
 FASTAPI = Candidate(
     "fastapi", "FastAPI, uvicorn defaults", "uvicorn", FASTAPI_APP, nodelay_fix=True
@@ -137,8 +166,10 @@ FASTAPI_AS_SHIPPED = Candidate(
 )
 CANDIDATES = (
     PETSAGE,
+    PETSAGE_MANAGEMENT,
     PETSAGE_METRICS_OFF,
     BARE_WSGI,
+    BARE_WSGI_CLOSE,
     BARE_FLASK,
     FASTAPI,
     FASTAPI_NO_LOG,
@@ -176,7 +207,12 @@ def get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 
 def server_environment(
-    candidate: Candidate, port: int, workers: int, threads: int, scratch: Path
+    candidate: Candidate,
+    port: int,
+    workers: int,
+    threads: int,
+    scratch: Path,
+    management_port: int | None = None,
 ) -> dict[str, str]:
     """The environment of a server: PetSage's defaults, but for the bench's needs.
 
@@ -201,6 +237,8 @@ def server_environment(
             PETSAGE_DRAIN_FILE=str(scratch / f"{candidate.key}-{port}.drain"),
         )
         environment.update(candidate.settings)
+        if management_port is not None:
+            environment["PETSAGE_MANAGEMENT_BIND"] = f"127.0.0.1:{management_port}"
     return environment
 
 
@@ -215,6 +253,8 @@ class Server:
     launched_at: float
     workers: int
     startup_s: float | None = None
+    #: The management listener's port, for a candidate measured there.
+    management_port: int | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @classmethod
@@ -224,8 +264,11 @@ class Server:
     ) -> Iterator["Server"]:
         """Launch ``candidate``, wait for its first 200, and stop it on leaving."""
         port = free_port()
+        management_port = free_port() if candidate.management else None
         log_path = scratch / f"{candidate.key}-{port}.log"
-        environment = server_environment(candidate, port, workers, threads, scratch)
+        environment = server_environment(
+            candidate, port, workers, threads, scratch, management_port
+        )
         # The server writes its access log to a file: a pipe nobody reads would fill
         # and block it.
         with log_path.open("wb") as log:
@@ -241,6 +284,7 @@ class Server:
                 start_new_session=True,
             )
         server = cls(candidate, process, port, log_path, launched_at, workers)
+        server.management_port = management_port
         try:
             server.startup_s = server._wait_for_first_200()
             server._wait_for_workers()
@@ -248,9 +292,14 @@ class Server:
         finally:
             server.stop()
 
+    @property
+    def measured_port(self) -> int:
+        """The port the candidate's paths are measured on."""
+        return self.management_port or self.port
+
     def url(self, path: str) -> str:
-        """The URL of ``path`` on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
+        """The URL of ``path`` where the candidate's paths are measured."""
+        return f"http://127.0.0.1:{self.measured_port}{path}"
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of what the server wrote."""

@@ -24,7 +24,7 @@ from petsage.metrics import (
     RequestMetrics,
     document_metrics,
 )
-from petsage.middleware.access import Access, ForwardedFor
+from petsage.middleware.access import Access, ForwardedFor, PeerOnly
 from petsage.middleware.request_ids import RequestIds
 from petsage.middleware.routes import RouteNotingRequest
 from petsage.middleware.security import SecurityHeaders
@@ -131,16 +131,19 @@ def wrap_in_middleware(
 ) -> "WSGIApplication":
     """The WSGI layers in front of Flask, outermost first; and the management app.
 
-    The caller's address comes first (behind a named proxy, the one it forwarded), so
-    every later layer and gunicorn's access log see the same; then security headers
+    The caller's address comes first, so every later layer and gunicorn's access log
+    see the same: on the public port, behind a named proxy (PETSAGE_TRUSTED_PROXIES),
+    the one it forwarded; on the management listener always the connection's peer,
+    with every forwarding header dropped (``PeerOnly``). Then security headers
     and request ids, so every response carries them, errors included; metrics next,
     so every request is counted, probes included; then the health endpoints,
     answered before Flask's request machinery.
 
     The public port shows details only for the token: its callers may all arrive from
     one proxy's address. The management listener (PETSAGE_MANAGEMENT_BIND), kept off
-    the internet, also trusts PETSAGE_TRUSTED_NETWORKS, always serves /metrics, and
-    serves a document of its own (``management_api``'s).
+    the internet and out of every proxy, also trusts a peer address in
+    PETSAGE_TRUSTED_NETWORKS, always serves /metrics, and serves a document of its own
+    (``management_api``'s).
     """
     config = app.config
     release_id = config["RELEASE_ID"]
@@ -164,11 +167,12 @@ def wrap_in_middleware(
         if config["PUBLIC_METRICS"]:
             public = MetricsEndpoint(public, metrics, health, public_access)
         public = RequestMetrics(public, metrics)
-    management = SecurityHeaders(RequestIds(management))
+    # No proxy belongs in front of the management listener: a forwarded address there
+    # could only be the caller's own claim, to a trusted network.
+    management = PeerOnly(SecurityHeaders(RequestIds(management)))
     public = SecurityHeaders(RequestIds(public))
     if proxies:
         # Only behind named proxies: every request would pass through it otherwise.
-        management = ForwardedFor(management, proxies)
         public = ForwardedFor(public, proxies)
     app.extensions[PROBE_APP] = management
     return public

@@ -355,17 +355,22 @@ SETTINGS = (
         "TRUSTED_NETWORKS",
         (),
         parse_networks,
-        "comma-separated addresses or CIDR networks, e.g. 10.0.0.0/8",
-        "Callers from these networks see /metrics and health check details on the"
-        " management listener without the token; never on the public port.",
+        "comma-separated addresses or CIDR networks, e.g. 10.20.30.16/28",
+        "Callers whose own connection comes from these addresses (the monitoring"
+        " hosts, e.g. a /28) see /metrics and health check details on the management"
+        " listener without the token; never on the public port, and never for a"
+        " forwarded address. Name no shared network (a cluster's pod network): anyone"
+        " in it would be trusted.",
     ),
     Setting(
         "TRUSTED_PROXIES",
         (),
         parse_networks,
-        "comma-separated addresses or CIDR networks, e.g. 127.0.0.1,10.0.0.0/8",
-        "Proxies whose X-Forwarded-For (its last entry) names the caller, for the"
-        " access log and the trusted networks; name only proxies that always send it.",
+        "comma-separated addresses or CIDR networks, e.g. 10.20.0.5",
+        "The proxies in front of the public port whose X-Forwarded-For (its last"
+        " entry) names the caller in the access log; it grants nothing, and the"
+        " management listener reads no forwarded address. Name only proxies that"
+        " always send it.",
     ),
     Setting(
         "RELEASE_ID",

@@ -1,6 +1,8 @@
 """Swagger UI at /docs, served entirely by PetSage from the flask-swagger-ui package.
 
 Deployments may have no internet, so no page, script or style comes from a CDN.
+/docs, without the slash, answers a 308 to /docs/ in JSON, as every routing redirect
+does (``redirect_response`` in ``petsage.methods``).
 """
 
 from flask import Flask

@@ -1,6 +1,7 @@
 """Errors as RFC 9457 problem details (``application/problem+json``)."""
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import marshmallow as ma
@@ -56,8 +57,11 @@ class ProblemSchema(ma.Schema):
     )
 
 
-def problem_response(error: HTTPException) -> Response:
-    """Render an HTTP error as problem JSON, keeping headers such as Allow.
+def problem_response(
+    error: HTTPException, members: Mapping[str, Any] | None = None
+) -> Response:
+    """Render an HTTP error as problem JSON, keeping headers such as Allow; with
+    ``members``, the problem's extension members (RFC 9457, section 3.2).
 
     Werkzeug's descriptions are fixed texts, so a 500 made from an unhandled exception
     says nothing about that exception.
@@ -75,6 +79,7 @@ def problem_response(error: HTTPException) -> Response:
         problem["detail"] = str(data["message"])
     if "messages" in data:
         problem["errors"] = data["messages"]
+    problem.update(members or {})
     headers = [
         (name, value)
         for name, value in error.get_headers()

@@ -7,14 +7,21 @@ on an OPTIONS answer and on a 405 alike; OPTIONS answers ``200`` with no body an
 ``Content-Type``. The probes alone answer OPTIONS with their verdict, as they answer
 GET (petsage.health.endpoints): a probe's verdict must not depend on the method a
 load balancer checks with.
+
+Werkzeug's routing redirects (a path without the trailing slash its route has, such
+as /docs, or with doubled slashes) are answered in JSON too, like every other answer
+but Swagger UI's pages: ``redirect_response``.
 """
 
+import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, Response
 from flask.globals import request_ctx
-from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
 from petsage.errors import problem_response
 
@@ -57,8 +64,41 @@ def other_method_response(environ: "WSGIEnvironment") -> Response | None:
     return None
 
 
+def redirect_response(redirect: RequestRedirect) -> Response:
+    """A routing redirect with a JSON body instead of Werkzeug's HTML page.
+
+    ``Location`` is relative (RFC 9110 allows it): Werkzeug's absolute URL names the
+    host and scheme the request claimed, which behind a proxy are not the client's.
+    Its path starts with exactly one slash, so that it can never read as another
+    host (``//host/...``).
+    """
+    parts = urlsplit(redirect.new_url)
+    location = urlunsplit(("", "", "/" + parts.path.lstrip("/"), parts.query, ""))
+    status = redirect.code
+    body = {
+        "title": redirect.name,
+        "status": status,
+        "detail": f"This resource is at {location}.",
+        "location": location,
+    }
+    return Response(
+        json.dumps(body, separators=(",", ":")) + "\n",
+        status,
+        headers={"Location": location},
+        mimetype="application/json",
+    )
+
+
 class PetSageFlask(Flask):
-    """Flask, answering OPTIONS on its routes as every PetSage route answers it."""
+    """Flask, answering OPTIONS on its routes as every PetSage route answers it, and
+    its routing redirects in JSON."""
+
+    def handle_http_exception(self, e: HTTPException) -> Any:
+        """Flask answers a routing redirect with Werkzeug's HTML page, before any
+        error handler: answer it in JSON instead."""
+        if isinstance(e, RequestRedirect):
+            return redirect_response(e)
+        return super().handle_http_exception(e)
 
     def make_default_options_response(self) -> Response:
         """200, the route's methods in PetSage's order, no body and no Content-Type."""

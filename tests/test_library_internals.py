@@ -526,8 +526,13 @@ class Scanner(ast.NodeVisitor):
         name of a library the scan can name."""
         owner = self.dotted(node.value)
         if not private(node.attr):
+            # A public name needs no entry, but matches one that lists it: of a
+            # library the scan can name, or of an object it cannot (a gunicorn
+            # request or worker), by the entry's last segment and Where.
             if owner is not None:
                 self.note(f"{owner}.{node.attr}", use, required=False)
+            elif not self.is_self(node.value):
+                self.note(f"{UNKNOWN}.{node.attr}", use, required=False)
             return
         if owner is not None:
             self.note(f"{owner}.{node.attr}", use)

@@ -7,6 +7,7 @@ import pytest
 from bench.apps import SMOKE_TEST_PATH
 from bench.model import (
     BARE_WSGI_MICRO,
+    MANAGEMENT_READYZ_LIMIT,
     METRICS_ONLY,
     UNLOGGED_PATH,
     Launch,
@@ -93,6 +94,24 @@ def test_targets_are_ratios_against_the_baselines() -> None:
     ]
     assert off.ratio is None
     assert off.verdict == "n/a (not measured)"
+
+
+def test_the_management_listeners_readyz_is_held_to_the_bare_wsgi_floor() -> None:
+    runs = [
+        run("petsage_management", "/readyz", 170),
+        run("bare_wsgi_close", "/livez", 200),
+        run("bare_wsgi", SMOKE_TEST_PATH, 100),
+    ]
+    [found] = [
+        t
+        for t in targets(summarize(runs), pooled_cpu(runs), {}, [16], [])
+        if "management" in t.what
+    ]
+    assert found.what == (
+        "/readyz on the management listener / bare WSGI, a connection per request"
+    )
+    assert found.ratio == pytest.approx(0.85)
+    assert (found.limit, found.passed) == (MANAGEMENT_READYZ_LIMIT, True)
 
 
 def test_a_run_whose_workers_changed_is_left_out() -> None:

@@ -1,12 +1,17 @@
 """Candidates' command lines and the CPU arithmetic, without starting a server."""
 
+from pathlib import Path
+
 import pytest
 
 from bench.servers import (
     FASTAPI,
     FASTAPI_AS_SHIPPED,
+    PETSAGE,
+    PETSAGE_MANAGEMENT,
     PETSAGE_METRICS_OFF,
     cpu_between,
+    server_environment,
 )
 
 
@@ -38,3 +43,14 @@ def test_uvicorn_commands() -> None:
 def test_illustrations_run_at_the_lowest_connection_count_only() -> None:
     assert FASTAPI_AS_SHIPPED.connection_counts([16, 64]) == [16]
     assert FASTAPI.connection_counts([16, 64]) == [16, 64]
+
+
+def test_the_management_candidate_gets_a_management_listener(tmp_path: Path) -> None:
+    environment = server_environment(PETSAGE_MANAGEMENT, 8000, 5, 4, tmp_path, 8001)
+    assert environment["PETSAGE_MANAGEMENT_BIND"] == "127.0.0.1:8001"
+    assert environment["PETSAGE_BIND"] == "127.0.0.1:8000"
+    shown = PETSAGE_MANAGEMENT.shown_command(5, 4)
+    assert "PETSAGE_MANAGEMENT_BIND=127.0.0.1:" in shown
+    assert "PETSAGE_MANAGEMENT_BIND" not in server_environment(
+        PETSAGE, 8000, 5, 4, tmp_path
+    )

@@ -76,6 +76,10 @@ class HealthEndpoints:
             return self.app(environ, start_response)
         try:
             return self._answer(path, environ, start_response)
+        except UnknownItems as unknown:
+            return problem_response(unknown.error, unknown.members())(
+                environ, start_response
+            )
         except HTTPException as error:
             return problem_response(error)(environ, start_response)
         except Exception:
@@ -97,8 +101,10 @@ class HealthEndpoints:
         name, verdict_of = self._probes["/" + probe]
         verdict = verdict_of()
         if slash:
-            verdict = Verdict((item_named(verdict, check_name),))
-        options = parse_query(query, accepted=() if slash else verdict.names)
+            verdict = Verdict((item_named(verdict, check_name, name),))
+        options = parse_query(
+            query, accepted=() if slash else verdict.names, probe=name
+        )
         if options.excluded:
             verdict = Verdict(
                 tuple(i for i in verdict.items if i.name not in options.excluded)
@@ -175,14 +181,47 @@ class ProbeOptions:
 NO_OPTIONS = ProbeOptions()
 
 
+class UnknownItems(Exception):
+    """A probe item named that the probe does not have: the 404 of /readyz/<item> or
+    the 400 of ?exclude=<item>, a problem that lists the items the probe has.
+
+    kube-apiserver answers an unknown item with a bare 404 and an unknown
+    ``exclude`` with its verdict (warning only in ``?verbose``'s text); here both
+    are problems that say what exists, so that a typo is fixed from the answer
+    alone, and an ``exclude`` that names nothing fails instead of probing something
+    else than the caller meant. The members are ``unknown`` and ``known``.
+    """
+
+    def __init__(
+        self,
+        error: HTTPException,
+        unknown: "list[str]",
+        items: "frozenset[str] | tuple[str, ...]",
+    ) -> None:
+        super().__init__(error.description)
+        self.error = error
+        self.unknown = unknown
+        self.known = sorted(items)
+
+    def members(self) -> dict[str, list[str]]:
+        """The problem's extension members: what was asked for, and what exists."""
+        return {"unknown": self.unknown, "known": self.known}
+
+
+def quoted(names: "Iterable[str]") -> str:
+    """Names as a list for a sentence, each in quotes."""
+    return ", ".join(f"'{name}'" for name in names)
+
+
 def parse_query(
-    query: str, accepted: "tuple[str, ...] | frozenset[str]"
+    query: str, accepted: "tuple[str, ...] | frozenset[str]", probe: str = ""
 ) -> ProbeOptions:
     """``?verbose`` and ``?exclude=<item>`` (repeatable); anything else is a 400.
 
     Strict, so that a typo such as ``?exlude=db`` fails loudly instead of probing
     something other than what the operator meant. ``accepted`` are the items that
-    may be excluded; with none, ``exclude`` is not accepted either.
+    may be excluded (of ``probe``); with none, ``exclude`` is not accepted either. An
+    item it does not have is a 400 problem naming it and listing those it has.
     """
     if not query:
         return NO_OPTIONS
@@ -193,18 +232,35 @@ def parse_query(
     verbose = params.get("verbose", [])
     if len(verbose) > 1 or (verbose and verbose[0] not in ("", "true")):
         raise BadRequest("verbose takes no value, or true.")
-    excluded = frozenset(params.get("exclude", ()))
-    if not excluded <= set(accepted):
-        raise BadRequest("exclude names an item this endpoint does not have.")
-    return ProbeOptions(bool(verbose), excluded)
+    asked = params.get("exclude", [])
+    unknown = [name for name in dict.fromkeys(asked) if name not in accepted]
+    if unknown:
+        raise UnknownItems(
+            BadRequest(
+                f"exclude names {'an item' if len(unknown) == 1 else 'items'}"
+                f" /{probe} does not have: {quoted(unknown)}; its items are"
+                f" {', '.join(sorted(accepted))}."
+            ),
+            unknown,
+            accepted,
+        )
+    return ProbeOptions(bool(verbose), frozenset(asked))
 
 
-def item_named(verdict: Verdict, name: str) -> Item:
-    """The item called ``name``; 404 when the probe has none."""
+def item_named(verdict: Verdict, name: str, probe: str) -> Item:
+    """The item called ``name``; a 404 problem listing the items when the probe has
+    none by that name."""
     for item in verdict.items:
         if item.name == name:
             return item
-    raise NotFound()
+    raise UnknownItems(
+        NotFound(
+            f"/{probe} has no item '{name}'; its items are"
+            f" {', '.join(sorted(verdict.names))}."
+        ),
+        [name],
+        verdict.names,
+    )
 
 
 # bandit reads a "pass" key as a password; it is a health status.

@@ -6,6 +6,7 @@ import marshmallow as ma
 from apispec import APISpec
 from werkzeug.routing import Map, Rule
 
+from petsage.errors import PROBLEM_MEDIA_TYPE, ProblemSchema
 from petsage.health.endpoints import HEALTH_MEDIA_TYPE
 from petsage.health.state import Health
 
@@ -34,8 +35,8 @@ TOKEN_REQUIRED: list[dict[str, list[str]]] = [{TOKEN_SCHEME_NAME: []}]
 WHO_SEES_DETAILS = (
     " Security: public; the status code never depends on the caller. With the health"
     " token (PETSAGE_HEALTH_TOKEN) set and sent, the answer adds details; on the"
-    " management listener (PETSAGE_MANAGEMENT_BIND) callers from"
-    " PETSAGE_TRUSTED_NETWORKS get them without it."
+    " management listener (PETSAGE_MANAGEMENT_BIND) callers connecting from"
+    " PETSAGE_TRUSTED_NETWORKS get them without it (a forwarded address never counts)."
 )
 
 STATUS = ma.fields.String(
@@ -145,6 +146,67 @@ class HealthSchema(ma.Schema):
     )
 
 
+class UnknownItemsProblemSchema(ProblemSchema):
+    """A problem naming the probe items asked for that the probe does not have, and
+    listing those it has."""
+
+    # Not named unknown in Python: that is marshmallow's own Schema attribute.
+    unknown_items = ma.fields.List(
+        ma.fields.String(),
+        data_key="unknown",
+        metadata={
+            "description": "The items asked for (in the path, or with exclude) that"
+            " the probe does not have.",
+            "example": ["db2"],
+        },
+    )
+    known = ma.fields.List(
+        ma.fields.String(),
+        metadata={
+            "description": "The items the probe has, by name.",
+            "example": ["db", "refresher", "shutdown", "startup", "uptime"],
+        },
+    )
+
+
+UNKNOWN_ITEMS_EXAMPLE = {
+    "type": "about:blank",
+    "title": "Not Found",
+    "status": 404,
+    "detail": "/readyz has no item 'db2'; its items are db, refresher, shutdown,"
+    " startup, uptime.",
+    "unknown": ["db2"],
+    "known": ["db", "refresher", "shutdown", "startup", "uptime"],
+}
+# A probe's 400: a parameter it does not take, or an item it does not have.
+PROBE_BAD_REQUEST = {
+    "description": "A query parameter other than verbose and exclude, verbose with a"
+    " value other than true, or exclude naming an item the probe does not have: then"
+    " the problem names it in unknown and lists the probe's items in known.",
+    "content": {
+        PROBLEM_MEDIA_TYPE: {
+            "schema": UnknownItemsProblemSchema,
+            "example": {
+                **UNKNOWN_ITEMS_EXAMPLE,
+                "title": "Bad Request",
+                "status": 400,
+                "detail": "exclude names an item /readyz does not have: 'db2'; its"
+                " items are db, refresher, shutdown, startup, uptime.",
+            },
+        }
+    },
+}
+UNKNOWN_ITEM = {
+    "description": "The probe has no item by that name: the problem names it in"
+    " unknown and lists the probe's items in known.",
+    "content": {
+        PROBLEM_MEDIA_TYPE: {
+            "schema": UnknownItemsProblemSchema,
+            "example": UNKNOWN_ITEMS_EXAMPLE,
+        }
+    },
+}
+
 VERBOSE = {
     "name": "verbose",
     "in": "query",
@@ -166,7 +228,8 @@ def exclude_parameter(items: list[str]) -> dict[str, Any]:
         "schema": {"type": "array", "items": {"type": "string", "enum": items}},
         "style": "form",
         "explode": True,
-        "description": "Items to leave out of the verdict; an unknown name is a 400.",
+        "description": "Items to leave out of the verdict; an unknown name is a 400"
+        " problem that names it and lists the items.",
     }
 
 
@@ -177,7 +240,8 @@ def item_parameter(items: list[str]) -> dict[str, Any]:
         "in": "path",
         "required": True,
         "schema": {"type": "string", "enum": items},
-        "description": "One item of the probe; an unknown name is a 404.",
+        "description": "One item of the probe; an unknown name is a 404 problem that"
+        " lists the items.",
     }
 
 
@@ -264,14 +328,16 @@ def document_health(spec: APISpec, health: Health) -> None:
     ):
         operation = probe_operation(operation_id, summary, description)
         operation["parameters"] = [VERBOSE, exclude_parameter(items[probe])]
+        operation["responses"]["400"] = PROBE_BAD_REQUEST
         add_path(spec, f"/{probe}", operation)
         item = probe_operation(
             operation_id + "Item",
             f"{summary.split(':')[0]} of one item",
-            f"The verdict of one item of /{probe}; 404 for an unknown name.",
+            f"The verdict of one item of /{probe}; for an unknown name, a 404"
+            " problem that lists the items.",
         )
         item["parameters"] = [VERBOSE]
-        item["responses"]["404"] = "NOT_FOUND"
+        item["responses"]["404"] = UNKNOWN_ITEM
         add_path(spec, f"/{probe}/<check>", item, [item_parameter(items[probe])])
     add_path(
         spec,

@@ -299,7 +299,8 @@ def document_metrics(spec: APISpec, token_required: bool, management: bool) -> N
         who = (
             " The management listener (PETSAGE_MANAGEMENT_BIND) always serves it; with"
             " PETSAGE_HEALTH_TOKEN or PETSAGE_TRUSTED_NETWORKS set, only to the token"
-            " or those networks: 401 without the token when one is set, else 403."
+            " or to connections from those networks (a forwarded address never"
+            " counts): 401 without the token when one is set, else 403."
         )
     else:
         who = (

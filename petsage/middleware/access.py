@@ -1,9 +1,11 @@
 """Who may see operational details, and who the caller is behind a proxy.
 
 Details (``/metrics``, check results, ``?verbose``) go to callers with the bearer token,
-or, on the management listener only, to callers from a trusted network. A caller's
-address is the connection's, unless the connection comes from a proxy the operator
-named: then it is the address that proxy put last in ``X-Forwarded-For``.
+or, on the management listener only, to callers whose connection comes from a trusted
+network. On the public port a caller's address is the connection's, unless the
+connection comes from a proxy the operator named: then it is the address that proxy put
+last in ``X-Forwarded-For``, for the access log (it grants nothing there). On the
+management listener it is always the connection's: no forwarding header is read.
 """
 
 import hmac
@@ -54,9 +56,45 @@ class Access:
         return address_in(environ.get("REMOTE_ADDR", ""), self.networks)
 
 
+# The request headers that claim another address, host, scheme or prefix than the
+# connection's: Werkzeug's ProxyFix reads the X-Forwarded-* ones, RFC 7239 defines
+# Forwarded, and some proxies send X-Real-IP.
+FORWARDING_HEADERS = (
+    "HTTP_FORWARDED",
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_FORWARDED_HOST",
+    "HTTP_X_FORWARDED_PORT",
+    "HTTP_X_FORWARDED_PREFIX",
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_REAL_IP",
+)
+
+
+class PeerOnly:
+    """WSGI middleware for the management listener: the caller is the connection's
+    peer, whatever the request claims.
+
+    No proxy belongs in front of that listener, so a forwarding header there can only
+    come from the caller itself; were it read, any caller could claim an address in
+    PETSAGE_TRUSTED_NETWORKS. PETSAGE_TRUSTED_PROXIES is not consulted. The headers
+    are removed from the environ, so that no later layer can read them either.
+    """
+
+    def __init__(self, app: "WSGIApplication") -> None:
+        self.app = app
+
+    def __call__(
+        self, environ: "WSGIEnvironment", start_response: "StartResponse"
+    ) -> Iterable[bytes]:
+        for key in FORWARDING_HEADERS:
+            environ.pop(key, None)
+        return self.app(environ, start_response)
+
+
 class ForwardedFor:
-    """WSGI middleware: behind a named proxy, the caller's address is the one the
-    proxy forwarded (Werkzeug's ``ProxyFix``, one hop of ``X-Forwarded-For``).
+    """WSGI middleware for the public port: behind a named proxy, the caller's address
+    is the one the proxy forwarded (Werkzeug's ``ProxyFix``, one hop of
+    ``X-Forwarded-For``), for the access log.
 
     Anyone can send ``X-Forwarded-For``, so it is read only on connections from
     ``proxies``, and only its last entry, the one the proxy itself wrote (what a client

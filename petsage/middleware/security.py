@@ -62,8 +62,11 @@ class SecurityHeaders:
         return self.app(environ, start_with_headers)
 
 
-def problem_error_bytes(status: int, reason: str) -> bytes:
-    """A whole HTTP response with the problem document for ``status``."""
+def problem_error_bytes(
+    status: int, reason: str, headers: Iterable[tuple[str, str]] = ()
+) -> bytes:
+    """A whole HTTP response with the problem document for ``status``, and
+    ``headers``."""
     error = default_exceptions.get(status)
     title = (
         HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else reason
@@ -80,5 +83,6 @@ def problem_error_bytes(status: int, reason: str) -> bytes:
         f"Content-Length: {len(body)}",
         *(f"{name}: {value}" for name, value in ALWAYS),
         f"Content-Security-Policy: {API_POLICY}",
+        *(f"{name}: {value}" for name, value in headers),
     ]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body

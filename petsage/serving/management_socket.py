@@ -18,6 +18,7 @@ new master adopts it instead of binding an address the old master still holds.
 
 import contextlib
 import errno
+import ipaddress
 import os
 import socket
 from collections.abc import MutableMapping
@@ -88,6 +89,49 @@ def listening_socket(bind: str) -> socket.socket | None:
 def listening_sockets() -> list[socket.socket]:
     """The sockets this master opened, which its workers inherited."""
     return list(_opened.values())
+
+
+def listening_url() -> str | None:
+    """The URL of the socket this master holds (``http://HOST:PORT``, IPv6 in
+    brackets), as the kernel bound it; None when it holds none."""
+    for sock in _opened.values():
+        host, port = sock.getsockname()[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return None
+
+
+def overlaps(address: tuple[str, int]) -> bool:
+    """Whether ``address`` (HOST, PORT: an address gunicorn is about to bind) names
+    this master's management socket's address: the same port, and the same IP
+    address or a wildcard that covers the other (``0.0.0.0`` every IPv4 address,
+    ``::`` every address of either family)."""
+    host, port = address
+    for sock in _opened.values():
+        held_host, held_port = sock.getsockname()[:2]
+        if port != held_port:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            found = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        except socket.gaierror:
+            continue  # gunicorn's bind will say so
+        held = ipaddress.ip_address(held_host)
+        if any(
+            covers(held, other) or covers(other, held)
+            for other in (ipaddress.ip_address(entry[4][0]) for entry in found)
+        ):
+            return True
+    return False
+
+
+def covers(
+    first: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    second: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> bool:
+    """Whether a socket bound to ``first`` takes ``second``'s address too."""
+    if first == second:
+        return True
+    return first.is_unspecified and (first.version == 6 or second.version == 4)
 
 
 def inherited(bind: str) -> socket.socket:

@@ -8,6 +8,17 @@ endpoints and /metrics on that address from threads of its own, so a probe never
 for the application's threads. Operational data lives here, as with Spring Boot
 Actuator's management port: keep this address off the internet.
 
+It speaks HTTP as the public port does, with gunicorn's own code: gunicorn's parser
+(``RequestParser``) reads each request head, configured by the worker's gunicorn
+settings (``limit_request_line``, ``limit_request_fields``,
+``limit_request_field_size`` and the rest, but for the PROXY protocol:
+``ListenerSettings``), gunicorn's ``wsgi.create`` makes the environ and its
+``Response`` writes the answer (status line in the request's version, hop-by-hop
+fields, HEAD). A head gunicorn's parser refuses gets the status gunicorn's worker
+gives that error (``REFUSALS``), as the problem JSON the public port answers
+(``problem_error_bytes``, petsage.middleware.security). The parser is handed the bytes
+the reader collected; how they are collected, and the threads, stay PetSage's:
+
 One socket per instance: the gunicorn master opens it
 (petsage.serving.management_socket) and every worker inherits it, so the kernel's
 queue of connections outlives any one worker. Each worker serves it with a fixed set
@@ -24,69 +35,73 @@ of threads:
   the stuck one leaves it in the queue. A blocking ``accept`` would not do, since a
   thread waiting inside accept(2) holds no GIL, and the kernel would give it a
   connection its process then cannot answer.
-- The reader reads request heads without blocking: at most ``HEAD_LIMIT`` bytes, all
-  within ``HEAD_DEADLINE`` of the accept (one deadline for the whole head, not one per
-  read), so a client that trickles its head costs a socket, not a thread. It reads at
-  most ``MAX_CONNECTIONS`` heads at once; a connection beyond that ends the oldest
-  unfinished one.
+- The reader collects request heads without blocking, all within ``HEAD_DEADLINE`` of
+  the accept (one deadline for the whole head, not one per read), so a client that
+  trickles its head costs a socket, not a thread. It hands a head to the parser when
+  the empty line that ends a head has come, or the bytes have doubled since the last
+  try (a head that grows past gunicorn's limits is refused before it ends, and a
+  trickled head is parsed a few times, not once per packet), and once more at the
+  deadline before answering 408. It reads at most ``MAX_CONNECTIONS`` heads at once
+  (a connection beyond that ends the oldest unfinished one) and holds at most
+  ``HEAD_BYTES`` of them (beyond that the largest is refused with 431): gunicorn's
+  limits allow one head near 1 MB, which the public port reads in one of a few
+  threads, and this reader in any of its connections.
+- A head whose first byte starts no method is refused with 400 at once: a TLS
+  ClientHello sent to this plain-HTTP port has no line end, and gunicorn's parser
+  would wait for one until the deadline.
 - ``HANDLER_THREADS`` threads call the management app for complete requests. Since the
   reader pauses at ``ACCEPT_PAUSE`` waiting requests and reads at most
   ``MAX_CONNECTIONS`` heads, every request it took waits for them (``QUEUE_LIMIT``
   covers both); the 503 for a full queue is a safeguard that load does not reach.
+- One request per connection: every answer says ``Connection: close`` and is sent
+  whole, within ``WRITE_DEADLINE``, then the connection closes. A pipelined second
+  request is not read; probes and scrapes open a connection each.
 
-Parsing is strict (RFC 9112): a head is refused with 400 at once when its first byte
-starts no method (a TLS ClientHello) or it holds a control character (a NUL), and
-when whole if it has two Host fields or Content-Length fields that disagree.
-
-Every error it answers (a malformed head 400, a head too large 431, a head not sent
-in time 408, too many requests 503) is problem JSON with PetSage's security headers.
-When the worker exits (a ``max_requests`` restart, a reload, a stop), the reader stops
-accepting and what it accepted is answered before the process ends.
+Every error it answers (gunicorn's refusals, a head not sent in time 408, heads too
+large for the reader 431, too many requests 503, the app failing 500) is problem JSON
+with PetSage's security headers. When the worker exits (a ``max_requests`` restart, a
+reload, a stop), the reader stops accepting and what it accepted is answered before
+the process ends.
 """
 
 import atexit
 import contextlib
-import email.utils
-import http.client
-import io
 import logging
 import queue
 import re
 import selectors
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_to_bytes
 
-from werkzeug.exceptions import (
-    BadRequest,
-    HTTPException,
-    InternalServerError,
-    RequestHeaderFieldsTooLarge,
-    RequestTimeout,
-    ServiceUnavailable,
-)
+from gunicorn.http import errors
+from gunicorn.http.message import Request
+from gunicorn.http.parser import RequestParser
+from gunicorn.http.wsgi import create
 
-from petsage.errors import problem_response
-from petsage.middleware.security import SecurityHeaders
+from petsage.middleware.security import problem_error_bytes
 from petsage.serving.management_socket import inherited
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication
 
 logger = logging.getLogger(__name__)
 
 # A request head (request line and header fields) must arrive whole within this time
 # of the accept: a probe sends it in one packet, a slow client is cut off.
 HEAD_DEADLINE = 2.0
-# A probe's head is about 100 bytes, a bearer token adds a few hundred.
-HEAD_LIMIT = 8192
-# Unfinished heads read at once per worker; each costs a socket and HEAD_LIMIT bytes.
+# Bytes read at once from a connection.
+RECEIVE_SIZE = 65536
+# Unfinished heads read at once per worker, and the bytes they may hold together
+# (a probe's head is about 100 bytes, a bearer token adds a few hundred).
 MAX_CONNECTIONS = 256
+HEAD_BYTES = 8 << 20
+# gunicorn's parser reads a socket at most this much at a time, and checks its
+# limits after each read: it is given the bytes collected in pieces of this size.
+PARSER_READ = 8192
 # Threads per worker running the management app (each answer takes well under 1 ms
 # but for /metrics).
 HANDLER_THREADS = 2
@@ -102,108 +117,130 @@ QUEUE_LIMIT = ACCEPT_PAUSE + MAX_CONNECTIONS
 # unread bytes would turn the close into a reset, losing the answer).
 WRITE_DEADLINE = 2.0
 LINGER = 1.0
-HEAD_END = re.compile(rb"\r?\n\r?\n")
-REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (/\S*) (HTTP/1\.[01])")
-# A head can be refused before it is whole: a first byte that starts no method (a TLS
-# ClientHello starts with 0x16), or a control character other than CR, LF and HT
-# anywhere (RFC 9110, section 5.5: NUL, CR and LF are never part of a field value).
+HEAD_END = b"\r\n\r\n"
+# The bytes a method (an RFC 9110 token) can start with.
 METHOD_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]")
-CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+# The answers gunicorn's worker (gunicorn.workers.base.Worker.handle_error) gives the
+# errors of its parser, as the public port writes them: status and reason phrase (a
+# 501, and the 500 for a SCRIPT_NAME the path does not start with, keep its "Bad
+# Request"). The worker lists the errors it counts as the client's: every kind of
+# ParseException but NOT_THE_CLIENTS (the app's, and one it leaves out); those are
+# 400 but for REFUSALS, any other error is a 500. tests/serving/test_probe_listener.py
+# holds this to gunicorn's worker.
+REFUSALS: dict[type[Exception], tuple[int, str]] = {
+    errors.LimitRequestLine: (414, "URI Too Long"),
+    errors.LimitRequestHeaders: (431, "Request Header Fields Too Large"),
+    errors.UnsupportedTransferCoding: (501, "Bad Request"),
+    errors.ExpectationFailed: (417, "Expectation Failed"),
+    errors.ForbiddenProxyRequest: (403, "Forbidden"),
+    errors.ConfigurationProblem: (500, "Bad Request"),
+}
+NOT_THE_CLIENTS = (
+    errors.InvalidResponseHeader,
+    errors.InvalidResponseHeaderName,
+    errors.InvalidProxyHeader,
+)
 
 
-def parse_head(head: bytes, peer: Any, server: tuple[str, int]) -> "WSGIEnvironment":
-    """The WSGI environ of a request head (without its final empty line).
+def refusal(error: Exception) -> tuple[int, str]:
+    """The status and reason gunicorn's worker answers ``error`` with."""
+    if (
+        not isinstance(error, errors.ParseException)
+        or type(error) is errors.ParseException
+        or isinstance(error, NOT_THE_CLIENTS)
+    ):
+        return 500, "Internal Server Error"
+    for kind, answer in REFUSALS.items():
+        if isinstance(error, kind):
+            return answer
+    return 400, "Bad Request"
 
-    Header fields are parsed by the standard library's HTTP parser; a header name
-    with an underscore is dropped, as gunicorn drops it, so that it cannot pass for
-    its dashed namesake. Bodies are not read: nothing served here takes one.
+
+def starts_no_request(head: bytes | bytearray) -> bool:
+    """Whether no bytes to come could make ``head`` a request: its first byte (after
+    the one empty line RFC 9112, section 2.2, lets a server skip) starts no method,
+    as the 0x16 of a TLS ClientHello."""
+    if head.startswith(b"\r\n"):
+        head = head[2:]
+    elif head == b"\r":
+        return False
+    return bool(head) and METHOD_START.match(head[:1]) is None
+
+
+class ListenerSettings:
+    """The worker's gunicorn settings as the management listener reads requests with
+    them: the same, but for the PROXY protocol, which it never speaks. A PROXY header
+    sets the caller's address, and trust here comes from the connection's peer only
+    (an operator may let gunicorn read PROXY headers on the public port, from a
+    load balancer; none belongs in front of this listener): one is refused, 400.
+
+    Each setting is read from gunicorn's ``Config`` once, since a worker's settings
+    do not change while it runs, and then costs an attribute lookup.
     """
-    line, _, fields = head.partition(b"\n")
-    match = REQUEST_LINE.fullmatch(line.rstrip(b"\r").decode("latin-1"))
-    if match is None:
-        raise BadRequest("The request line is not METHOD /PATH HTTP/1.x.")
-    method, target, version = match.groups()
+
+    proxy_protocol = "off"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.cfg, name)
+        setattr(self, name, value)
+        return value
+
+
+def read_request(cfg: Any, head: bytearray, peer: Any) -> Request:
+    """The request whose bytes ``head`` holds, read by gunicorn's parser as the public
+    port reads one. Raises gunicorn's errors (``ParseException``), and
+    ``NoMoreData`` while the head has not all come."""
+    pieces = (
+        bytes(head[start : start + PARSER_READ])
+        for start in range(0, len(head), PARSER_READ)
+    )
+    return next(RequestParser(cfg, pieces, peer))
+
+
+class AnswerBuffer(bytearray):
+    """What gunicorn's ``Response`` writes to (``sendall``, as to a socket), kept,
+    so that the answer is sent whole, within the write deadline, after."""
+
+    def sendall(self, data: bytes) -> None:
+        """Keep ``data``."""
+        self.extend(data)
+
+    def send(self, data: bytes) -> int:
+        """Keep ``data`` (gunicorn's ``100 Continue``)."""
+        self.extend(data)
+        return len(data)
+
+
+def answer_bytes(
+    app: "WSGIApplication", cfg: Any, request: Request, peer: Any, server: Any
+) -> bytes:
+    """Call ``app`` for ``request`` as gunicorn's worker does (environ from
+    ``wsgi.create``, the answer from its ``Response``), closing the connection after;
+    the whole answer, or the problem for what failed."""
+    answer = AnswerBuffer()
     try:
-        headers = http.client.parse_headers(io.BytesIO(fields + b"\r\n"))
-    except http.client.HTTPException:  # more than 100 fields
-        raise RequestHeaderFieldsTooLarge() from None
-    if headers.defects:
-        raise BadRequest("A header field is malformed.")
-    # RFC 9112, section 3.2: exactly one Host; section 6.3: Content-Length values that
-    # differ, or are not digits, make the message's framing unknowable.
-    if len(headers.get_all("Host", ())) != 1:
-        raise BadRequest("A request must have exactly one Host header field.")
-    lengths = {value.strip() for value in headers.get_all("Content-Length", ())}
-    if len(lengths) > 1 or not all(value.isdigit() for value in lengths):
-        raise BadRequest(
-            "The Content-Length header fields disagree or are not a number."
-        )
-    path, _, query = target.partition("?")
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": method,
-        "SCRIPT_NAME": "",
-        # PEP 3333: the decoded path's bytes, as latin-1.
-        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-        "QUERY_STRING": query,
-        "SERVER_NAME": server[0],
-        "SERVER_PORT": str(server[1]),
-        "SERVER_PROTOCOL": version,
-        "REMOTE_ADDR": peer[0],
-        "REMOTE_PORT": str(peer[1]),
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-    }
-    for name in dict.fromkeys(name.lower() for name in headers):
-        if "_" in name:
-            continue
-        key = name.upper().replace("-", "_")
-        if key not in ("CONTENT_LENGTH", "CONTENT_TYPE"):
-            key = "HTTP_" + key
-        # Repeated fields are joined as gunicorn joins them, so a proxy's own
-        # X-Forwarded-For stays the last entry whatever a client sent.
-        environ[key] = ",".join(headers.get_all(name, ()))
-    return environ
-
-
-def answer_bytes(app: "WSGIApplication", environ: "WSGIEnvironment") -> bytes:
-    """Call ``app`` and return its whole answer, head and body, to send and close."""
-    answer: list[Any] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> Any:
-        answer[:] = [status, headers]
-
-    chunks: Iterable[bytes] = app(environ, start_response)
-    try:
-        body = b"".join(chunks)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    status, headers = answer
-    names = {name.lower() for name, _ in headers}
-    head = [f"HTTP/1.1 {status}", *(f"{name}: {value}" for name, value in headers)]
-    head_request = environ.get("REQUEST_METHOD") == "HEAD"
-    if "content-length" not in names and not head_request:
-        head.append(f"Content-Length: {len(body)}")
-    head += [
-        f"Date: {email.utils.formatdate(usegmt=True)}",
-        "Server: petsage",
-        "Connection: close",
-    ]
-    data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
-    return data if head_request else data + body
-
-
-def error_bytes(error: HTTPException) -> bytes:
-    """A whole answer for an error the listener finds itself: problem JSON with the
-    security headers every PetSage answer carries."""
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": ""}
-    return answer_bytes(SecurityHeaders(problem_response(error)), environ)
+        response, environ = create(request, answer, peer, server, cfg)
+        environ["wsgi.multithread"] = True
+        response.force_close()
+        body: Iterable[bytes] = app(environ, response.start_response)
+        try:
+            for chunk in body:
+                response.write(chunk)
+            response.close()
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+    except Exception as error:
+        status, reason = refusal(error)
+        if status >= 500:
+            logger.exception("Management listener: the app failed")
+        return problem_error_bytes(status, reason)
+    return bytes(answer)
 
 
 @dataclass
@@ -214,28 +251,36 @@ class Connection:
     peer: Any
     deadline: float
     head: bytearray = field(default_factory=bytearray)
+    # How many bytes of ``head`` the parser was last given.
+    parsed: int = 0
     lingering: bool = False
 
 
 @dataclass(frozen=True)
-class Request:
+class Pending:
     """A request whose head is read, waiting for a handler thread."""
 
     sock: socket.socket
-    environ: "WSGIEnvironment"
+    peer: Any
+    request: Request
 
 
 class ManagementListener:
     """One worker's share of the management listener: a reader thread and a few
     handler threads serving the socket every worker inherited."""
 
-    def __init__(self, sock: socket.socket, app: "WSGIApplication") -> None:
+    def __init__(self, sock: socket.socket, app: "WSGIApplication", cfg: Any) -> None:
+        """Serve ``app`` on ``sock``, reading requests as gunicorn's ``cfg`` says
+        (``ListenerSettings``)."""
         self.sock = sock
         self.app = app
+        self.cfg = ListenerSettings(cfg)
         self.server: tuple[str, int] = sock.getsockname()[:2]
-        self.requests: queue.Queue[Request | None] = queue.Queue(QUEUE_LIMIT)
+        self.requests: queue.Queue[Pending | None] = queue.Queue(QUEUE_LIMIT)
         self._selector = selectors.DefaultSelector()
         self._reading: dict[int, Connection] = {}
+        # The bytes the heads in ``_reading`` hold together.
+        self._buffered = 0
         self._wake, self._waker = socket.socketpair()
         # Handler threads wake the reader through this pair to accept again.
         self._resume, self._resumer = socket.socketpair()
@@ -332,12 +377,15 @@ class ManagementListener:
             oldest = next(iter(self._reading.values()))
             if not oldest.lingering:
                 with contextlib.suppress(OSError):
-                    oldest.sock.send(error_bytes(RequestTimeout()))
+                    oldest.sock.send(problem_error_bytes(408, "Request Timeout"))
             self._close(oldest)
         sock.setblocking(False)
         connection = Connection(sock, peer, time.monotonic() + HEAD_DEADLINE)
         self._reading[sock.fileno()] = connection
         self._selector.register(sock, selectors.EVENT_READ, connection)
+        # A probe's head has most often come by the time its connection is taken:
+        # read it now rather than after another wake-up.
+        self._read(connection)
 
     def _pause_accepting(self) -> None:
         """Leave new connections in the kernel's queue until the handler threads
@@ -353,11 +401,8 @@ class ManagementListener:
             self._selector.register(self.sock, selectors.EVENT_READ)
 
     def _read(self, connection: Connection) -> None:
-        wanted = (
-            65536 if connection.lingering else HEAD_LIMIT + 1 - len(connection.head)
-        )
         try:
-            data = connection.sock.recv(wanted)
+            data = connection.sock.recv(RECEIVE_SIZE)
         except BlockingIOError:
             return
         except OSError:
@@ -367,41 +412,51 @@ class ManagementListener:
             return
         if connection.lingering:
             return  # dropped
-        connection.head += data
-        end = HEAD_END.search(connection.head)
-        head = connection.head if end is None else connection.head[: end.start()]
-        if not METHOD_START.match(head) or CONTROL.search(head):
+        head = connection.head
+        before = len(head)
+        head += data
+        self._buffered += len(data)
+        ended = head.find(HEAD_END, max(0, before - 3)) >= 0
+        if before < 3 and starts_no_request(head[:3]):
             # Refused at once: no more bytes could make it a request head.
-            self._refuse(connection, BadRequest("This is not an HTTP/1.x request."))
-            return
-        if end is None:
-            if len(connection.head) > HEAD_LIMIT:
-                self._refuse(connection, RequestHeaderFieldsTooLarge())
-            return
+            self._refuse(connection, 400, "Bad Request")
+        elif ended or len(head) >= 2 * connection.parsed:
+            # Parsed when it may be whole, or has doubled since the last try: a
+            # trickled head costs a few parses, not one per packet.
+            self._parse(connection)
+        while self._buffered > HEAD_BYTES:
+            largest = max(self._reading.values(), key=lambda other: len(other.head))
+            self._refuse(largest, 431, "Request Header Fields Too Large")
+
+    def _parse(self, connection: Connection) -> bool:
+        """Hand the head to gunicorn's parser; queue the request it reads, or refuse
+        the head as gunicorn's worker would. False while the head is not all here."""
+        connection.parsed = len(connection.head)
         try:
-            environ = parse_head(
-                bytes(connection.head[: end.start()]), connection.peer, self.server
-            )
-        except HTTPException as error:
-            self._refuse(connection, error)
-            return
+            request = read_request(self.cfg, connection.head, connection.peer)
+        except errors.NoMoreData:
+            return False
+        except Exception as error:
+            self._refuse(connection, *refusal(error))
+            return True
         self._forget(connection)
         try:
-            self.requests.put_nowait(Request(connection.sock, environ))
+            self.requests.put_nowait(Pending(connection.sock, connection.peer, request))
         except queue.Full:
-            busy = ServiceUnavailable(
-                "The management listener is answering too many requests.",
-                retry_after=1,
+            busy = problem_error_bytes(
+                503, "Service Unavailable", [("Retry-After", "1")]
             )
-            send_and_close(connection.sock, error_bytes(busy))
+            send_and_close(connection.sock, busy)
+        return True
 
-    def _refuse(self, connection: Connection, error: HTTPException) -> None:
-        """Answer ``error``, then read and drop what the client still sends for a
-        moment before closing: closing with unread bytes would reset the
-        connection, and the client could lose the answer."""
+    def _refuse(self, connection: Connection, status: int, reason: str) -> None:
+        """Answer the problem for ``status``, then read and drop what the client
+        still sends for a moment before closing: closing with unread bytes would
+        reset the connection, and the client could lose the answer."""
         with contextlib.suppress(OSError):
-            connection.sock.send(error_bytes(error))
+            connection.sock.send(problem_error_bytes(status, reason))
             connection.sock.shutdown(socket.SHUT_WR)
+        self._release(connection)
         connection.lingering = True
         connection.deadline = time.monotonic() + LINGER
 
@@ -410,12 +465,18 @@ class ManagementListener:
             if connection.deadline <= now:
                 if connection.lingering:
                     self._close(connection)
-                else:
-                    self._refuse(connection, RequestTimeout())
+                elif not self._parse(connection):
+                    self._refuse(connection, 408, "Request Timeout")
+
+    def _release(self, connection: Connection) -> None:
+        """Drop the bytes of the connection's head."""
+        self._buffered -= len(connection.head)
+        connection.head = bytearray()
 
     def _forget(self, connection: Connection) -> None:
         self._selector.unregister(connection.sock)
         del self._reading[connection.sock.fileno()]
+        self._release(connection)
 
     def _close(self, connection: Connection) -> None:
         self._forget(connection)
@@ -424,19 +485,18 @@ class ManagementListener:
     def _abandon(self, connection: Connection) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._forget(connection)
+        self._release(connection)
         connection.sock.close()
 
     # The handler threads.
 
     def _handle_requests(self) -> None:
-        while (request := self.requests.get()) is not None:
-            try:
-                answer = answer_bytes(self.app, request.environ)
-            except Exception:
-                logger.exception("Management listener: the app failed")
-                answer = error_bytes(InternalServerError())
-            request.sock.settimeout(WRITE_DEADLINE)  # for the whole answer
-            send_and_close(request.sock, answer)
+        while (pending := self.requests.get()) is not None:
+            answer = answer_bytes(
+                self.app, self.cfg, pending.request, pending.peer, self.server
+            )
+            pending.sock.settimeout(WRITE_DEADLINE)  # for the whole answer
+            send_and_close(pending.sock, answer)
             if self._paused and self.requests.qsize() <= ACCEPT_RESUME:
                 with contextlib.suppress(OSError):  # a byte is waiting already
                     self._resumer.send(b"r")
@@ -452,9 +512,12 @@ def send_and_close(sock: socket.socket, answer: bytes) -> None:
         sock.close()
 
 
-def start_probe_listener(bind: str, app: "WSGIApplication") -> ManagementListener:
+def start_probe_listener(
+    bind: str, app: "WSGIApplication", cfg: Any
+) -> ManagementListener:
     """Serve ``app`` (the management app) in this worker, on the socket the master
-    opened for ``bind`` (HOST:PORT)."""
-    listener = ManagementListener(inherited(bind), app)
+    opened for ``bind`` (HOST:PORT), reading requests as the worker's gunicorn
+    settings ``cfg`` say."""
+    listener = ManagementListener(inherited(bind), app, cfg)
     listener.start()
     return listener

@@ -28,7 +28,12 @@ from petsage.instance.memory import InstanceMemory
 from petsage.metrics.storage import RETIREMENT
 from petsage.middleware.security import problem_error_bytes
 from petsage.serving.logs import AccessAtoms, JsonAccessLines
-from petsage.serving.management_socket import IN_USE, listening_sockets
+from petsage.serving.management_socket import (
+    IN_USE,
+    listening_sockets,
+    listening_url,
+    overlaps,
+)
 from petsage.serving.probe_listener import start_probe_listener
 
 logger = logging.getLogger(__name__)
@@ -40,26 +45,48 @@ class AddressInUseError(RuntimeError):
     """An address gunicorn is to listen on is taken; its message is one line."""
 
 
-def refuse_addresses_in_use(arbiter: Any, petsage_bind: str) -> None:
+def refuse_addresses_in_use(
+    arbiter: Any, petsage_bind: str, management_bind: str = ""
+) -> None:
     """Raise ``AddressInUseError`` when an address gunicorn is about to bind is taken.
 
     gunicorn itself tries five times, a second apart, logging two lines a try and
     never naming the setting. Called as the master starts, before gunicorn binds, this
     binds each TCP address once the way gunicorn does (SO_REUSEADDR), and lets it go
     at once. Where gunicorn binds nothing it checks nothing: sockets inherited from
-    systemd or from the master of a SIGUSR2 upgrade, or --reuse-port (every worker
-    binds its own). ``petsage_bind`` is PETSAGE_BIND's value, which gunicorn's
-    ``-b``/``--bind`` (command line or GUNICORN_CMD_ARGS) overrides.
+    systemd or from the master of a SIGUSR2 upgrade. ``petsage_bind`` is
+    PETSAGE_BIND's value, which gunicorn's ``-b``/``--bind`` (command line or
+    GUNICORN_CMD_ARGS) overrides.
+
+    The management listener's socket (``management_bind``, PETSAGE_MANAGEMENT_BIND)
+    is open by then: an address it holds is refused naming both settings, even with
+    --reuse-port (the workers' binds would fail). Other addresses are not checked
+    with --reuse-port (every worker binds its own, and may share it).
     """
     cfg = arbiter.cfg
     inherited = arbiter.master_pid or gunicorn.systemd.listen_fds(
         unset_environment=False
     )
-    if arbiter.LISTENERS or inherited or cfg.reuse_port:
+    if arbiter.LISTENERS or inherited:
+        return
+    named_by_petsage_bind = cfg.bind == [petsage_bind]
+    for bind, address in zip(cfg.bind, cfg.address, strict=True):
+        if isinstance(address, tuple) and overlaps(address) and in_use(address):
+            public = (
+                f"PETSAGE_BIND={bind!r}"
+                if named_by_petsage_bind
+                else f"gunicorn's -b/--bind {bind!r} (which overrides PETSAGE_BIND)"
+            )
+            raise AddressInUseError(
+                f"PETSAGE_MANAGEMENT_BIND={management_bind!r} and {public} name the"
+                f" same address (port {address[1]}): the management listener needs"
+                " an address of its own; give either another port"
+            )
+    if cfg.reuse_port:
         return
     for bind, address in zip(cfg.bind, cfg.address, strict=True):
         if isinstance(address, tuple) and in_use(address):
-            if cfg.bind == [petsage_bind]:
+            if named_by_petsage_bind:
                 raise AddressInUseError(
                     f"PETSAGE_BIND={bind!r} cannot be listened on: Address already in"
                     f" use ({IN_USE}); choose another with PETSAGE_BIND, or with"
@@ -165,6 +192,15 @@ def record_listeners(arbiter: Any, instance: OwnInstance) -> None:
     """
     listeners = [str(listener) for listener in arbiter.LISTENERS]
     instance.mark_listening(listeners or map(address_text, arbiter.cfg.address))
+
+
+def announce_management_listener(arbiter: Any) -> None:
+    """Log where the management listener listens, as gunicorn logs ``Listening at:``
+    for the public port: once at start, and again after a reload that moved it."""
+    url = listening_url()
+    if url is not None and url != getattr(arbiter, "petsage_management_url", None):
+        arbiter.log.info("Management listener at: %s", url)
+    arbiter.petsage_management_url = url
 
 
 def assign_health_slot(arbiter: Any, worker: Any, memory: InstanceMemory) -> None:
@@ -434,7 +470,7 @@ def start_worker_services(
             serving=lambda: bool(worker.alive),
         )
         if management_bind:
-            start_probe_listener(management_bind, app.extensions[PROBE_APP])
+            start_probe_listener(management_bind, app.extensions[PROBE_APP], worker.cfg)
 
 
 class ProbeQuietLogger(Logger):  # type: ignore[misc]

@@ -1,5 +1,6 @@
 """Swagger UI at /docs: served by PetSage alone, rendered and used in Chromium."""
 
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,51 @@ def test_docs_assets_are_served_by_petsage(client: FlaskClient, asset: str) -> N
     with client.get(f"/docs/{asset}") as response:
         assert response.status_code == 200
         assert len(response.data) > 100
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [("/docs", "/docs/"), ("/docs?deepLinking=true", "/docs/?deepLinking=true")],
+)
+def test_the_docs_redirect_answers_json(
+    client: FlaskClient, path: str, location: str
+) -> None:
+    response = client.get(path)
+    assert response.status_code == 308
+    # Relative: the host and scheme a request names are not the client's behind a
+    # proxy.
+    assert response.headers["Location"] == location
+    assert response.mimetype == "application/json"
+    assert response.json == {
+        "title": "Permanent Redirect",
+        "status": 308,
+        "detail": f"This resource is at {location}.",
+        "location": location,
+    }
+    head = client.head(path)
+    assert (head.status_code, head.headers["Location"], head.data) == (
+        308,
+        location,
+        b"",
+    )
+
+
+@pytest.mark.slow
+def test_every_redirect_over_http_is_json_to_this_host(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    server = start_gunicorn()
+    for path, location in (
+        ("/docs", "/docs/"),
+        ("//docs", "/docs/"),
+        ("/docs//", "/docs/"),
+        ("/api//v1/smoke-test", "/api/v1/smoke-test"),
+    ):
+        response = server.request("GET", path, headers={"Host": "elsewhere.example"})
+        assert response.status == 308, path
+        assert response.headers["Location"] == location, path
+        assert response.headers["Content-Type"] == "application/json", path
+        assert json.loads(response.body)["location"] == location, path
 
 
 def test_docs_can_be_switched_off(tmp_path: Path) -> None:

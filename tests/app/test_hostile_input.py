@@ -17,6 +17,7 @@ from petsage.health import health_of
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import REPO_ROOT, GunicornServer
 from tests.support.load import ClientLoad
+from tests.support.raw_http import HOSTILE_REQUESTS
 
 SMOKE_TEST = "/api/v1/smoke-test"
 # The service's own paths, every feature's (from the URL map), and two that nothing
@@ -75,34 +76,6 @@ def status_and_type(answer: bytes) -> tuple[int, str]:
         "",
     )
     return status, content_type
-
-
-HOSTILE_REQUESTS = {
-    "10 KB URL": b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-    "100 KB URL": b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-    "oversized header": b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: "
-    + b"b" * 20_000
-    + b"\r\n\r\n",
-    "too many headers": b"GET / HTTP/1.1\r\nHost: x\r\n"
-    + b"".join(b"X-H%d: v\r\n" % i for i in range(200))
-    + b"\r\n",
-    "header without colon": b"GET / HTTP/1.1\r\nHost: x\r\nnonsense\r\n\r\n",
-    "control character in header": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
-    "garbage request line": b"GARBAGE\r\n\r\n",
-    "unknown HTTP version": b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
-    "binary junk": bytes(range(256)) * 4,
-    "absurd Content-Length": b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: "
-    + b"9" * 40
-    + b"\r\n\r\n",
-    "negative Content-Length": b"POST / HTTP/1.1\r\nHost: x\r\n"
-    b"Content-Length: -5\r\n\r\n",
-    "invalid percent-encoding": b"GET /api/v1/%zz%G0%%% HTTP/1.1\r\nHost: x\r\n\r\n",
-    "traversal": b"GET /../../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
-    "encoded traversal": b"GET /docs/..%2f..%2f..%2fetc%2fpasswd HTTP/1.1\r\n"
-    b"Host: x\r\n\r\n",
-    "unicode path": "GET /api/v1/\u00e9t\u00e9/\U0001f436 HTTP/1.1\r\n"
-    "Host: x\r\n\r\n".encode(),
-}
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ client connects from 127.0.0.2 (still loopback), so that its address differs fro
 address nginx forwards from (127.0.0.1) and the access log can tell them apart.
 """
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,13 @@ TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 OUTSIDE = "127.0.0.2"
 SMOKE_TEST = "/api/v1/smoke-test"
+# What a caller may send to claim another address than its connection's.
+FORWARDED = [
+    {"X-Forwarded-For": "10.1.2.3"},
+    {"Forwarded": "for=10.1.2.3"},
+    {"X-Real-IP": "10.1.2.3"},
+    {"X-Forwarded-For": "10.1.2.3", "Forwarded": 'for="10.1.2.3";proto=http'},
+]
 
 
 def metric_names(result: HttpResult) -> set[str]:
@@ -131,28 +139,70 @@ class TestManagementListener:
         metric_names(instance.management("/metrics", headers=AUTH))
         assert shows_details(instance.management("/health", headers=AUTH))
 
-    def test_forwarded_addresses_count_only_from_named_proxies(
+    @pytest.mark.parametrize("forwarded", FORWARDED, ids=lambda h: ",".join(h))
+    def test_a_forwarded_address_is_never_trusted(
+        self, start_gunicorn: GunicornFactory, forwarded: dict[str, str]
+    ) -> None:
+        # The issue's case: the caller connects from the address named a proxy and
+        # claims one in the trusted network. No proxy belongs in front of this
+        # listener, so the claim can only be the caller's own.
+        instance = Instance(
+            start_gunicorn,
+            TRUSTED_PROXIES="127.0.0.1",
+            TRUSTED_NETWORKS="10.0.0.0/8",
+            HEALTH_TOKEN=TOKEN,
+        )
+        refused = instance.management("/metrics", headers=forwarded)
+        assert refused.status == 401, refused.body
+        for path in ("/readyz?verbose", "/livez?verbose", "/health"):
+            assert not shows_details(instance.management(path, headers=forwarded))
+        # The token still opens it, header or not.
+        with_token = {**forwarded, **AUTH}
+        metric_names(instance.management("/metrics", headers=with_token))
+        assert shows_details(instance.management("/readyz?verbose", headers=with_token))
+        # The public port gives nothing more for the header either.
+        assert not shows_details(instance.public("/readyz?verbose", headers=forwarded))
+        assert instance.public("/metrics", headers=forwarded).status == 404
+
+    def test_a_proxy_protocol_header_is_never_trusted(
+        self, start_gunicorn: GunicornFactory
+    ) -> None:
+        # gunicorn's PROXY protocol is an operator's choice for the public port (behind
+        # HAProxy's send-proxy, from --proxy-allow-from); the management listener must
+        # not let a caller from there claim a trusted address with it either.
+        instance = Instance(
+            start_gunicorn,
+            args=["--proxy-protocol", "auto", "--proxy-allow-from", "127.0.0.1"],
+            TRUSTED_NETWORKS="10.0.0.0/8",
+            HEALTH_TOKEN=TOKEN,
+        )
+        port = instance.management_port
+        claim = f"PROXY TCP4 10.1.2.3 127.0.0.1 40000 {port}\r\n".encode()
+        request = b"GET /metrics HTTP/1.1\r\nHost: petsage\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(claim + request)
+            status_line = connection.makefile("rb").readline()
+        assert status_line.split()[1] in (b"400", b"401"), status_line
+
+    def test_trust_comes_from_the_peer_address(
         self, start_gunicorn: GunicornFactory
     ) -> None:
         instance = Instance(
             start_gunicorn, TRUSTED_NETWORKS="127.0.0.2", TRUSTED_PROXIES="127.0.0.1"
         )
-        spoofed = {"X-Forwarded-For": OUTSIDE}
-        # From the named proxy: the forwarded address is the caller.
-        assert instance.management("/metrics", headers=spoofed).status == 200
-        # Neither the proxy's own untrusted address nor an outside one it forwards.
-        assert instance.management("/metrics").status == 403
-        outside = {"X-Forwarded-For": "203.0.113.7"}
-        assert instance.management("/metrics", headers=outside).status == 403
-        # Only the last entry counts: the one the proxy wrote.
-        chain = {"X-Forwarded-For": f"{OUTSIDE}, 203.0.113.7"}
-        assert instance.management("/metrics", headers=chain).status == 403
-        # From anyone else, X-Forwarded-For is ignored.
-        assert instance.management("/metrics", source=OUTSIDE).status == 200
-        assert (
-            instance.management("/metrics", headers=outside, source=OUTSIDE).status
-            == 200
-        )
+        outside = {"X-Forwarded-For": "203.0.113.7", "Forwarded": "for=203.0.113.7"}
+        # A caller in the trusted network stays trusted whatever it claims...
+        for headers in ({}, outside):
+            assert (
+                instance.management("/metrics", headers, source=OUTSIDE).status == 200
+            )
+        # ...and one outside it (here, the named proxy's address) stays outside.
+        for headers in (
+            {},
+            {"X-Forwarded-For": OUTSIDE},
+            {"Forwarded": "for=127.0.0.2"},
+        ):
+            assert instance.management("/metrics", headers).status == 403, headers
 
 
 @needs_nginx

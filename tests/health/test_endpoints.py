@@ -11,9 +11,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_smorest import Blueprint
-from werkzeug.test import TestResponse
+from werkzeug.test import Client, TestResponse
 
-from petsage import create_app
+from petsage import PROBE_APP, create_app
 from petsage.health import (
     Check,
     CheckFailed,
@@ -56,6 +56,11 @@ class Service:
 
 
 ServiceFactory = Callable[..., Service]
+
+
+def management_client(service: Service) -> Client:
+    """A test client of the service's management listener's app."""
+    return Client(service.app.extensions[PROBE_APP])
 
 
 def json_of(response: TestResponse) -> dict[str, Any]:
@@ -259,6 +264,70 @@ class TestOneItem:
         response = ready.client.get(path)
         assert response.status_code == 404
         assert response.mimetype == "application/problem+json"
+
+    @pytest.mark.parametrize("listener", ["public", "management"])
+    def test_an_unknown_item_answers_the_items_there_are(
+        self, make_service: ServiceFactory, listener: str
+    ) -> None:
+        service = make_service((check("db", failing()),))
+        client = service.client if listener == "public" else management_client(service)
+        for probe, known in (
+            ("readyz", ["db", "refresher", "shutdown", "startup", "uptime"]),
+            ("livez", ["process", "refresher"]),
+        ):
+            response = client.get(f"/{probe}/dbx?verbose")
+            assert response.status_code == 404
+            assert response.mimetype == "application/problem+json"
+            assert response.json == {
+                "type": "about:blank",
+                "title": "Not Found",
+                "status": 404,
+                "detail": f"/{probe} has no item 'dbx'; its items are"
+                f" {', '.join(known)}.",
+                "unknown": ["dbx"],
+                "known": known,
+            }
+
+    @pytest.mark.parametrize("listener", ["public", "management"])
+    def test_excluding_an_unknown_item_is_a_400_naming_it(
+        self, make_service: ServiceFactory, listener: str
+    ) -> None:
+        service = make_service((check("db", failing()),))
+        client = service.client if listener == "public" else management_client(service)
+        response = client.get("/readyz?exclude=db&exclude=dbx&exclude=mq&exclude=dbx")
+        assert response.status_code == 400
+        assert response.mimetype == "application/problem+json"
+        known = ["db", "refresher", "shutdown", "startup", "uptime"]
+        assert response.json == {
+            "type": "about:blank",
+            "title": "Bad Request",
+            "status": 400,
+            "detail": "exclude names items /readyz does not have: 'dbx', 'mq'; its"
+            f" items are {', '.join(known)}.",
+            "unknown": ["dbx", "mq"],
+            "known": known,
+        }
+        single = client.get("/livez?exclude=db").json
+        assert single is not None
+        assert single["detail"] == (
+            "exclude names an item /livez does not have: 'db'; its items are"
+            " process, refresher."
+        )
+        assert (single["unknown"], single["known"]) == (
+            ["db"],
+            ["process", "refresher"],
+        )
+
+    def test_the_unknown_item_problems_match_the_document(
+        self, make_service: ServiceFactory
+    ) -> None:
+        # Imported here, so that the module's other tests run against code without it.
+        from petsage.health.openapi import UnknownItemsProblemSchema
+
+        service = make_service()
+        schema = UnknownItemsProblemSchema()
+        for path in ("/readyz/nope", "/livez/nope", "/readyz?exclude=nope"):
+            assert schema.validate(json_of(service.client.get(path))) == {}, path
 
 
 class TestMethods:

@@ -23,6 +23,7 @@ from tests.support.gunicorn_process import (
     GunicornServer,
 )
 from tests.support.instances import LIVENESS
+from tests.support.management import free_port
 from tests.support.processes import answers, free_ports, gone, wait_until
 
 SMOKE_TEST = "/api/v1/smoke-test"
@@ -241,4 +242,98 @@ def test_a_checks_forked_child_keeps_no_listener_once_the_master_stops(
             " instance on the same public and management ports answered /readyz 200"
             f" {time.monotonic() - started:.1f} s after its start"
         ),
+    )
+
+
+# How the public address is given, and how the refusal names it.
+SAME_ADDRESS = [
+    ("PETSAGE_BIND", "127.0.0.1", "PETSAGE_BIND='127.0.0.1:{port}'"),
+    (
+        "-b",
+        "127.0.0.1",
+        "gunicorn's -b/--bind '127.0.0.1:{port}' (which overrides PETSAGE_BIND)",
+    ),
+    # A wildcard covers the management listener's address: the binds would collide
+    # all the same. Refused before gunicorn binds: nothing listens on every interface.
+    (
+        "-b",
+        "0.0.0.0",  # never listened on
+        "gunicorn's -b/--bind '0.0.0.0:{port}' (which overrides PETSAGE_BIND)",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("given_by", "host", "named"), SAME_ADDRESS)
+def test_one_address_for_both_listeners_is_refused_naming_both_settings(
+    given_by: str, host: str, named: str
+) -> None:
+    port = free_port()
+    env = {"PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{port}"}
+    args: list[str] = []
+    if given_by == "PETSAGE_BIND":
+        env["PETSAGE_BIND"] = f"{host}:{port}"
+    else:
+        args = ["-b", f"{host}:{port}"]
+    result = run_gunicorn(env, args)
+    assert result.returncode == 1
+    # One line naming both settings; not "Address already in use (another PetSage
+    # instance, or another program, ...)", nor gunicorn's five retries.
+    assert logged_messages(result.stdout) == [
+        f"Starting gunicorn {gunicorn.__version__}",
+        f"PETSAGE_MANAGEMENT_BIND='127.0.0.1:{port}' and {named.format(port=port)}"
+        f" name the same address (port {port}): the management listener needs an"
+        " address of its own; give either another port",
+    ]
+    assert result.stderr == ""
+
+
+def wait_for_line(
+    server: GunicornServer, text: str, timeout: float = 30.0
+) -> list[str]:
+    """The whole lines logged so far, once one of them holds ``text`` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = server.log_lines()
+        if any(text in line for line in lines):
+            return lines
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{server.log()}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_the_management_address_is_logged_beside_the_public_one(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    port = free_port()
+    server = start_gunicorn({"PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{port}"})
+    wait_for_line(server, "Management listener at:")
+    records = server.log_records()
+    messages = [record["message"] for record in records]
+    announced = f"Management listener at: http://127.0.0.1:{port}"
+    assert messages.count(announced) == 1, messages
+    [record] = [record for record in records if record["message"] == announced]
+    assert record["level"] == "INFO"
+    assert record["logger"] == "gunicorn.error"
+    # Right beside gunicorn's own line for the public port.
+    public = next(n for n, m in enumerate(messages) if m.startswith("Listening at: "))
+    assert public < messages.index(announced) <= public + 2
+
+
+@pytest.mark.slow
+def test_the_management_address_is_logged_in_text_too(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    port = free_port()
+    server = start_gunicorn(
+        {
+            "PETSAGE_MANAGEMENT_BIND": f"localhost:{port}",
+            "PETSAGE_LOG_FORMAT": "text",
+        }
+    )
+    lines = wait_for_line(server, "Management listener at:")
+    # The address the socket was bound to, not the name it was given.
+    [line] = [line for line in lines if "Management listener at:" in line]
+    assert line.endswith(
+        f" INFO gunicorn.error: Management listener at: http://127.0.0.1:{port}"
     )

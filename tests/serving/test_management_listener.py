@@ -21,21 +21,10 @@ from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory
 from tests.support.management import Instance
 from tests.support.processes import wait_until
+from tests.support.raw_http import HOSTILE_HEADS
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
-# The start of a TLS 1.2 ClientHello: a record of type 0x16 (handshake).
-CLIENT_HELLO = bytes.fromhex("16030100f4010000f00303") + bytes(32)
-HOSTILE_HEADS = {
-    "two Host fields": b"GET /readyz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-    "a NUL in a field value": b"GET /readyz HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n",
-    "Content-Length fields that disagree": (
-        b"GET /readyz HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n"
-        b"Content-Length: 5\r\n\r\n"
-    ),
-    # Never ends its head: waiting for the head's deadline would answer 408.
-    "a TLS ClientHello": CLIENT_HELLO,
-}
 SIMULTANEOUS = 400
 ROUNDS = 4
 

@@ -1,6 +1,7 @@
 """A PetSage instance with a management listener, and requests from a chosen address."""
 
 import http.client
+from collections.abc import Sequence
 
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer, HttpResult
 from tests.support.ports import free_ports
@@ -36,17 +37,19 @@ class Instance:
         self,
         start_gunicorn: GunicornFactory,
         environ: dict[str, str] | None = None,
+        args: Sequence[str] = (),
         **settings: str,
     ) -> None:
         """Start it with ``environ`` and ``settings`` (``HEALTH_TOKEN="t"`` for
-        ``PETSAGE_HEALTH_TOKEN=t``)."""
+        ``PETSAGE_HEALTH_TOKEN=t``), and gunicorn's options ``args``."""
         self.management_port = free_port()
         self.server: GunicornServer = start_gunicorn(
             {
                 "PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{self.management_port}",
                 **(environ or {}),
                 **{f"PETSAGE_{key}": value for key, value in settings.items()},
-            }
+            },
+            args=args,
         )
         self.port = self.server.port
 

@@ -241,12 +241,13 @@ DEPENDENCY_URLS = (
 )
 DEPENDENCY_MEANING = (
     # (bandit reads "SELECT" in this f-string as a query: it is a description.)
-    " tcp connects, http(s) expects 2xx; postgresql runs SELECT 1 and redis PING,"  # nosec B608
-    " over one connection per dependency per instance, reused (drivers: the"
-    " petsage-backend[postgresql] and [redis] extras). A password may come from a"
-    " file instead of the URL (a mounted Kubernetes Secret): the URL's query"
-    f" parameter {PASSWORD_FILE}=PATH, read at each connect; one trailing newline"
-    " is dropped."
+    " tcp connects, http(s) expects 2xx; postgresql logs in over a new connection"  # nosec B608
+    " each cycle, runs SELECT 1 and closes it; redis sends AUTH and PING over one"
+    " connection it keeps: at most one connection per dependency per instance"
+    " (drivers: the petsage-backend[postgresql] and [redis] extras). A password may"
+    " come from a file instead of the URL (a mounted Kubernetes Secret): the URL's"
+    f" query parameter {PASSWORD_FILE}=PATH, read at each connect (PostgreSQL: each"
+    " cycle); one trailing newline is dropped."
 )
 
 SETTINGS = (

@@ -85,10 +85,12 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def postgres(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
-    """The module's PostgreSQL, running and answering however a test left it."""
+    """The module's PostgreSQL, running and answering however a test left it, with
+    PetSage's own password."""
     postgres_server.ensure_running()
     yield postgres_server
     postgres_server.ensure_running()
+    postgres_server.change_password(PETSAGE_PASSWORD)
 
 
 @pytest.fixture

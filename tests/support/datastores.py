@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from petsage.health.dependencies.datastores import CLIENT_NAME
 from tests.support.management import free_port
 
 # Who runs the servers when the tests run as root.
@@ -285,9 +287,78 @@ class PostgresServer(ServerProcess):
     def petsage_backends(self) -> list[int]:
         """The pids of the server's backends for PetSage's connections."""
         rows = self.query(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'petsage'"
+            f"SELECT pid FROM pg_stat_activity WHERE application_name = '{CLIENT_NAME}'"
         )
         return sorted(row[0] for row in rows)
+
+    def logins(self) -> int:
+        """Sessions begun on the database ``petsage`` since the cluster was made
+        (pg_stat_database counts a session once its login succeeded)."""
+        rows = self.query(
+            "SELECT sessions FROM pg_stat_database WHERE datname = 'petsage'"
+        )
+        return int(rows[0][0])
+
+    def counting_connections(self) -> "ListedConnections":
+        """A block during which PetSage's connections are counted as listed."""
+        return ListedConnections(self)
+
+    def stop_postmaster(self) -> None:
+        """SIGSTOP the postmaster alone: new connections wait in its listen queue
+        unanswered, while the backends of established ones keep answering
+        (``thaw`` resumes it)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def change_password(self, password: str) -> None:
+        """Give the role ``petsage`` a new password, as an operator rotating it does."""
+        from psycopg import sql
+
+        statement = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(PETSAGE_USER), sql.Literal(password)
+        )
+        with self.admin() as connection:
+            connection.execute(statement)
+
+    @contextlib.contextmanager
+    def every_slot_taken(self) -> Iterator[list[Any]]:
+        """Every connection slot but the superuser's reserved ones held by the role
+        ``other`` for the block, a slot taken again as soon as it frees (as a pool
+        that grows to its limit does): a new login of any other role is refused with
+        "remaining connection slots are reserved". Yields the held connections."""
+        import psycopg
+
+        held: list[Any] = []
+        done = threading.Event()
+
+        def take() -> None:
+            while not done.is_set():
+                try:
+                    held.append(self.admin(user="other"))
+                except psycopg.OperationalError:
+                    done.wait(0.02)
+
+        taker = threading.Thread(target=take, daemon=True)
+        taker.start()
+        try:
+            wait_for(self.refuses, START_TIMEOUT, "every slot taken")
+            yield held
+        finally:
+            done.set()
+            taker.join(STOP_TIMEOUT)
+            for connection in held:
+                connection.close()
+
+    def refuses(self) -> bool:
+        """Whether a new login of the role ``other`` is refused: no slot left but
+        the superuser's reserved ones."""
+        import psycopg
+
+        try:
+            self.admin(user="other").close()
+        except psycopg.OperationalError as error:
+            return "remaining connection slots are reserved" in str(error)
+        return False
 
     def petsage_connections(self) -> list[int]:
         """PetSage's connections as the server lists them (backend pids)."""
@@ -302,6 +373,45 @@ class PostgresServer(ServerProcess):
         )
         suffix = f"?{urlencode(query)}" if query else ""
         return f"postgresql://{credentials}@127.0.0.1:{self.port}/petsage{suffix}"
+
+
+class ListedConnections:
+    """The most PetSage connections a PostgreSQL server listed at once while the
+    block ran (pg_stat_activity by application_name), read over one connection of
+    the tests' own, again and again, by a thread."""
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+        self.most = 0
+        self.samples = 0
+        self.error: Exception | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._count, daemon=True)
+
+    def _count(self) -> None:
+        try:
+            with self.server.admin() as connection:
+                while not self._done.is_set():
+                    [(listed,)] = connection.execute(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE application_name = %s",
+                        [CLIENT_NAME],
+                    ).fetchall()
+                    self.most = max(self.most, listed)
+                    self.samples += 1
+                    self._done.wait(0.005)
+        except Exception as error:  # reported by __exit__, in the test's thread
+            self.error = error
+
+    def __enter__(self) -> "ListedConnections":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join(STOP_TIMEOUT)
+        if self.error is not None:
+            raise AssertionError(f"counting connections failed: {self.error}")
 
 
 @contextlib.contextmanager
@@ -379,12 +489,12 @@ class RedisServer(ServerProcess):
         )
 
     def petsage_clients(self) -> list[int]:
-        """The ids of the clients named ``petsage`` (CLIENT SETNAME)."""
+        """The ids of the clients named as PetSage names its own (CLIENT SETNAME)."""
         with self.admin() as client:
             return sorted(
                 int(entry["id"])
                 for entry in client.client_list()
-                if entry.get("name") == "petsage"
+                if entry.get("name") == CLIENT_NAME
             )
 
     def petsage_connections(self) -> list[int]:

@@ -5,7 +5,8 @@ One home for all of it, in layers that import only downwards:
 
 - ``entry``: a dependency, a name and a URL, and its URL as it is shown;
 - ``network`` and ``datastores``: the probes, a TCP connect and an HTTP GET, and
-  PostgreSQL and Redis in their own protocol over one held connection;
+  PostgreSQL (a new login each run) and Redis (over one held connection) in their
+  own protocol;
 - ``schemes``: the one list of the schemes PetSage checks, each with its probe and,
   for a datastore, its driver and the package extra that installs it; and
   ``dependency_check``, a dependency's check;

@@ -1,12 +1,15 @@
 """Dependency checks in a datastore's own protocol: PostgreSQL ``SELECT 1``, Redis PING.
 
 A TCP connect proves a port is open; these prove a login works and the server answers.
-Each check keeps one connection, opened at its first run, reused by every later run
-and replaced after a failure. Checks run in one process of the instance (the leader,
-``petsage.health.shared``), one run of a check at a time (a run still hanging is not
-started again), so the server sees one PetSage connection per dependency per instance:
-a leader that ends takes its connection with it (the kernel closes the socket), and
-the next leader opens its own at its first cycle.
+The PostgreSQL check logs in over a new connection at each run and closes it before
+the run ends, since what refuses new logins (a stopped postmaster, a changed
+password, every connection slot taken) leaves an established session answering. The
+Redis check keeps one connection, opened at its first run, reused by every later run
+and replaced after a failure, and sends AUTH at each run. Checks run in one process of
+the instance (the leader, ``petsage.health.shared``), one run of a check at a time (a
+run still hanging is not started again), so the server sees at most one PetSage
+connection per dependency per instance: a leader that ends takes its connection with
+it (the kernel closes the socket), and the next leader opens its own.
 
 The drivers (psycopg 3, redis-py) are the package's ``postgresql`` and ``redis``
 extras, imported only by a check that needs one;
@@ -30,7 +33,7 @@ from petsage.health.dependencies.entry import Dependency
 
 # The server lists the connection under this name (pg_stat_activity.application_name,
 # Redis CLIENT LIST), so an operator can tell PetSage's checks from the application.
-CLIENT_NAME = "petsage"
+CLIENT_NAME = "petsage-health"
 
 Connection = TypeVar("Connection")
 
@@ -157,42 +160,33 @@ def shutdown_at(descriptor: int, deadline: float) -> threading.Timer:
     return timer
 
 
-def postgresql_probe(dependency: Dependency, timeout: float) -> HeldProbe:
-    """Run ``SELECT 1`` over one held connection; observe its round trip in ms."""
+def postgresql_probe(
+    dependency: Dependency, timeout: float
+) -> Callable[[], Observation]:
+    """Log in over a new connection, run ``SELECT 1``, close: each run proves that a
+    new login works; observe the query's round trip in ms."""
     psycopg = driver("psycopg")
     conninfo = dependency.driver_url
     password_file = dependency.password_file
     url_password = urlsplit(dependency.url).password
-    # The server cancels a statement running longer than the check may take.
-    statement_timeout_ms = max(1, int(timeout * 1000))
     # libpq's unit is whole seconds, at least 2; the refresher reports the check timed
     # out at its own timeout whatever the driver does.
     connect_timeout = max(2, int(timeout + 0.999))
 
-    def connect() -> Any:
+    def connect(password: str | None) -> Any:
         options: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": connect_timeout,
             # The URL's application_name, if it gives one, wins.
             "fallback_application_name": CLIENT_NAME,
         }
-        if password_file is not None:
-            options["password"] = read_password(password_file)
-        connection = psycopg.connect(conninfo, **options)
-        timer = shutdown_at(connection.pgconn.socket, time.monotonic() + timeout)
-        try:
-            connection.execute(
-                "SELECT set_config('statement_timeout', %s, false)",
-                [f"{statement_timeout_ms}ms"],
-            )
-        except BaseException:
-            connection.close()  # not held yet: nobody else would close it
-            raise
-        finally:
-            timer.cancel()
-        return connection
+        if password is not None:
+            options["password"] = password
+        return psycopg.connect(conninfo, **options)
 
     def query(connection: Any, deadline: float) -> Observation:
+        # One statement that takes no lock, on a connection closed right after: the
+        # socket's shutdown at the deadline is all the bound it needs.
         timer = shutdown_at(connection.pgconn.socket, deadline)
         try:
             started = time.perf_counter()
@@ -210,17 +204,48 @@ def postgresql_probe(dependency: Dependency, timeout: float) -> HeldProbe:
         described = f"PostgreSQL {version // 10000}.{version % 10000}, {role}"
         return Observation(round_trip, "ms", output=described)
 
-    held: HeldConnection[Any] = HeldConnection(connect, lambda c: c.close())
-
     def observe() -> Observation:
+        deadline = time.monotonic() + timeout
+        # Read at each run: a rotated Secret (the file rewritten) needs no restart.
+        password = read_password(password_file) if password_file else None
         try:
-            return held.use(query, timeout)
+            connection = connect(password)
+            try:
+                return query(connection, deadline)
+            finally:
+                close_and_wait(connection, deadline)
         except psycopg.Error as error:
-            password = url_password and unquote(url_password)
             reason = describe_postgresql_error(psycopg, error)
-            raise CheckFailed(without_secret(reason, password)) from None
+            for secret in (password, url_password and unquote(url_password)):
+                reason = without_secret(reason, secret)
+            raise CheckFailed(reason) from None
 
-    return HeldProbe(observe, held)
+    return observe
+
+
+def close_and_wait(connection: Any, deadline: float) -> None:
+    """Close a psycopg connection, then wait, until ``deadline`` (monotonic) at the
+    latest, for the server to close its end.
+
+    libpq sends Terminate and closes its descriptor at once, while the server's
+    backend still holds its connection slot until it has exited; it closes its socket
+    last. Waiting on a duplicate of the descriptor for that end of file means the
+    next run's connection is never a second one the server counts.
+    """
+    try:
+        descriptor: int | None = os.dup(connection.pgconn.socket)
+    except Exception:  # the driver's "connection lost": no socket left to wait on
+        descriptor = None
+    connection.close()
+    if descriptor is None:
+        return
+    with socket.socket(fileno=descriptor) as duplicate:
+        try:
+            duplicate.settimeout(max(0.0, deadline - time.monotonic()))
+            while duplicate.recv(4096):  # a TLS close_notify, then the end
+                pass
+        except OSError:  # nosec B110: timed out or reset: the wait is over
+            pass
 
 
 def describe_postgresql_error(psycopg: ModuleType, error: Exception) -> str:

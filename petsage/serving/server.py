@@ -313,9 +313,14 @@ def start_worker_services(
             instance.memory,
             getattr(worker, "petsage_slot", None),
             serving=lambda: bool(worker.alive),
+            master=worker.ppid,
         )
         if management_bind:
-            start_probe_listener(management_bind, app.extensions[PROBE_APP])
+            # Closed with the worker's other listening sockets when it stops
+            # accepting (petsage.serving.worker).
+            worker.management_listener = start_probe_listener(
+                management_bind, app.extensions[PROBE_APP]
+            )
 
 
 class ProbeQuietLogger(Logger):  # type: ignore[misc]

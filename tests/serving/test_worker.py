@@ -1,0 +1,114 @@
+"""PetSage's worker (``petsage.serving.worker``): a master that is gone stops its
+workers from pretending.
+
+The master is killed with SIGKILL while clients hold the instance: an idle keep-alive
+connection per probe path and a request in flight (``tests.support.orphans``). The
+tests wait for what must happen, bounded; how soon it happened is measured and
+recorded, not asserted.
+"""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fault_record import FaultRecorder
+from tests.support.gunicorn_process import GunicornFactory, HttpResult
+from tests.support.instances import LIVENESS
+from tests.support.orphans import PROBES, OrphanedInstance, refuses
+from tests.support.processes import wait_for_workers, wait_until
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+
+# Beyond the graceful timeout, for what must happen within it on a busy machine.
+MARGIN = 10.0
+
+
+@pytest.fixture
+def orphaned(
+    start_gunicorn: GunicornFactory, tmp_path: Path
+) -> Iterator[OrphanedInstance]:
+    """An instance of 3 workers held by clients, whose master the test kills."""
+    instance = OrphanedInstance(start_gunicorn, tmp_path)
+    yield instance
+    instance.close()
+
+
+def both_refuse(orphaned: OrphanedInstance) -> bool:
+    """Whether new connections to the public and management ports are refused."""
+    return refuses(orphaned.port) and refuses(orphaned.management_port)
+
+
+@pytest.mark.fault
+def test_a_killed_masters_workers_refuse_connections_fail_probes_and_finish(
+    orphaned: OrphanedInstance, fault_record: FaultRecorder
+) -> None:
+    killed = orphaned.kill_master()
+    kept = {path: orphaned.probe_kept_alive(path) for path in PROBES}
+    wait_until(lambda: both_refuse(orphaned), LIVENESS, "both listeners refusing")
+    refused = time.monotonic() - killed
+    holding = orphaned.workers_alive()
+    held = orphaned.release()
+    wait_until(lambda: not orphaned.workers_alive(), 30 + MARGIN, "workers exited")
+    answered = isinstance(held, HttpResult) and held.status == 200
+    fault_record(
+        fault="master killed (SIGKILL) while clients hold its workers",
+        injected="SIGKILL to the master of 3 workers with a management listener",
+        load="an idle keep-alive connection per probe (/livez, /readyz) and one"
+        " request in flight, released after the listeners refused",
+        sent=3,
+        failed=sum(status == 200 for status in kept.values()) + (not answered),
+        lost=int(held is None or isinstance(held, Exception)),
+        recovery=f"new connections refused on both ports {refused:.3f} s after the"
+        f" kill; kept-alive probes answered {kept}; the request in flight answered"
+        " 200 once released, then every worker exited",
+    )
+    assert set(kept.values()) <= {503, None}, kept
+    assert holding, "a worker still held the request in flight"
+    assert answered, held
+
+
+@pytest.mark.fault
+def test_a_killed_masters_worker_that_overstays_the_graceful_timeout_is_ended(
+    start_gunicorn: GunicornFactory, tmp_path: Path, fault_record: FaultRecorder
+) -> None:
+    graceful_timeout = 2
+    orphaned = OrphanedInstance(
+        start_gunicorn, tmp_path, GRACEFUL_TIMEOUT=str(graceful_timeout)
+    )
+    try:
+        killed = orphaned.kill_master()
+        wait_until(
+            lambda: not orphaned.workers_alive(),
+            graceful_timeout + MARGIN,
+            "every worker gone, the one holding a request that never ends too",
+        )
+        ended = time.monotonic() - killed
+    finally:
+        orphaned.close()
+    fault_record(
+        fault="master killed (SIGKILL) while a request never ends",
+        injected=f"SIGKILL to the master of 3 workers, graceful timeout"
+        f" {graceful_timeout} s, one request in flight that is never released",
+        load="the request in flight",
+        sent=1,
+        failed=0,
+        lost=1,
+        recovery=f"the last worker ended {ended:.1f} s after the kill, as its master"
+        " would have ended it; its request unanswered",
+    )
+
+
+def oom_score_adj(pid: int) -> int:
+    """The ``oom_score_adj`` of process ``pid``."""
+    return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+
+
+def test_each_worker_raises_its_oom_score_adj_500_over_its_masters(
+    start_gunicorn: GunicornFactory,
+) -> None:
+    server = start_gunicorn({"PETSAGE_WORKERS": "3"})
+    master = oom_score_adj(server.process.pid)
+    workers = {oom_score_adj(pid) for pid in wait_for_workers(server, 3)}
+    assert workers == {min(master + 500, 1000)}

@@ -15,9 +15,10 @@ import pytest
 
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, HttpResult
-from tests.support.instances import LIVENESS
+from tests.support.instances import LIVENESS, petsage
+from tests.support.load import SMOKE_TEST
 from tests.support.orphans import PROBES, OrphanedInstance, refuses
-from tests.support.processes import wait_for_workers, wait_until
+from tests.support.processes import answers, wait_for_workers, wait_until
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
@@ -67,6 +68,56 @@ def test_a_killed_masters_workers_refuse_connections_fail_probes_and_finish(
     assert set(kept.values()) <= {503, None}, kept
     assert holding, "a worker still held the request in flight"
     assert answered, held
+
+
+def test_petsage_probe_and_drain_say_a_killed_master_is_gone(
+    orphaned: OrphanedInstance,
+) -> None:
+    orphaned.kill_master()
+    probed = petsage("probe", "/readyz", env=orphaned.state)
+    drained = petsage("drain", env=orphaned.state)
+    gone = f"the instance's master (pid {orphaned.master}) is gone"
+    assert (probed.returncode, drained.returncode) == (1, 1)
+    assert gone in probed.stderr, probed.stderr
+    assert gone in drained.stderr, drained.stderr
+    assert orphaned.workers_alive(), "its workers held the instance's lock meanwhile"
+
+
+@pytest.mark.fault
+def test_a_new_instance_serves_on_a_killed_masters_addresses_at_once(
+    orphaned: OrphanedInstance,
+    start_gunicorn: GunicornFactory,
+    fault_record: FaultRecorder,
+) -> None:
+    killed = orphaned.kill_master()
+    successor = orphaned.start_successor(start_gunicorn)
+    smoke = successor.request("GET", SMOKE_TEST)
+    serving = time.monotonic() - killed
+    wait_until(
+        lambda: answers(orphaned.management_port, "/readyz") == 200,
+        LIVENESS,
+        "the successor's management listener ready",
+    )
+    probed = petsage("probe", "/readyz", env=orphaned.state)
+    holding = orphaned.workers_alive()
+    held = orphaned.release()
+    fault_record(
+        fault="master killed (SIGKILL), a new instance started on its addresses",
+        injected="SIGKILL to the master of 3 workers, one request in flight; a new"
+        " instance with the same addresses and state directory started at once",
+        load="the smoke test on the new instance, the request in flight released"
+        " after it",
+        sent=2,
+        failed=int(smoke.status != 200)
+        + int(not isinstance(held, HttpResult) or held.status != 200),
+        lost=0,
+        recovery=f"the new instance answered the smoke test {serving:.1f} s after"
+        " the kill, while the old workers still finished their request",
+    )
+    assert smoke.status == 200
+    assert probed.returncode == 0, probed.stderr
+    assert holding, "the old workers still held the request in flight"
+    assert isinstance(held, HttpResult) and held.status == 200, held
 
 
 @pytest.mark.fault

@@ -7,6 +7,7 @@ tests wait for what must happen, bounded; how soon it happened is measured and
 recorded, not asserted.
 """
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +18,17 @@ from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, HttpResult
 from tests.support.instances import LIVENESS, petsage
 from tests.support.load import SMOKE_TEST
+from tests.support.memory_cgroup import MemoryCgroup, memory_cgroup, remove
 from tests.support.orphans import PROBES, OrphanedInstance, refuses
-from tests.support.processes import answers, wait_for_workers, wait_until
+from tests.support.processes import answers, gone, wait_for_workers, wait_until
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
 # Beyond the graceful timeout, for what must happen within it on a busy machine.
 MARGIN = 10.0
+# Room left in the memory cgroup over what the instance uses once it serves: less
+# than a Python interpreter takes to start.
+HEADROOM = 4 << 20
 
 
 @pytest.fixture
@@ -156,6 +161,14 @@ def oom_score_adj(pid: int) -> int:
     return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
 
 
+def resident_mib(pid: int) -> int:
+    """The memory process ``pid`` has resident (its RSS), in MiB: what the OOM
+    killer weighs, with its ``oom_score_adj``."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    [line] = [line for line in status.splitlines() if line.startswith("VmRSS:")]
+    return int(line.split()[1]) >> 10
+
+
 def test_each_worker_raises_its_oom_score_adj_500_over_its_masters(
     start_gunicorn: GunicornFactory,
 ) -> None:
@@ -163,3 +176,48 @@ def test_each_worker_raises_its_oom_score_adj_500_over_its_masters(
     master = oom_score_adj(server.process.pid)
     workers = {oom_score_adj(pid) for pid in wait_for_workers(server, 3)}
     assert workers == {min(master + 500, 1000)}
+
+
+@pytest.fixture
+def memory() -> Iterator[MemoryCgroup]:
+    """A memory cgroup of the test's own; removed once its processes are gone."""
+    made = memory_cgroup(f"petsage-test-{os.getpid()}-{time.monotonic_ns()}")
+    if isinstance(made, str):
+        pytest.skip(made)
+    yield made
+    remove(made)
+
+
+@pytest.mark.fault
+def test_under_memory_pressure_the_oom_killer_takes_a_worker_not_the_master(
+    memory: MemoryCgroup, start_gunicorn: GunicornFactory, fault_record: FaultRecorder
+) -> None:
+    server = start_gunicorn({"PETSAGE_WORKERS": "3"}, preexec_fn=memory.join)
+    master, workers = server.process.pid, set(wait_for_workers(server, 3))
+    sizes = {pid: resident_mib(pid) for pid in (master, *workers)}
+    memory.limit(memory.usage() + HEADROOM)
+    with memory.filled() as taken:
+        wait_until(lambda: any(map(gone, sizes)), LIVENESS, "an OOM kill")
+        killed = sorted(pid for pid in sizes if gone(pid))
+        memory.limit(None)
+    lifted = time.monotonic()
+    assert not gone(master), f"the master was killed (resident MiB: {sizes})"
+    replacements = set(wait_for_workers(server, 3)) - workers
+    replaced = time.monotonic() - lifted
+    fault_record(
+        fault="memory pressure: the kernel's OOM killer in the instance's cgroup",
+        injected=f"the instance in a memory cgroup limited to {HEADROOM >> 20} MiB"
+        f" over what a master and 3 workers used once serving; another process"
+        f" started in it (and took {taken} MiB more)",
+        load="none",
+        sent=1,
+        failed=0,
+        lost=0,
+        recovery=f"the OOM killer took {len(killed)} worker(s), not the larger"
+        f" master (resident: master {sizes[master]} MiB, workers"
+        f" {sorted(sizes[pid] for pid in workers)} MiB); the master had replaced"
+        f" it {replaced:.1f} s after the limit was lifted",
+    )
+    assert set(killed) <= workers
+    assert replacements
+    assert server.request("GET", SMOKE_TEST).status == 200

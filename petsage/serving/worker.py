@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import signal
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from gunicorn.workers import gthread
@@ -47,9 +48,8 @@ OOM_SCORE_ADJ_MAX = 1000
 OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
 
 
-def raise_oom_score_adj(by: int) -> int | None:
-    """Raise this process's ``oom_score_adj`` by ``by`` (at most to 1000); the new
-    value, or None where the kernel offers none."""
+def raise_oom_score_adj(by: int) -> None:
+    """Raise this process's ``oom_score_adj`` by ``by``, at most to 1000."""
     try:
         with open(OOM_SCORE_ADJ, "r+", encoding="ascii") as adj:
             value = min(int(adj.read()) + by, OOM_SCORE_ADJ_MAX)
@@ -57,8 +57,6 @@ def raise_oom_score_adj(by: int) -> int | None:
             adj.write(str(value))
     except OSError as error:
         logger.warning("Cannot raise this worker's oom_score_adj: %s", error)
-        return None
-    return value
 
 
 def signal_when_parent_dies(signum: int) -> None:
@@ -75,6 +73,8 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
     # PetSage's management listener, when this worker serves one (set by
     # ``start_worker_services`` of petsage.serving.server).
     management_listener: "ManagementListener | None" = None
+    # Whether it has closed its listening sockets (it is stopping).
+    listeners_closed = False
 
     def init_process(self) -> None:
         """Raise this worker's OOM score over its master's, then start as gthread
@@ -91,7 +91,22 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         signal_when_parent_dies(signal.SIGTERM)
         if self.master_gone():
             # It died before the kernel could be told: this worker never serves.
-            self.alive = False
+            self.handle_exit(signal.SIGTERM, None)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """SIGTERM: stop gracefully, as gthread does. From the kernel, the master
+        being gone, the kernel also ends this worker should it still run a graceful
+        timeout later (SIGALRM, whose default action ends the process), as the
+        master would have; nothing else is done here, in a signal handler."""
+        super().handle_exit(sig, frame)
+        if self.master_gone():
+            signal.alarm(self.graceful_timeout)
+
+    @property
+    def graceful_timeout(self) -> int:
+        """PETSAGE_GRACEFUL_TIMEOUT, in whole seconds."""
+        seconds: float = self.cfg.graceful_timeout
+        return math.ceil(seconds)
 
     def master_gone(self) -> bool:
         """Whether the master that forked this worker has exited."""
@@ -102,23 +117,22 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         """Stop or resume accepting; once stopped for good, let go of every
         listening socket."""
         super().set_accept_enabled(enabled)
-        if not enabled and not self.alive:
+        if not enabled and not self.alive and not self.listeners_closed:
             self.close_listeners()
 
     def close_listeners(self) -> None:
-        """Close this worker's listening sockets (gunicorn's and the management
-        listener's); without a master, bound its stay to the graceful timeout."""
+        """Close this worker's listening sockets: gunicorn's and the management
+        listener's."""
+        self.listeners_closed = True
         for listener in self.sockets:
             listener.close()
         if self.management_listener is not None:
             self.management_listener.stop_accepting()
         if self.master_gone():
-            graceful_timeout = math.ceil(self.cfg.graceful_timeout)
-            signal.alarm(graceful_timeout)
             logger.error(
                 "The master (pid %d) is gone: this worker stopped accepting, fails"
                 " its probes, and exits once it has answered what it holds, in %d s"
                 " at most (the graceful timeout)",
                 self.ppid,
-                graceful_timeout,
+                self.graceful_timeout,
             )

@@ -76,8 +76,9 @@ wsgi_app = "wsgi:app"
 bind = [settings["BIND"]]
 workers = settings["WORKERS"]
 # Threads keep probes answered while slow requests or idle connections hold a worker;
-# sync workers stall on as few idle sockets as there are workers.
-worker_class = "gthread"
+# sync workers stall on as few idle sockets as there are workers. PetSage's gthread
+# worker also stops pretending when its master dies (petsage.serving.worker).
+worker_class = "petsage.serving.worker.ThreadWorker"
 threads = settings["THREADS"]
 timeout = settings["TIMEOUT"]
 graceful_timeout = settings["GRACEFUL_TIMEOUT"]

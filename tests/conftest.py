@@ -1,6 +1,6 @@
 """Fixtures: the app, its test client and CLI runner, real gunicorn on 127.0.0.1."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,9 @@ def start_gunicorn() -> Iterator[GunicornFactory]:
         env: dict[str, str] | None = None,
         app: str | None = None,
         args: Sequence[str] = (),
+        preexec_fn: Callable[[], object] | None = None,
     ) -> GunicornServer:
-        server = GunicornServer.start(env or {}, app, args)
+        server = GunicornServer.start(env or {}, app, args, preexec_fn)
         servers.append(server)
         return server
 

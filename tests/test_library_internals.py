@@ -480,11 +480,12 @@ class Scanner(ast.NodeVisitor):
         names may stand for a library's (``base = values.MultiProcessValue(...)``),
         and ``self`` is the class's only in its methods and their closures."""
         method = self.in_class_body
-        if method and private(node.name):
+        if method:
             owner = self.owner_of(node.name)
             if owner is not None:
+                # A public method overridden needs a row only where one is written.
                 self.place.append(("function", node.name))
-                self.note(f"{owner}.{node.name}", "overrides")
+                self.note(f"{owner}.{node.name}", "overrides", private(node.name))
                 self.place.pop()
         self.scopes[-1].functions.add(node.name)
         scope = Scope({})

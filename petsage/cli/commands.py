@@ -13,7 +13,7 @@ from petsage.cli.contract import validator_missing
 from petsage.cli.deploy_check import RENDERERS, Service, run_smoke
 from petsage.config import ConfigError, read_setting
 from petsage.health.state import Drain
-from petsage.instance.directory import InstanceRecord, running_instances
+from petsage.instance.directory import InstanceRecord, live_instances
 from petsage.instance.memory import InstanceMemory
 
 # A master puts back a deleted instance directory within about a second: a command
@@ -89,30 +89,45 @@ INSTANCE_HELP = (
 )
 
 
+def master_gone(record: InstanceRecord) -> str:
+    """What the command says of an instance whose master is gone."""
+    return (
+        f"the instance's master (pid {record.pid}) is gone; its workers refuse new"
+        " connections and exit once they have answered what they hold"
+    )
+
+
 def chosen_instance(name: str | None) -> InstanceRecord:
     """The running instance ``name`` names, or the only one running, among those in
     this PID namespace (others' pids mean other processes here).
 
-    None found is a failure (exit 1), after DISCOVERY_WAIT seconds in case a master
-    is putting its directory back; several, without a name that picks one, a usage
-    error (exit 64) that lists them.
+    An instance runs while its master does: workers whose master is gone do not
+    count. None found is a failure (exit 1), after DISCOVERY_WAIT seconds in case a
+    master is putting its directory back, that says so of an instance whose master
+    is gone; several, without a name that picks one, a usage error (exit 64) that
+    lists them.
     """
     state_directory = read_setting("STATE_DIR", os.environ)
     deadline = time.monotonic() + DISCOVERY_WAIT
     while True:
-        found = running_instances(state_directory)
-        running = [record for record in found if record.here]
-        matching = [r for r in running if name is None or r.matches(name)]
-        if matching or time.monotonic() >= deadline:
+        found = live_instances(state_directory)
+        here = [record for record in found if record.here]
+        candidates = [r for r in here if name is None or r.matches(name)]
+        matching = [r for r in candidates if r.master_alive]
+        orphaned = [r for r in candidates if not r.master_alive]
+        if matching or orphaned or time.monotonic() >= deadline:
             break
         time.sleep(0.1)
     if len(matching) == 1:
         return matching[0]
+    if not matching and orphaned:
+        raise click.ClickException("; ".join(map(master_gone, orphaned)))
+    running = [r for r in here if r.master_alive]
     listed = "; ".join(record.describe() for record in (matching or running))
     if not matching:
         named = f" named {name!r}" if name is not None else ""
         others = f" (running: {listed})" if running else ""
-        elsewhere = len(found) - len(running)
+        elsewhere = len(found) - len(here)
         if elsewhere:
             others += (
                 f"; {elsewhere} more in other PID namespaces, which only a command"
@@ -132,6 +147,8 @@ def drain_of(record: InstanceRecord) -> Drain:
     try:
         memory = InstanceMemory.attach(record.pid, record.memory_fd, record.name)
     except OSError as error:
+        if not record.master_alive:
+            raise click.ClickException(master_gone(record)) from None
         raise click.ClickException(
             f"cannot reach the memory of instance {record.describe()}:"
             f" {error.strerror}; run petsage as its user (or root)"

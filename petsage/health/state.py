@@ -13,6 +13,10 @@ from petsage.instance.memory import DrainState, InstanceMemory
 
 logger = logging.getLogger(__name__)
 
+# Why a worker whose gunicorn master has exited fails both probes: it no longer
+# accepts, and exits once it has answered what it holds (petsage.serving.worker).
+MASTER_GONE = "master gone"
+
 
 @dataclass(frozen=True)
 class Item:
@@ -150,6 +154,8 @@ class Health:
         self.broken_reason: str | None = None
         # The instance's shared health, once ``share`` succeeded.
         self.instance: InstanceHealth | None = None
+        # The pid of this worker's gunicorn master, once ``share`` succeeded.
+        self.master: int | None = None
         # Called with each new snapshot this worker answers from.
         self.listeners: list[Callable[[Snapshot], None]] = []
 
@@ -194,6 +200,7 @@ class Health:
         memory: InstanceMemory,
         slot: int | None,
         serving: Callable[[], bool] = lambda: True,
+        master: int | None = None,
     ) -> None:
         """Answer from the instance's snapshot in ``memory``, loaded before this
         returns, and drain with the instance; beat in ``slot`` and run the checks
@@ -201,10 +208,12 @@ class Health:
 
         With no slot (more workers than slots) this worker only answers, and another
         runs the checks. ``serving`` turns false when the worker is shutting down.
+        Both probes fail once ``master``, this worker's gunicorn master, is gone.
         """
         if self.started:
             raise RuntimeError("health checks already started in this process")
         self.drain = Drain(memory, self.drain.marker)
+        self.master = master
         instance = InstanceHealth(
             memory, -1 if slot is None else slot, self.refresher, self._notify, serving
         )
@@ -222,12 +231,17 @@ class Health:
         """Fail liveness from now on: for a state only a restart can mend."""
         self.broken_reason = reason
 
+    def master_gone(self) -> bool:
+        """Whether this worker's gunicorn master has exited (its parent changed)."""
+        return self.master is not None and os.getppid() != self.master
+
     def liveness(self) -> Verdict:
         """Is this process fit to keep running? In-memory state only, no I/O.
 
         Sharing the instance's results, a worker is wedged when its health thread
         no longer beats within its lease (another worker has taken over the checks
-        meanwhile); a stale snapshot fails readiness, not this worker's liveness.
+        meanwhile); a stale snapshot fails readiness, not this worker's liveness. A
+        worker whose master is gone is on its way out: nothing will replace it.
         """
         refresher = self.refresher
         instance = self.instance
@@ -238,7 +252,9 @@ class Health:
             wedged = refresher.started and (not refresher.alive or stale)
         return Verdict(
             (
-                Item("process", "fail", "broken")
+                Item("process", "fail", MASTER_GONE)
+                if self.master_gone()
+                else Item("process", "fail", "broken")
                 if self.broken_reason
                 else Item("process", "pass"),
                 Item("refresher", "fail", "wedged")
@@ -255,7 +271,9 @@ class Health:
             Item("startup", "fail", "starting")
             if snapshot is None
             else Item("startup", "pass"),
-            Item("shutdown", "fail", "draining")
+            Item("shutdown", "fail", MASTER_GONE)
+            if self.master_gone()
+            else Item("shutdown", "fail", "draining")
             if self.drain.active()
             else Item("shutdown", "pass"),
         ]

@@ -8,14 +8,18 @@ directory (PETSAGE_STATE_DIR), named ``petsage-<pid>-<pid namespace>-<start time
 (unique to it on the host), holding only what other processes must discover:
 
 - ``instance.lock``, which the master holds (``flock``) for as long as it or any
-  of its workers lives: an instance is dead when nobody holds its lock, a test the
-  kernel answers the same way in every PID namespace;
-- ``instance.json``: its pid, its PID namespace, the descriptor of the memory it
-  shares with its workers (petsage.instance.memory), and the addresses gunicorn
-  really bound (whichever way they were given), so that ``petsage drain`` and
-  ``petsage probe`` find it;
+  of its workers lives: an instance's directory is in use until nobody holds its
+  lock, a test the kernel answers the same way in every PID namespace;
+- ``instance.json``: its pid and start time, its PID namespace, the descriptor of the
+  memory it shares with its workers (petsage.instance.memory), and the addresses
+  gunicorn really bound (whichever way they were given), so that ``petsage drain``
+  and ``petsage probe`` find it;
 - ``metrics/``: prometheus_client's multiprocess files, unless PROMETHEUS_MULTIPROC_DIR
   is set, in which case they go to a subdirectory of it of the same name.
+
+An instance runs while its master does (``InstanceRecord.master_alive``): workers
+whose master was killed hold the lock until they exit, a graceful timeout at most
+later, but serve nothing new meanwhile (petsage.serving.worker).
 
 Readiness, draining and the health snapshot live in memory, not here: a full,
 read-only or deleted directory degrades metrics and discovery only, and the master
@@ -33,7 +37,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from petsage.instance.memory import InstanceMemory
@@ -68,14 +72,31 @@ METRICS_FILE = re.compile(
 )
 
 
-def process_start_time(pid: int | str) -> int | None:
-    """When ``pid`` started (clock ticks since boot), or None if it does not exist."""
+def process_status(pid: int | str) -> tuple[str, int] | None:
+    """The state of ``pid`` (``R``, ``S``, ``Z``, ...) and when it started (clock
+    ticks since boot), or None if it does not exist."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name, in parentheses, may hold spaces: the fields follow it.
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
+    values = stat[stat.rindex(")") + 2 :].split()
+    return values[0], int(values[19])
+
+
+def process_start_time(pid: int | str) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None if it does not exist."""
+    status = process_status(pid)
+    return None if status is None else status[1]
+
+
+def process_running(pid: int, started: int) -> bool:
+    """Whether ``pid`` runs (exited, it may stay a zombie until its parent reaps it),
+    and is the process that started at ``started``, unless that is 0 (unknown)."""
+    status = process_status(pid)
+    return (
+        status is not None and status[0] not in ("Z", "X") and started in (0, status[1])
+    )
 
 
 def pid_namespace() -> int:
@@ -154,11 +175,26 @@ class InstanceRecord:
     management_bind: str = ""
     # Why the metrics directory could not be made, for the master to log once.
     metrics_problem: str = ""
+    # When the master started (clock ticks since boot), so that a later process
+    # given its pid is not taken for it; 0 when unknown (an earlier release's).
+    started: int = 0
 
     @property
     def alive(self) -> bool:
         """Whether the master that wrote this record (or one of its workers) lives."""
         return lock_held(self.directory) is True
+
+    @property
+    def master_alive(self) -> bool:
+        """Whether the master itself runs: its workers may outlive it for a graceful
+        timeout, holding the lock, while they finish what they hold.
+
+        Told by its process in this PID namespace; in another, where its pid means
+        another process, only the lock tells.
+        """
+        if not self.here:
+            return self.alive
+        return process_running(self.pid, self.started)
 
     @property
     def ready(self) -> bool:
@@ -197,9 +233,14 @@ class InstanceRecord:
 
     @classmethod
     def load(cls, directory: str) -> "InstanceRecord":
-        """Read the record in ``directory``; OSError or ValueError if unreadable."""
+        """Read the record in ``directory``; OSError or ValueError if unreadable.
+
+        A field this release does not know (a later release's) is left out.
+        """
         with open(os.path.join(directory, RECORD), encoding="utf-8") as source:
             data = json.load(source)
+        known = {field.name for field in fields(cls)}
+        data = {name: value for name, value in data.items() if name in known}
         data["binds"] = tuple(data.get("binds", ()))
         data["directory"] = directory
         return cls(**data)
@@ -228,9 +269,9 @@ def trusted(record: InstanceRecord) -> bool:
     return user == 0 and record.here and os.stat(f"/proc/{record.pid}").st_uid == owner
 
 
-def running_instances(state_directory: str) -> list[InstanceRecord]:
-    """The live instances in ``state_directory`` this process may act on (see
-    ``trusted``), oldest pid first."""
+def live_instances(state_directory: str) -> list[InstanceRecord]:
+    """The instances in ``state_directory`` whose master or workers live, that this
+    process may act on (see ``trusted``), oldest pid first."""
     found = []
     for directory in instance_directories(state_directory):
         with contextlib.suppress(OSError, ValueError, TypeError):
@@ -238,6 +279,12 @@ def running_instances(state_directory: str) -> list[InstanceRecord]:
             if record.alive and trusted(record):
                 found.append(record)
     return sorted(found, key=lambda record: record.pid)
+
+
+def running_instances(state_directory: str) -> list[InstanceRecord]:
+    """The instances in ``state_directory`` whose master runs, that this process may
+    act on (see ``trusted``), oldest pid first."""
+    return [record for record in live_instances(state_directory) if record.master_alive]
 
 
 def remove_metrics_directory(directory: str) -> None:
@@ -478,7 +525,13 @@ class OwnInstance:
             for address in binds
         )
         # gunicorn's --daemon forks after reading the config: the master's pid changed.
-        self.record = replace(self.record, binds=addresses, pid=os.getpid())
+        pid = os.getpid()
+        self.record = replace(
+            self.record,
+            binds=addresses,
+            pid=pid,
+            started=process_start_time(pid) or 0,
+        )
         with contextlib.suppress(OSError):
             self.save()  # else repair() writes it when it can
         return self.record
@@ -573,6 +626,7 @@ def create_instance(
     record = InstanceRecord(
         name=name,
         pid=os.getpid(),
+        started=process_start_time(os.getpid()) or 0,
         pid_namespace=pid_namespace(),
         directory=directory,
         metrics_directory=metrics_directory,

@@ -59,9 +59,9 @@ of threads:
 
 Every error it answers (gunicorn's refusals, a head not sent in time 408, heads too
 large for the reader 431, too many requests 503, the app failing 500) is problem JSON
-with PetSage's security headers. When the worker exits (a ``max_requests`` restart, a
-reload, a stop), the reader stops accepting and what it accepted is answered before
-the process ends.
+with PetSage's security headers. When the worker stops (a ``max_requests`` restart, a
+reload, a stop, its master's death), the reader stops accepting and closes its copy of
+the socket at once, and what it accepted is answered before the process ends.
 """
 
 import atexit
@@ -311,10 +311,15 @@ class ManagementListener:
             thread.start()
         atexit.register(self.stop)
 
-    def stop(self) -> None:
-        """Stop accepting; answer what was accepted (bounded by the deadlines)."""
+    def stop_accepting(self) -> None:
+        """Stop accepting and close this worker's copy of the socket, at once; what
+        was accepted is still answered."""
         with contextlib.suppress(OSError):
             self._waker.send(b"x")
+
+    def stop(self) -> None:
+        """Stop accepting; answer what was accepted (bounded by the deadlines)."""
+        self.stop_accepting()
         deadline = time.monotonic() + HEAD_DEADLINE + LINGER + WRITE_DEADLINE
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -354,6 +359,10 @@ class ManagementListener:
                 self._selector.unregister(self.sock)
             self._selector.unregister(self._wake)
             self._selector.unregister(self._resume)
+            # The master and the other workers hold copies: the socket lives on
+            # while one of them does, and with the last one it is gone and new
+            # connections are refused (a master that died: petsage.serving.worker).
+            self.sock.close()
 
     def _accept(self) -> None:
         """Take one connection: every worker's reader wakes for a pending one, so

@@ -468,9 +468,14 @@ def start_worker_services(
             instance.memory,
             getattr(worker, "petsage_slot", None),
             serving=lambda: bool(worker.alive),
+            master=worker.ppid,
         )
         if management_bind:
-            start_probe_listener(management_bind, app.extensions[PROBE_APP], worker.cfg)
+            # Closed with the worker's other listening sockets when it stops
+            # accepting (petsage.serving.worker).
+            worker.management_listener = start_probe_listener(
+                management_bind, app.extensions[PROBE_APP], worker.cfg
+            )
 
 
 class ProbeQuietLogger(Logger):  # type: ignore[misc]

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ from petsage.instance.directory import (
     RECORD,
     InstanceRecord,
     create_instance,
+    live_instances,
     lock_held,
     pid_namespace,
+    process_start_time,
     remove_dead_instances,
     running_instances,
 )
@@ -74,6 +77,54 @@ def test_a_directory_whose_lock_nobody_holds_is_removed(
     assert not dead.exists()
     assert holder.exists(), "a held lock is a live instance, whatever its pid says"
     assert [r.name for r in running_instances(str(tmp_path))] == [holder.name]
+
+
+def test_an_instance_runs_while_its_master_does_not_while_its_workers_do(
+    tmp_path: Path, holder: Path
+) -> None:
+    # The lock stays held, as a killed master's workers hold it.
+    command = [sys.executable, "-c", "input()"]
+    with subprocess.Popen(command, stdin=subprocess.PIPE) as master:
+        assert master.stdin is not None
+        orphaned = InstanceRecord(
+            holder.name,
+            master.pid,
+            pid_namespace(),
+            str(holder),
+            str(holder / "m"),
+            started=process_start_time(master.pid) or 0,
+        )
+        orphaned.save()
+        assert orphaned.master_alive
+        assert [r.name for r in running_instances(str(tmp_path))] == [holder.name]
+        master.stdin.close()
+        # Exited, and not reaped by its parent (this test): a zombie.
+        os.waitid(os.P_PID, master.pid, os.WEXITED | os.WNOWAIT)
+        assert not orphaned.master_alive
+        assert [r.name for r in live_instances(str(tmp_path))] == [holder.name]
+        assert running_instances(str(tmp_path)) == []
+
+
+def test_a_later_process_given_a_masters_pid_is_not_taken_for_it(
+    tmp_path: Path,
+) -> None:
+    this = process_start_time(os.getpid()) or 0
+    directory = str(tmp_path / "petsage-1-2-3")
+    record = InstanceRecord(
+        "petsage-1-2-3", os.getpid(), pid_namespace(), directory, ""
+    )
+    assert record.master_alive, "an unknown start time trusts the pid"
+    assert replace(record, started=this).master_alive
+    assert not replace(record, started=this - 1).master_alive
+
+
+def test_a_record_keeps_what_a_later_release_adds_out(tmp_path: Path) -> None:
+    directory = tmp_path / "petsage-1-2-3"
+    directory.mkdir()
+    record(directory).save()
+    data = json.loads((directory / RECORD).read_text())
+    (directory / RECORD).write_text(json.dumps({**data, "later": "field"}))
+    assert InstanceRecord.load(str(directory)) == record(directory)
 
 
 def test_a_directory_without_a_lock_is_left_alone(tmp_path: Path) -> None:

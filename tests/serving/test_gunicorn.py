@@ -72,10 +72,11 @@ def test_openapi_document_over_http(gunicorn: GunicornServer) -> None:
 
 
 @pytest.mark.slow
-def test_gunicorn_runs_gthread_workers_from_the_config(
+def test_gunicorn_runs_petsages_gthread_workers_from_the_config(
     gunicorn: GunicornServer,
 ) -> None:
-    assert "Using worker: gthread" in gunicorn.log()
+    # gunicorn's gthread worker, which also stops when its master is gone.
+    assert "Using worker: petsage.serving.worker.ThreadWorker" in gunicorn.log()
 
 
 @pytest.mark.slow

@@ -81,12 +81,14 @@ class GunicornServer:
         env: dict[str, str],
         app: str | None = None,
         args: Sequence[str] = (),
+        preexec_fn: Callable[[], object] | None = None,
     ) -> "GunicornServer":
         """Start gunicorn on a free port and wait until its workers answer.
 
         ``app`` replaces the config's ``wsgi:app``, e.g. with a test module's app;
         ``args`` go on gunicorn's command line (e.g. ``-b 127.0.0.1:8001``), where
-        the first ``-b`` address is the one requests go to.
+        the first ``-b`` address is the one requests go to; ``preexec_fn`` runs in
+        the new process before gunicorn does (e.g. to join a cgroup).
         """
         log_path = Path(tempfile.mkstemp(prefix="petsage-gunicorn-", suffix=".log")[1])
         environment = {
@@ -109,6 +111,7 @@ class GunicornServer:
                 env=environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=preexec_fn,
             )
         server = cls(process, 0, log_path)
         try:

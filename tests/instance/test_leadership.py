@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.threads import frozen_thread
+from tests.faults.threads import frozen_thread, thread_ids
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory
 from tests.support.management import Instance
@@ -153,8 +153,18 @@ def instance_of_workers(start_gunicorn: GunicornFactory, workers: int) -> Instan
 
 
 def worker_to_stick(what: str, leader: int, master: int) -> int:
-    """The worker that ``what`` sticks: the leader, or the lowest follower."""
-    return leader if what.startswith("leader") else min(children(master) - {leader})
+    """The worker that ``what`` sticks: the leader, or the lowest follower whose
+    health thread runs (a worker that has just booted, replacing one, may not have
+    started and named it yet)."""
+    if what.startswith("leader"):
+        return leader
+
+    def followers() -> list[int]:
+        others = children(master) - {leader}
+        return sorted(pid for pid in others if len(thread_ids(pid, THREAD)) == 1)
+
+    wait_until(lambda: bool(followers()), LIVENESS, "a follower's health thread")
+    return followers()[0]
 
 
 def stick(what: str, target: int) -> AbstractContextManager[Any]:

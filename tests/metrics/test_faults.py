@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer, HttpResult
+from tests.support.instances import LIVENESS
 from tests.support.load import SMOKE_TEST, ClientLoad
 from tests.support.metrics_files import metric_files, samples
 from tests.support.mounts import mounted, read_only_bind_mount
@@ -216,7 +217,10 @@ def restart_workers_by_requests(
     while len(booted_workers(server)) - workers < RESTARTS:
         run.sent += 1
         try:
-            run.failed += server.request("GET", SMOKE_TEST).status != 200
+            # No bound on the answer's time here (a worker booting on a loaded
+            # machine takes seconds): a request is lost only if never answered.
+            answer = server.request("GET", SMOKE_TEST, timeout=LIVENESS)
+            run.failed += answer.status != 200
         except (OSError, http.client.HTTPException):
             run.lost += 1
         if run.sent % 50 == 0:

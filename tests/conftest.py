@@ -52,8 +52,9 @@ def start_gunicorn() -> Iterator[GunicornFactory]:
         env: dict[str, str] | None = None,
         app: str | None = None,
         args: Sequence[str] = (),
+        output: int | None = None,
     ) -> GunicornServer:
-        server = GunicornServer.start(env or {}, app, args)
+        server = GunicornServer.start(env or {}, app, args, output)
         servers.append(server)
         return server
 

@@ -81,12 +81,15 @@ class GunicornServer:
         env: dict[str, str],
         app: str | None = None,
         args: Sequence[str] = (),
+        output: int | None = None,
     ) -> "GunicornServer":
         """Start gunicorn on a free port and wait until its workers answer.
 
         ``app`` replaces the config's ``wsgi:app``, e.g. with a test module's app;
         ``args`` go on gunicorn's command line (e.g. ``-b 127.0.0.1:8001``), where
-        the first ``-b`` address is the one requests go to.
+        the first ``-b`` address is the one requests go to. ``output``, a file
+        descriptor, takes gunicorn's stdout and stderr instead of the log file (which
+        stays empty): its port must then be given with ``-b``.
         """
         log_path = Path(tempfile.mkstemp(prefix="petsage-gunicorn-", suffix=".log")[1])
         environment = {
@@ -107,12 +110,18 @@ class GunicornServer:
                 [GUNICORN, *args, *([app] if app else [])],
                 cwd=REPO_ROOT,
                 env=environment,
-                stdout=log,
+                stdout=log if output is None else output,
                 stderr=subprocess.STDOUT,
             )
         server = cls(process, 0, log_path)
         try:
-            server.port = server._wait_for_port(given_port(args))
+            given = given_port(args)
+            if output is None:
+                server.port = server._wait_for_port(given)
+            elif given is not None:
+                server.port = given  # nothing to read "Listening at" from
+            else:
+                raise ValueError("gunicorn writing to another output needs -b")
             server._wait_for_an_answer()
         except BaseException:
             # Not handed to a fixture yet: nobody else would stop it.

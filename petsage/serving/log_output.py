@@ -32,6 +32,8 @@ from petsage.metrics.log_lines import dropped_log_lines
 # How long a process exiting waits for its queued lines to be written: never forever
 # on a pipe nobody reads.
 EXIT_FLUSH = 2.0
+# How long the writer, once it has caught up, lets lines gather before writing again.
+GATHER = 0.01
 # While the writer never catches up (a reader slower than the log), how often the
 # dropped lines are reported.
 REPORT_EVERY = 10.0
@@ -138,6 +140,11 @@ class LogOutput:
                     self._report_drops()
             for _ in batch:
                 lines.task_done()
+            if carried is None and lines.empty():
+                # Let lines gather before the next write: a thread that logs then
+                # finds the writer asleep, not waiting on the queue, and wakes
+                # nobody, and one write carries many lines.
+                time.sleep(GATHER)
 
     def _next_batch(self, carried: bytes | None) -> tuple[list[bytes], bytes | None]:
         """The next lines to write at once (a line carried over from the last batch
@@ -171,9 +178,13 @@ class LogOutput:
             None,
             extra={"dropped_lines": dropped},
         )
+        try:
+            text = self.report_format(record)
+        except Exception:  # a handler's formatter must not stop the writer thread
+            text = record.getMessage()
         # Lost with the line if it cannot be written: the lines stay counted.
         with contextlib.suppress(OSError):
-            write_all(self.report_fd, encode(self.report_format(record) + "\n"))
+            write_all(self.report_fd, encode(text + "\n"))
 
 
 def encode(text: str) -> bytes:
@@ -189,7 +200,9 @@ def write_all(fd: int, data: bytes) -> None:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            select.select([], [fd], [])
+            writable = select.poll()
+            writable.register(fd, select.POLLOUT)
+            writable.poll()
 
 
 _OUTPUTS: dict[int, LogOutput] = {}

@@ -211,8 +211,9 @@ class JsonAccessLines:
     attributes: two thirds of the line's cost. Where the access logger is set up as
     PetSage sets it up (one stream handler with JsonFormatter and PetSage's filters,
     nothing else), this writes the very line that path would (same fields in the same
-    order, same encoder, same lock); set up any other way, records take the
-    ``logging`` path.
+    order, same encoder, same lock, same stream, which only queues it: see
+    petsage.serving.log_output); set up any other way, records take the ``logging``
+    path.
     """
 
     def __init__(self) -> None:

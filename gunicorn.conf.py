@@ -87,7 +87,9 @@ loglevel = settings["LOG_LEVEL"].lower()
 accesslog = "-"
 errorlog = "-"
 access_log_format = ACCESS_LOG_FORMAT
-logconfig_dict = logging_config(settings["LOG_FORMAT"], settings["LOG_LEVEL"])
+logconfig_dict = logging_config(
+    settings["LOG_FORMAT"], settings["LOG_LEVEL"], settings["LOG_BUFFER_LINES"]
+)
 proc_name = "petsage"
 # The heartbeat file on tmpfs, so a stalled disk cannot get healthy workers killed.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None

@@ -267,6 +267,15 @@ SETTINGS = (
         " for people, for local use.",
     ),
     Setting(
+        "LOG_BUFFER_LINES",
+        10000,
+        whole_number(1, 1000000),
+        "a whole number from 1 to 1000000",
+        "Log lines each gunicorn process holds while its stdout is not read (a log"
+        " shipper that stalls); further lines are dropped and counted in"
+        " petsage_log_lines_dropped_total, so that logging never holds up a request.",
+    ),
+    Setting(
         "BIND",
         "127.0.0.1:8000",
         parse_bind,

@@ -53,8 +53,9 @@ def start_gunicorn() -> Iterator[GunicornFactory]:
         app: str | None = None,
         args: Sequence[str] = (),
         preexec_fn: Callable[[], object] | None = None,
+        output: int | None = None,
     ) -> GunicornServer:
-        server = GunicornServer.start(env or {}, app, args, preexec_fn)
+        server = GunicornServer.start(env or {}, app, args, preexec_fn, output)
         servers.append(server)
         return server
 

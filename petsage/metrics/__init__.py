@@ -34,6 +34,7 @@ from petsage.health.openapi import TOKEN_REQUIRED, add_path
 from petsage.health.refresher import Snapshot
 from petsage.health.state import Health
 from petsage.methods import other_method_response
+from petsage.metrics.log_lines import dropped_log_lines
 from petsage.metrics.process import (
     InstanceProcessCollector,
     RuntimeCollector,
@@ -81,6 +82,9 @@ class Metrics:
         )
         for collector in self.scrape_time:
             registry.register(collector)
+        # Made now, so that the worker's scrapes show it from 0 (a counter that
+        # appears at its first drop would hide that drop from increase()).
+        registry.register(dropped_log_lines())
         self.requests = Counter(
             "petsage_http_requests",
             "HTTP requests answered, by route template, method and status.",

@@ -1,7 +1,8 @@
 """One logging setup for PetSage and gunicorn: JSON lines on stdout, or text.
 
 gunicorn applies it (``logconfig_dict`` in ``gunicorn.conf.py``) in the master, and its
-workers inherit it, so Flask's, PetSage's and gunicorn's records all come out alike.
+workers inherit it, so Flask's, PetSage's and gunicorn's records all come out alike,
+through one handler whose stream never blocks (petsage.serving.log_output).
 """
 
 import datetime
@@ -16,8 +17,10 @@ from flask import has_request_context, request
 from pythonjsonlogger.orjson import OrjsonFormatter, orjson_default
 
 from petsage.middleware.request_ids import ENVIRON_KEY, HEADER
+from petsage.serving.log_output import output_to
 
 ACCESS_LOGGER = "gunicorn.access"
+STDOUT, STDERR = 1, 2
 # gunicorn's access line, as text; JSON lines carry the same facts as fields too.
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms id=%({x-request-id}o)s "%(a)s"'
 RESPONSE_ID_ATOM = "{" + HEADER.lower() + "}o"
@@ -208,8 +211,9 @@ class JsonAccessLines:
     attributes: two thirds of the line's cost. Where the access logger is set up as
     PetSage sets it up (one stream handler with JsonFormatter and PetSage's filters,
     nothing else), this writes the very line that path would (same fields in the same
-    order, same encoder, same lock); set up any other way, records take the
-    ``logging`` path.
+    order, same encoder, same lock, same stream, which only queues it: see
+    petsage.serving.log_output); set up any other way, records take the ``logging``
+    path.
     """
 
     def __init__(self) -> None:
@@ -263,8 +267,20 @@ class JsonAccessLines:
             handler.release()
 
 
-def logging_config(log_format: str, level: str) -> dict[str, Any]:
-    """The ``logging.config.dictConfig`` for PetSage and gunicorn."""
+def stdout_handler(buffer_lines: int) -> "logging.StreamHandler[Any]":
+    """logging's own StreamHandler, writing to stdout through the process's log
+    output, which holds ``buffer_lines`` lines while stdout is not read
+    (``logging.config`` calls this)."""
+    output = output_to(STDOUT, STDERR, buffer_lines)
+    handler = logging.StreamHandler(output)
+    # The dropped-lines line is formatted as this handler's records are.
+    output.report_format = handler.format
+    return handler
+
+
+def logging_config(log_format: str, level: str, buffer_lines: int) -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` for PetSage and gunicorn; each process holds
+    ``buffer_lines`` lines while its stdout is not read, and drops the rest."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -278,8 +294,8 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
         },
         "handlers": {
             "stdout": {
-                "class": "logging.StreamHandler",
-                "stream": "ext://sys.stdout",
+                "()": stdout_handler,
+                "buffer_lines": buffer_lines,
                 "formatter": log_format,
                 "filters": ["request", "access"],
             }

@@ -133,7 +133,7 @@ def json_access_line(through_logging: bool) -> str:
     config.set("accesslog", "-")
     config.set("access_log_format", ACCESS_LOG_FORMAT)
     logger = ProbeQuietLogger(config)
-    logging.config.dictConfig(logging_config("json", "INFO"))
+    logging.config.dictConfig(logging_config("json", "INFO", 100))
     [handler] = logger.access_log.handlers
     assert isinstance(handler, logging.StreamHandler)
     written = io.StringIO()

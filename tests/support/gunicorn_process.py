@@ -82,13 +82,16 @@ class GunicornServer:
         app: str | None = None,
         args: Sequence[str] = (),
         preexec_fn: Callable[[], object] | None = None,
+        output: int | None = None,
     ) -> "GunicornServer":
         """Start gunicorn on a free port and wait until its workers answer.
 
         ``app`` replaces the config's ``wsgi:app``, e.g. with a test module's app;
         ``args`` go on gunicorn's command line (e.g. ``-b 127.0.0.1:8001``), where
         the first ``-b`` address is the one requests go to; ``preexec_fn`` runs in
-        the new process before gunicorn does (e.g. to join a cgroup).
+        the new process before gunicorn does (e.g. to join a cgroup). ``output``, a
+        file descriptor, takes gunicorn's stdout and stderr instead of the log file
+        (which stays empty): its port must then be given with ``-b``.
         """
         log_path = Path(tempfile.mkstemp(prefix="petsage-gunicorn-", suffix=".log")[1])
         environment = {
@@ -109,13 +112,19 @@ class GunicornServer:
                 [GUNICORN, *args, *([app] if app else [])],
                 cwd=REPO_ROOT,
                 env=environment,
-                stdout=log,
+                stdout=log if output is None else output,
                 stderr=subprocess.STDOUT,
                 preexec_fn=preexec_fn,
             )
         server = cls(process, 0, log_path)
         try:
-            server.port = server._wait_for_port(given_port(args))
+            given = given_port(args)
+            if output is None:
+                server.port = server._wait_for_port(given)
+            elif given is not None:
+                server.port = given  # nothing to read "Listening at" from
+            else:
+                raise ValueError("gunicorn writing to another output needs -b")
             server._wait_for_an_answer()
         except BaseException:
             # Not handed to a fixture yet: nobody else would stop it.

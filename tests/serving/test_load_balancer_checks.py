@@ -14,11 +14,9 @@ import contextlib
 import csv
 import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +24,8 @@ import pytest
 
 from tests.support.gunicorn_process import GunicornFactory
 from tests.support.management import Instance, get
-from tests.support.processes import answers, free_ports, wait_until
-from tests.support.proxies import HAPROXY, NGINX, needs_haproxy, needs_nginx
+from tests.support.processes import wait_until
+from tests.support.proxies import HAPROXY, needs_haproxy, needs_nginx, nginx_running
 
 pytestmark = [pytest.mark.slow, needs_haproxy]  # real processes: not in the fast tier
 
@@ -158,15 +156,9 @@ def nginx_forwarding(upstream_port: int) -> Iterator[int]:
     A request without a Host field (HTTP/1.0) leaves ``$host`` empty, and nginx
     sends no Host field on: the listener gets what the client sent.
     """
-    assert NGINX is not None
-    [port] = free_ports(1)
-    # nginx's workers run as an unprivileged user when started as root: its prefix
-    # (temporary files) must be theirs to enter.
-    prefix = Path(tempfile.mkdtemp(prefix="petsage-nginx-"))
-    prefix.chmod(0o755)
-    config = prefix / "nginx.conf"
-    config.write_text(
-        f"""daemon off;
+
+    def config_for(port: int) -> str:
+        return f"""daemon off;
 pid nginx.pid;
 events {{}}
 http {{
@@ -183,27 +175,9 @@ http {{
     }}
 }}
 """
-    )
-    log_path = prefix / "nginx.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [NGINX, "-p", f"{prefix}/", "-e", "stderr", "-c", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
 
-        def serving() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"nginx exited:\n{log_path.read_text()}")
-            return answers(port, "/livez") == 200
-
-        wait_until(serving, BOUND, "nginx forwarding /livez")
+    with nginx_running(config_for) as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(prefix, ignore_errors=True)
 
 
 def petsage(*args: str, state: Path) -> None:

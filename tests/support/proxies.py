@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -188,8 +188,9 @@ def render_nginx_config(listen: str, upstream: str) -> str:
 
 
 @contextlib.contextmanager
-def nginx(upstream_port: int) -> Iterator[int]:
-    """nginx running deploy/nginx.conf in front of 127.0.0.1:``upstream_port``."""
+def nginx_running(config_for: Callable[[int], str]) -> Iterator[int]:
+    """nginx running the configuration ``config_for(port)`` gives, ``port`` being the
+    free port it is to listen on; that port, once nginx answers /livez there."""
     assert NGINX is not None
     [port] = free_ports(1)
     # nginx's workers run as an unprivileged user when started as root: its prefix
@@ -197,9 +198,7 @@ def nginx(upstream_port: int) -> Iterator[int]:
     prefix = Path(tempfile.mkdtemp(prefix="petsage-nginx-"))
     prefix.chmod(0o755)
     config = prefix / "nginx.conf"
-    config.write_text(
-        render_nginx_config(f"127.0.0.1:{port}", f"127.0.0.1:{upstream_port}")
-    )
+    config.write_text(config_for(port))
     log_path = prefix / "nginx.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -214,9 +213,21 @@ def nginx(upstream_port: int) -> Iterator[int]:
                 raise AssertionError(f"nginx exited:\n{log_path.read_text()}")
             return answers(port, "/livez") == 200
 
-        wait_until(serving, 10, "nginx serving /livez")
+        # A bound for a loaded machine, not a measurement.
+        wait_until(serving, 30, "nginx serving /livez")
         yield port
     finally:
         process.terminate()
         process.wait(timeout=10)
         shutil.rmtree(prefix, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def nginx(upstream_port: int) -> Iterator[int]:
+    """nginx running deploy/nginx.conf in front of 127.0.0.1:``upstream_port``."""
+    with nginx_running(
+        lambda port: render_nginx_config(
+            f"127.0.0.1:{port}", f"127.0.0.1:{upstream_port}"
+        )
+    ) as port:
+        yield port

@@ -1,11 +1,13 @@
 """A PetSage instance as an operator reaches it from outside: the ``petsage``
-command, /readyz on a new connection, the instance's name and state directory, the
-health token, and readiness once the master drains."""
+command, /readyz on a new connection (once, or polled as a kubelet polls it), the
+instance's name and state directory, the health token, and readiness once the master
+drains."""
 
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +35,55 @@ def readiness(port: int, timeout: float = 2.0) -> int | None:
     except OSError:
         return None
     return int(head.split()[1]) if head.startswith(b"HTTP/1.") else None
+
+
+class ReadinessPoller:
+    """/readyz on each of ``ports``, on a new connection every ``every`` seconds
+    with a ``timeout`` (a strict kubelet or load balancer), in a thread, for as long
+    as the ``with`` block lasts."""
+
+    def __init__(
+        self, ports: list[int], every: float = 0.25, timeout: float = 2.0
+    ) -> None:
+        self.ports = ports
+        self.every = every
+        self.timeout = timeout
+        # (port, status), or (port, None) for a poll that got no answer in time.
+        self.polls: list[tuple[int, int | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            for port in self.ports:
+                self.polls.append((port, readiness(port, self.timeout)))
+
+    def __enter__(self) -> "ReadinessPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def statuses(self) -> list[int | None]:
+        """Every poll's status, None where it got no answer."""
+        return [status for _, status in self.polls]
+
+    def failed(self, port: int | None = None) -> int:
+        """Polls (of ``port``, or of every port) answered other than 200."""
+        return sum(
+            status is not None and status != 200
+            for polled, status in self.polls
+            if port in (None, polled)
+        )
+
+    def lost(self, port: int | None = None) -> int:
+        """Polls (of ``port``, or of every port) that got no answer in time."""
+        return sum(
+            status is None for polled, status in self.polls if port in (None, polled)
+        )
 
 
 def petsage(

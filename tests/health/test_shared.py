@@ -5,10 +5,10 @@ Workers leave by the dozen while ``wrk`` loads the smoke test: recycled by
 ``--max-requests 5`` and added and removed by SIGTTIN and SIGTTOU, or all replaced by
 a SIGHUP a second while a critical check takes 1.5 s. Throughout, /readyz is polled
 on both ports as a strict kubelet polls it (every 0.25 s, 1 s timeout), and none may
-answer 503. The quick form checks every 2 s, so that an instance left without
-cycles would fail as stale within the run (after 11.2 s, 17.2 s with the slow
-check); the full form (PETSAGE_FAULT_FULL=1) adds the default period and lasts the
-issue's 60 s.
+answer 503 but for the slow check's own timeout. The quick form checks every 2 s, so
+that an instance left without cycles would fail as stale within the run (after
+11.2 s, 17.2 s with the slow check); the full form (PETSAGE_FAULT_FULL=1) adds the
+default period and lasts the issue's 60 s.
 """
 
 import os
@@ -28,7 +28,7 @@ from bench.loadgen import WrkResult, run_wrk
 from petsage.instance.memory import InstanceMemory
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory
-from tests.support.instances import LIVENESS, ReadinessPoller, readiness
+from tests.support.instances import LIVENESS, TOKEN, ReadinessPoller, readiness
 from tests.support.listeners import answering
 from tests.support.load import SMOKE_TEST
 from tests.support.management import Instance
@@ -65,7 +65,7 @@ def period_setting(period: str) -> dict[str, str]:
 def ready_instance(start_gunicorn: GunicornFactory, env: dict[str, str]) -> Instance:
     """An instance with a management listener, once both ports answer /readyz 200
     (its first cycle is published) and all its workers run."""
-    instance = Instance(start_gunicorn, env)
+    instance = Instance(start_gunicorn, env, HEALTH_TOKEN=TOKEN)
     workers = int(env["PETSAGE_WORKERS"])
     wait_until(
         lambda: (
@@ -98,7 +98,7 @@ def under_load(instance: Instance, seconds: int) -> Iterator[Watch]:
     with (
         ThreadPoolExecutor(1) as pool,
         Publications(instance.server) as cycles,
-        ReadinessPoller(ports, timeout=1.0) as poller,
+        ReadinessPoller(ports, timeout=1.0, token=TOKEN) as poller,
     ):
         yield Watch(poller, cycles, pool.submit(run_wrk, url, 10, seconds))
 
@@ -119,6 +119,7 @@ def record_watch(
         for name, port in ports.items()
     )
     leaders = len({document["leader"] for document in watch.cycles.seen})
+    reasons = "; ".join(f"{count} x {why}" for why, count in poller.reasons.items())
     fault_record(
         fault=fault,
         injected=injected,
@@ -128,8 +129,9 @@ def record_watch(
         sent=len(poller.polls),
         failed=poller.failed(),
         lost=poller.lost(),
-        recovery=f"none needed: {by_port}; {len(watch.cycles.seen)} cycles by"
-        f" {leaders} leaders, at most {watch.cycles.longest_gap:.1f} s apart",
+        recovery=f"none needed: {by_port}{f' ({reasons})' if reasons else ''};"
+        f" {len(watch.cycles.seen)} cycles by {leaders} leaders, at most"
+        f" {watch.cycles.longest_gap:.1f} s apart",
     )
     print(f"\nlongest gap between cycles: {watch.cycles.longest_gap:.2f} s")
 
@@ -167,7 +169,7 @@ def test_recycled_and_scaled_workers_never_make_the_instance_stale(
     )
     # A poll lost (no answer within 1 s) waited for a worker to accept it: on a busy
     # host, as often before this fix as after; a stale instance answers 503 at once.
-    assert watch.poller.polls and watch.poller.failed() == 0
+    assert watch.poller.polls and watch.poller.failed() == 0, watch.poller.reasons
     assert watch.wrk.result()[0].non_2xx == 0
 
 
@@ -223,5 +225,8 @@ def test_reloads_a_second_apart_never_make_the_instance_stale(
         instance,
         watch,
     )
-    assert watch.poller.polls and watch.poller.failed() == 0
+    # Nothing failed but, on an overloaded host, the slow check itself: a true
+    # verdict, in the record with its reason, and not the lease's doing.
+    own_verdict = f"catalog failed: timed out after {CHECK_TIMEOUT} s"
+    assert watch.poller.polls and set(watch.poller.reasons) <= {own_verdict}
     assert watch.wrk.result()[0].non_2xx == 0

@@ -36,7 +36,11 @@ serving instance unready. So, in the memory the master shares with its workers
   cycle never dies with its leader; then it empties its slot, and the youngest worker
   left claims the lease at its next tick. That delays its exit by one cycle at most
   (the longest check timeout), and only when a cycle was due or under way. Its slot
-  emptied, it never writes there again. Without that, a worker that had exited kept
+  emptied, it never writes there again. The leaver finishes rather than its
+  successor starting over because under reloads a second apart a worker lives about
+  a second, less than a cycle with a 1.5 s check: each new leader would die in its
+  turn mid-cycle (before, 20 such reloads went by with no cycle completed, and
+  readiness failed as stale). Without the hand-over, a worker that had exited kept
   its slot until its master reaped it (2 s and more on a busy host while the
   interpreter wound down), and, the oldest leading, it was the leader: under
   ``--max-requests 5`` a worker lives a fraction of a second, and such slots held the
@@ -199,8 +203,10 @@ class InstanceHealth:
         )
         # Age after which the instance's snapshot can no longer be trusted: the
         # refresher's, or, with short periods, the longest a takeover can take (the
-        # cycle that was due, a lease for the stuck leader, one for the claim, the
-        # new leader's cycle), whichever is longer. The checks are fixed by now.
+        # cycle that was due, a lease for a stuck leader, another for the new
+        # workers of a reload to start and claim it, the new leader's cycle),
+        # whichever is longer. A change of leader on purpose costs a tick, and a
+        # reload the new workers' start. The checks are fixed by now.
         longest = max((check.timeout for check in refresher.checks), default=0.0)
         takeover = refresher.period * (1 + JITTER) + 2 * self.lease + longest
         self.stale_after = max(refresher.stale_after, takeover)

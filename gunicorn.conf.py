@@ -44,6 +44,7 @@ from petsage.serving.server import (  # noqa: E402
     close_listeners_in_forked_children,
     drain_before_stopping,
     forget_worker_metrics,
+    hand_over_health,
     record_listeners,
     refuse_addresses_in_use,
     release_health_slot,
@@ -150,6 +151,11 @@ def post_fork(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     """Answer from the instance's health snapshot at once; open the probe listener."""
     start_worker_services(worker, settings["MANAGEMENT_BIND"], instance)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, on its way out: hand the instance's checks on before it goes."""
+    hand_over_health(worker)
 
 
 def pre_exec(server: Any) -> None:

@@ -227,6 +227,12 @@ class Health:
             return
         instance.start()
 
+    def leave(self) -> None:
+        """Hand the instance's checks on, if this worker runs them, before it goes
+        (``InstanceHealth.leave``)."""
+        if self.instance is not None:
+            self.instance.leave()
+
     def mark_broken(self, reason: str) -> None:
         """Fail liveness from now on: for a state only a restart can mend."""
         self.broken_reason = reason

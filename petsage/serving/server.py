@@ -478,6 +478,18 @@ def start_worker_services(
             )
 
 
+def hand_over_health(worker: Any) -> None:
+    """On a worker's way out, before its interpreter winds down: hand the
+    instance's checks on if it runs them, and give up its slot.
+
+    Called whatever made it leave (``max_requests``, a reload, a scale-down, a stop,
+    a failed boot); a worker that never loaded PetSage has nothing to hand over.
+    """
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask) and EXTENSION in app.extensions:
+        health_of(app).leave()
+
+
 class ProbeQuietLogger(Logger):  # type: ignore[misc]
     """gunicorn's logger, leaving successful liveness and readiness probes unlogged.
 

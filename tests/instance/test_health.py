@@ -399,6 +399,7 @@ class TestSnapshotWithoutGunicorn:
         assert slot is not None
         refresher = CheckRefresher([], period=10)
         instance = InstanceHealth(memory, slot, refresher, lambda snapshot: None)
+        instance.tick()  # it claims the lease: the only worker
         instance.publish(Snapshot({"db": long}, time.monotonic()))
         found = memory.read_snapshot()
         assert found is not None

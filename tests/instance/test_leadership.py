@@ -11,7 +11,6 @@ to see who publishes each cycle.
 import http.client
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -23,9 +22,10 @@ import pytest
 from tests.faults.threads import frozen_thread, thread_ids
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory
+from tests.support.instances import ReadinessPoller
 from tests.support.management import Instance
 from tests.support.processes import answers, children, gone, served_by, wait_until
-from tests.support.snapshots import published
+from tests.support.snapshots import Publications, instance_memory
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
@@ -41,77 +41,6 @@ PERIOD = 2.0
 # none here) plus petsage.health.shared.LEASE_MARGIN.
 LEASE = 1.0 + 3.0
 THREAD = "petsage-health"
-
-
-class Poller:
-    """/readyz on both ports, each on a new connection every POLL_EVERY seconds."""
-
-    def __init__(self, ports: list[int]) -> None:
-        self.ports = ports
-        self.statuses: list[int | None] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(POLL_EVERY):
-            for port in self.ports:
-                self.statuses.append(answers(port, "/readyz"))
-
-    def __enter__(self) -> "Poller":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    @property
-    def failed(self) -> int:
-        return sum(status is not None and status != 200 for status in self.statuses)
-
-    @property
-    def lost(self) -> int:
-        return self.statuses.count(None)
-
-
-class Publications:
-    """Every snapshot the instance publishes, read from its memory every 20 ms."""
-
-    def __init__(self, instance: Instance) -> None:
-        self.instance = instance
-        self.seen: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            document = published(self.instance.server)
-            if document is not None and (
-                not self.seen or document["completed_at"] != self.latest["completed_at"]
-            ):
-                self.seen.append(document)
-
-    @property
-    def latest(self) -> dict[str, Any]:
-        return self.seen[-1]
-
-    def __enter__(self) -> "Publications":
-        self._thread.start()
-        wait_until(lambda: bool(self.seen), LIVENESS, "a first published cycle")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def wait_for_more(self, count: int, what: str) -> None:
-        """Wait until ``count`` more cycles than now have been published."""
-        published = len(self.seen)
-        wait_until(lambda: len(self.seen) >= published + count, LIVENESS, what)
-
-    def by_others(self, pid: int, after: int) -> list[dict[str, Any]]:
-        """Cycles published by workers other than ``pid`` after the first ``after``."""
-        return [seen for seen in self.seen[after:] if seen["leader"] != pid]
 
 
 def livez_of(worker: int, port: int) -> int | None:
@@ -148,7 +77,14 @@ def instance_of_workers(start_gunicorn: GunicornFactory, workers: int) -> Instan
         {"PETSAGE_WORKERS": str(workers), "PETSAGE_CHECK_PERIOD": f"{PERIOD:g}"},
     )
     master = instance.server.process.pid
-    wait_until(lambda: len(children(master)) == workers, LIVENESS, "every worker")
+    memory = instance_memory(instance.server)
+    # Booted: each worker's health thread beats in its slot (on a busy host a
+    # worker can be forked seconds before it runs its app).
+    wait_until(
+        lambda: len(children(master)) == workers == len(memory.slots()),
+        LIVENESS,
+        "every worker's health thread",
+    )
     return instance
 
 
@@ -222,7 +158,7 @@ def record_the_stuck_worker(
     fault_record: FaultRecorder,
     what: str,
     watch: float,
-    poller: Poller,
+    poller: ReadinessPoller,
     stuck: WhileStuck,
 ) -> None:
     """The fault record's row for a stuck ``what``, and its figures printed."""
@@ -245,13 +181,13 @@ def record_the_stuck_worker(
         + f" for {watch:g} s, check period {PERIOD:g} s",
         load=f"/readyz on both ports every {POLL_EVERY} s, new connection each",
         sent=len(poller.statuses),
-        failed=poller.failed,
-        lost=poller.lost,
+        failed=poller.failed(),
+        lost=poller.lost(),
         recovery="; ".join(recovery) or "none needed",
     )
     print(
-        f"\n{what}: {len(poller.statuses)} polls, {poller.failed} failed,"
-        f" {poller.lost} lost; {stuck.cycles_during} cycles during the fault;"
+        f"\n{what}: {len(poller.statuses)} polls, {poller.failed()} failed,"
+        f" {poller.lost()} lost; {stuck.cycles_during} cycles during the fault;"
         f" livez of the stuck worker: {stuck.livez}; {'; '.join(recovery)}"
     )
 
@@ -272,11 +208,11 @@ def test_a_stuck_worker_never_makes_the_instance_unready(
 ) -> None:
     instance = instance_of_workers(start_gunicorn, WORKERS)
     master = instance.server.process.pid
-    with Publications(instance) as publications:
+    with Publications(instance.server) as publications:
         leader = publications.latest["leader"]
         target = worker_to_stick(what, leader, master)
         watch = 2 * LEASE if what.endswith("2 leases") else WATCH
-        with Poller([instance.port, instance.management_port]) as poller:
+        with ReadinessPoller([instance.port, instance.management_port]) as poller:
             before = len(publications.seen)
             with stick(what, target):
                 stuck = watch_while_stuck(
@@ -291,7 +227,7 @@ def test_a_stuck_worker_never_makes_the_instance_unready(
     seen = publications.seen
     completed = [document["completed_at"] for document in seen]
     record_the_stuck_worker(fault_record, what, watch, poller, stuck)
-    assert poller.statuses and poller.failed == 0 and poller.lost == 0
+    assert poller.statuses and poller.failed() == 0 and poller.lost() == 0
     # Cycles went on during the fault, and none was ever published over a newer one.
     assert stuck.cycles_during >= (1 if what.endswith("2 leases") else 2)
     assert completed == sorted(completed), "a cycle published over a newer one"
@@ -344,7 +280,7 @@ def test_a_pause_of_the_whole_instance_replaces_no_worker(
 ) -> None:
     instance = instance_of_workers(start_gunicorn, 3)
     master = instance.server.process.pid
-    with Publications(instance) as publications:
+    with Publications(instance.server) as publications:
         workers = children(master)
         # A frozen cgroup, docker pause, a stalled VM: every process stops, for
         # longer than the master's replacement bound (3 leases).

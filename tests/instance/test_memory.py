@@ -10,19 +10,20 @@ halfway, or byte by byte in step with the reader, overwrites one value with the 
 
 import os
 import struct
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
+from petsage.health.checks import Check
 from petsage.health.refresher import CheckRefresher, CheckResult, Snapshot
 from petsage.health.shared import (
-    TICK,
     InstanceHealth,
     Published,
     encode,
     leader_of,
-    rightful_leader,
+    successor_of,
 )
 from petsage.instance.memory import (
     BUFFER,
@@ -33,6 +34,8 @@ from petsage.instance.memory import (
     InstanceMemory,
     Slot,
 )
+from tests.support.blocking import blocking_check
+from tests.support.processes import wait_until
 
 NAME = "petsage-1-2-3"
 
@@ -127,28 +130,53 @@ class TestMemory:
             InstanceMemory.attach(os.getpid(), 1_000_000, NAME)
 
 
-def worker(memory: InstanceMemory, slot: int) -> InstanceHealth:
+def worker(
+    memory: InstanceMemory, slot: int, checks: Sequence[Check] = ()
+) -> InstanceHealth:
     """A worker's part in the instance's health, publishing its own cycles, as
     Health.share wires it."""
-    refresher = CheckRefresher([], period=10)
+    refresher = CheckRefresher(checks, period=10)
     instance = InstanceHealth(memory, slot, refresher, lambda snapshot: None)
     refresher.listeners.append(instance.publish)
     return instance
 
 
 class TestElection:
-    def test_the_highest_term_leads_the_oldest_among_equals(self) -> None:
+    def test_the_highest_claim_leads_the_youngest_among_equals(self) -> None:
         slots = [
             Slot(0, 10, 1, 100.0, 5.0, 4.0),
-            Slot(1, 11, 2, 100.0, 9.0, 4.0),
-            Slot(2, 12, 2, 100.0, 7.0, 4.0),
+            Slot(1, 11, 2, 100.0, 7.0, 4.0),
+            Slot(2, 12, 2, 100.0, 9.0, 4.0),
+            Slot(3, 13, 0, 100.0, 11.0, 4.0),
         ]
-        assert rightful_leader(slots) == slots[2]
         assert leader_of(slots, now=101.0) == slots[2]
 
-    def test_a_stale_rightful_leader_leaves_none_until_a_claim(self) -> None:
+    def test_a_silent_leader_leaves_the_lease_vacant_until_a_claim(self) -> None:
         slots = [Slot(0, 10, 1, 90.0, 5.0, 4.0), Slot(1, 11, 0, 100.0, 1.0, 4.0)]
-        assert leader_of(slots, now=100.0) is None, "a younger term never takes over"
+        assert leader_of(slots, now=100.0) is None, "a worker without a claim leads"
+        assert leader_of(slots[1:], now=100.0) is None
+
+    def test_the_youngest_fresh_worker_claims_a_vacant_lease(self) -> None:
+        slots = [
+            Slot(0, 10, 0, 100.0, 5.0, 4.0),
+            Slot(1, 11, 0, 100.0, 9.0, 4.0),
+            Slot(2, 12, 0, 90.0, 12.0, 4.0),  # younger, but silent
+        ]
+        assert successor_of(slots, now=100.0) == slots[1]
+        assert successor_of([], now=100.0) is None
+
+    def test_a_worker_started_later_never_displaces_the_leader(
+        self, memory: InstanceMemory
+    ) -> None:
+        memory.assign_slot(set())
+        first = worker(memory, 0)
+        first.tick()
+        assert first.leading and first.term == 1
+        memory.assign_slot({0})
+        later = worker(memory, 1)
+        later.tick()
+        first.tick()
+        assert first.leading and not later.leading and later.term == 0
 
     def test_a_stuck_leader_is_taken_over_and_never_publishes_after(
         self, memory: InstanceMemory
@@ -163,20 +191,80 @@ class TestElection:
         # The leader's thread stops beating (stopped, or stuck in a call): its slot
         # ages past its lease.
         stale = time.monotonic() - 2 * leader.lease
-        memory.write_slot(Slot(0, os.getpid(), 0, stale, leader.started, leader.lease))
+        memory.write_slot(Slot(0, os.getpid(), 1, stale, leader.started, leader.lease))
         leader.beat_at = stale
-        follower.tick()  # claims the next term
-        assert follower.term == 1 and not follower.leading
-        time.sleep(TICK)
-        follower.tick()  # leads: its claim stood for a tick
-        assert follower.leading
+        follower.tick()  # claims the next term and leads at once
+        assert follower.term == 2 and follower.leading
         follower.refresher.run_cycle()  # its first cycle, when it is due
         assert memory.generation() > published
         taken_over = memory.generation()
         # The old leader comes back with a cycle it completed before it stopped.
         leader.publish(Snapshot({}, time.monotonic()))
-        assert not leader.leading
+        assert not leader.leading and leader.term == 0
         assert memory.generation() == taken_over, "published over the new leader"
+
+
+class TestLeaving:
+    def test_a_leaving_leader_runs_the_due_cycle_then_empties_its_slot(
+        self, memory: InstanceMemory
+    ) -> None:
+        memory.assign_slot(set())
+        memory.assign_slot({0})
+        leader, follower = worker(memory, 0), worker(memory, 1)
+        leader.tick()
+        follower.tick()
+        leader.refresher.next_cycle_at = time.monotonic()  # due
+        published = memory.generation()
+        leader.leave()
+        assert memory.generation() == published + 1, "the due cycle, published"
+        assert [slot.index for slot in memory.slots()] == [1]
+        follower.tick()
+        assert follower.leading, "the worker left leads at its next tick"
+        assert memory.generation() == published + 1, "nothing due: no cycle"
+
+    def test_a_leaving_leader_finishes_the_cycle_under_way(
+        self, memory: InstanceMemory
+    ) -> None:
+        memory.assign_slot(set())
+        release = threading.Event()
+        leader = worker(memory, 0, [blocking_check("db", release, timeout=30)])
+        leader.start()  # its health thread leads, and its first cycle waits on db
+        wait_until(lambda: leader.leading, 10, "the health thread leading")
+        leaving = threading.Thread(target=leader.leave)
+        leaving.start()
+        leaving.join(0.5)
+        assert leaving.is_alive(), "it waits for the cycle under way"
+        release.set()
+        leaving.join(10)
+        assert memory.read_snapshot() is not None, "that cycle, published"
+        assert memory.slots() == []
+
+    def test_a_worker_that_left_never_writes_its_slot_again(
+        self, memory: InstanceMemory
+    ) -> None:
+        memory.assign_slot(set())
+        leaving = worker(memory, 0)
+        leaving.tick()
+        leaving.leave()
+        published = memory.generation()
+        # Its health thread, a tick late, finishing a cycle.
+        leaving.publish(Snapshot({}, time.monotonic()))
+        assert memory.slots() == [], "its slot written again, for a worker gone"
+        assert memory.generation() == published
+        assert leaving.alive, "a worker that left is not wedged"
+
+    def test_a_leaving_leader_runs_no_cycle_when_the_instance_stops(
+        self, memory: InstanceMemory
+    ) -> None:
+        memory.assign_slot(set())
+        leader = worker(memory, 0)
+        leader.tick()
+        memory.set_shutdown_drain(time.monotonic())
+        leader.refresher.next_cycle_at = time.monotonic()
+        published = memory.generation()
+        leader.leave()
+        assert memory.generation() == published
+        assert memory.slots() == []
 
 
 # The drain state's bytes, and a little more: the test lays them in whole.

@@ -1,12 +1,16 @@
 """A PetSage instance as an operator reaches it from outside: the ``petsage``
-command, /readyz on a new connection, the instance's name and state directory, the
-health token, and readiness once the master drains."""
+command, /readyz on a new connection (once, or polled as a kubelet polls it), the
+instance's name and state directory, the health token, and readiness once the master
+drains."""
 
+import http.client
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from petsage.instance.directory import process_start_time
@@ -33,6 +37,84 @@ def readiness(port: int, timeout: float = 2.0) -> int | None:
     except OSError:
         return None
     return int(head.split()[1]) if head.startswith(b"HTTP/1.") else None
+
+
+class ReadinessPoller:
+    """/readyz on each of ``ports``, on a new connection every ``every`` seconds
+    with a ``timeout`` (a strict kubelet or load balancer), in a thread, for as long
+    as the ``with`` block lasts. With the health ``token`` each poll asks for the
+    verbose answer, and ``reasons`` counts the failing items of the polls that
+    failed (``refresher failed: stale``)."""
+
+    def __init__(
+        self,
+        ports: list[int],
+        every: float = 0.25,
+        timeout: float = 2.0,
+        token: str | None = None,
+    ) -> None:
+        self.ports = ports
+        self.every = every
+        self.timeout = timeout
+        self.token = token
+        # (port, status), or (port, None) for a poll that got no answer in time.
+        self.polls: list[tuple[int, int | None]] = []
+        self.reasons: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            for port in self.ports:
+                self.polls.append((port, self._poll(port)))
+
+    def _poll(self, port: int) -> int | None:
+        if self.token is None:
+            return readiness(port, self.timeout)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
+        try:
+            connection.request(
+                "GET",
+                "/readyz?verbose",
+                headers={"Authorization": f"Bearer {self.token}"},
+            )
+            response = connection.getresponse()
+            body = response.read().decode(errors="replace")
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            connection.close()
+        if response.status != 200:
+            failing = [line[3:] for line in body.splitlines() if line.startswith("[-]")]
+            self.reasons.update(failing or [body[:80]])
+        return response.status
+
+    def __enter__(self) -> "ReadinessPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def statuses(self) -> list[int | None]:
+        """Every poll's status, None where it got no answer."""
+        return [status for _, status in self.polls]
+
+    def failed(self, port: int | None = None) -> int:
+        """Polls (of ``port``, or of every port) answered other than 200."""
+        return sum(
+            status is not None and status != 200
+            for polled, status in self.polls
+            if port in (None, polled)
+        )
+
+    def lost(self, port: int | None = None) -> int:
+        """Polls (of ``port``, or of every port) that got no answer in time."""
+        return sum(
+            status is None for polled, status in self.polls if port in (None, polled)
+        )
 
 
 def petsage(

@@ -1,7 +1,10 @@
 """The health snapshot an instance publishes in the memory its master shares with its
-workers, read from outside as ``petsage drain`` maps it, and its cycles awaited."""
+workers, read from outside as ``petsage drain`` maps it, its cycles awaited, and
+every cycle it publishes collected."""
 
+import itertools
 import json
+import threading
 from typing import Any
 
 from petsage.instance.directory import InstanceRecord
@@ -51,3 +54,52 @@ def first_cycle_begun_after(server: GunicornServer, moment: float) -> dict[str, 
     while document["next_cycle_at"] <= moment:
         document = next_cycle(server, document)
     return next_cycle(server, document)
+
+
+class Publications:
+    """Every snapshot ``server``'s instance publishes, read from its memory every
+    20 ms (mapped once) for as long as the ``with`` block lasts, from its first."""
+
+    def __init__(self, server: GunicornServer) -> None:
+        self.memory = instance_memory(server)
+        self.seen: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            found = self.memory.read_snapshot()
+            document = json.loads(found[2]) if found else None
+            if document is not None and (
+                not self.seen or document["completed_at"] != self.latest["completed_at"]
+            ):
+                self.seen.append(document)
+
+    @property
+    def latest(self) -> dict[str, Any]:
+        """The newest cycle published."""
+        return self.seen[-1]
+
+    @property
+    def longest_gap(self) -> float:
+        """The longest time between two cycles' completions (0 for one cycle)."""
+        completed = [document["completed_at"] for document in self.seen]
+        return max((b - a for a, b in itertools.pairwise(completed)), default=0.0)
+
+    def __enter__(self) -> "Publications":
+        self._thread.start()
+        wait_until(lambda: bool(self.seen), LIVENESS, "a first published cycle")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def wait_for_more(self, count: int, what: str) -> None:
+        """Wait until ``count`` more cycles than now have been published."""
+        published = len(self.seen)
+        wait_until(lambda: len(self.seen) >= published + count, LIVENESS, what)
+
+    def by_others(self, pid: int, after: int) -> list[dict[str, Any]]:
+        """Cycles published by workers other than ``pid`` after the first ``after``."""
+        return [seen for seen in self.seen[after:] if seen["leader"] != pid]

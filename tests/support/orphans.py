@@ -17,6 +17,7 @@ from tests.support.processes import (
     answers,
     free_ports,
     gone,
+    status_on,
     wait_for_workers,
     wait_until,
 )
@@ -83,16 +84,7 @@ class OrphanedInstance:
     def probe_kept_alive(self, path: str) -> int | None:
         """The status ``path`` answers on its kept-alive connection, or None when the
         connection was closed instead."""
-        connection = self.kept_alive[path]
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            response.read()
-            return response.status
-        except (OSError, http.client.HTTPException):
-            return None
-        finally:
-            connection.close()
+        return status_on(self.kept_alive[path], path)
 
     def release(self) -> HttpResult | Exception | None:
         """Let the held request answer; its answer (or what its client raised)."""

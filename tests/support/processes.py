@@ -66,6 +66,12 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> floa
 def answers(port: int, path: str, timeout: float = 2.0) -> int | None:
     """The status ``path`` answers on a new connection, or None if it cannot."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    return status_on(connection, path)
+
+
+def status_on(connection: http.client.HTTPConnection, path: str) -> int | None:
+    """The status ``path`` answers on ``connection`` (closed after), or None when
+    the connection fails or is closed instead."""
     try:
         connection.request("GET", path)
         response = connection.getresponse()

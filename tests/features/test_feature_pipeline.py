@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.checkout_copy import copy_checkout, run_in
 from tests.support.gunicorn_process import REPO_ROOT
 from tests.support.openapi_tools import require_npm_packages
 
@@ -37,25 +38,13 @@ FEATURES = {
     "health_tracker": "/api/v1/pets/health-log",
 }
 BIN = Path(sys.executable).parent
-TIMEOUT = 600
 
 
 def copy_repository(destination: Path) -> Path:
-    """The checkout's files (tracked, and untracked but not ignored) in
-    ``destination``, tools/openapi's npm packages linked; a git repository of its own
-    (nothing committed), so that git can list its files the same way."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
-    for name in filter(None, listed.split(b"\0")):
-        source = REPO_ROOT / os.fsdecode(name)
-        if source.is_file():  # a file deleted but not yet from the index is not
-            target = destination / os.fsdecode(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    """The checkout's files in ``destination``, tools/openapi's npm packages linked; a
+    git repository of its own (nothing committed), so that git can list its files the
+    same way."""
+    copy_checkout(destination)
     modules = REPO_ROOT / "tools" / "openapi" / "node_modules"
     (destination / "tools" / "openapi" / "node_modules").symlink_to(modules)
     # mypy's cache of the libraries (keyed by module, the same here): without it the
@@ -87,27 +76,9 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return hashes
 
 
-def run(root: Path, *command: str | Path) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in ``root`` with ``root``'s petsage first on the path and none
-    of this session's PETSAGE_* or pytest settings."""
-    environ = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PETSAGE_", "PYTEST_"))
-    }
-    return subprocess.run(
-        [str(part) for part in command],
-        cwd=root,
-        env={**environ, "PYTHONPATH": str(root), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
 def passes(root: Path, *command: str | Path) -> str:
     """Run ``command`` in ``root``; it must succeed. Its output."""
-    result = run(root, *command)
+    result = run_in(root, *command)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{shlex.join(map(str, command))}:\n{output}"
     return output
@@ -127,7 +98,9 @@ def repository(tmp_path: Path) -> Path:
     copy = copy_repository(tmp_path / "repository")
     for name in FEATURES:
         if (copy / "tests" / "features" / f"test_{name}.py").exists():
-            passes(copy, sys.executable, "tools/new-feature", "--remove", name)
+            passes(
+                copy, sys.executable, "tools/new-feature", "--remove", name, "--force"
+            )
     return copy
 
 
@@ -148,7 +121,7 @@ def test_two_made_features_pass_every_gate_and_removing_them_restores_the_tree(
     assert "petsage/features/pet_profile/blueprint.py" in made
     assert "tests/features/test_pet_profile.py" in made
     passes(repository, *tool(repository, SECOND_FEATURE))
-    again = run(repository, *tool(repository, NEW_FEATURE))
+    again = run_in(repository, *tool(repository, NEW_FEATURE))
     assert again.returncode == 2, again.stdout + again.stderr
     assert "the feature pet_profile exists already" in again.stderr
 

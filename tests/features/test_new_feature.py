@@ -1,19 +1,25 @@
-"""tools/new-feature refuses, in one line and writing nothing, what it must not make.
+"""tools/new-feature refuses, in one line and writing nothing, what it must not make,
+and ``--remove`` never loses work.
 
 The tool runs in this process on a stand-in tree (the template, the features and
-their tests); it checks names and paths against this checkout's application. What it
-writes, and that it passes every gate, is tests/features/test_feature_pipeline.py's.
+their tests), or on a copy of the checkout where it writes a feature; it checks names
+and paths against this checkout's application. That what it writes passes every gate
+is tests/features/test_feature_pipeline.py's.
 """
 
 import hashlib
 import importlib.machinery
 import importlib.util
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.support.checkout_copy import copy_checkout, run_in
 from tests.support.gunicorn_process import REPO_ROOT
 
 TOOL = REPO_ROOT / "tools" / "new-feature"
@@ -144,3 +150,165 @@ def test_a_dry_run_shows_the_files_and_writes_nothing(
     assert '@bp.route("/sample-feature", methods=["GET"]' in out
     assert out.endswith("Nothing written.\n")
     assert tree_hashes(tree) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("PetProfile", "pet_profile"),
+        ("petProfile", "pet_profile"),
+        ("pet-profile", "pet_profile"),
+        ("HTTPLog", "http_log"),
+    ],
+)
+def test_a_name_in_another_case_is_refused_with_its_snake_case(
+    tree: Path, capsys: pytest.CaptureFixture[str], name: str, meant: str
+) -> None:
+    line = refusal(tree, capsys, name)
+    assert line.endswith(f"is not a snake_case identifier: did you mean {meant}?")
+    line = refusal(tree, capsys, "--remove", name)
+    assert line.endswith(f"did you mean {meant}?")
+
+
+def all_paths(root: Path) -> set[Path]:
+    """Every file and folder under ``root``, ignored ones included."""
+    return set(root.rglob("*"))
+
+
+def test_a_dry_run_without_a_venv_writes_nothing_not_even_the_venv(
+    tree: Path,
+) -> None:
+    shutil.copy2(TOOL, tree / "tools" / "new-feature")
+    before = all_paths(tree)
+    # The interpreter the venv would be made from: it has none of the tool's packages.
+    python = Path(sys.base_prefix) / "bin" / "python3"
+    result = subprocess.run(
+        [python, tree / "tools" / "new-feature", "sample_feature", "--dry-run"],
+        # Where a venv would be made anyway, pip fails at once rather than install.
+        env={**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("tools/new-feature: refused: --dry-run writes ")
+    assert len(result.stderr.splitlines()) == 1
+    assert all_paths(tree) == before
+
+
+def test_a_dry_run_into_a_reader_that_left_ends_without_a_traceback() -> None:
+    read, write = os.pipe()
+    os.close(read)  # as `| head -1` does once it has its line
+    with os.fdopen(write, "wb") as gone:
+        result = subprocess.run(
+            [sys.executable, TOOL, "sample_feature", "--dry-run"],
+            stdout=gone,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert result.stderr == ""
+    assert result.returncode == 1
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A copy of the checkout's files, to write features in."""
+    return copy_checkout(tmp_path / "checkout")
+
+
+def dry_run_files(out: str) -> dict[str, bytes]:
+    """The files a dry run printed, by path (the document's line left out)."""
+    chunks = out.split("\n== ")[1:]
+    files = dict(chunk.split("\n", 1) for chunk in chunks)
+    del files["openapi.json"]
+    return {path: content.encode() for path, content in files.items()}
+
+
+def test_a_dry_run_prints_the_bytes_a_run_writes_and_writes_nothing(
+    checkout: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = all_paths(checkout)
+    assert NEW_FEATURE.main(["sample_feature", "--dry-run"], root=checkout) == 0
+    assert all_paths(checkout) == before
+    printed = dry_run_files(capsys.readouterr().out)
+    assert "petsage/features/sample_feature/.new-feature.json" in printed
+
+    assert NEW_FEATURE.main(["sample_feature"], root=checkout) == 0
+    package = checkout / "petsage" / "features" / "sample_feature"
+    written = [package, checkout / "tests" / "features" / "test_sample_feature.py"]
+    made = {
+        file.relative_to(checkout).as_posix(): file.read_bytes()
+        for file in (*package.iterdir(), written[1])
+    }
+    assert made == printed
+
+
+@pytest.fixture
+def made(checkout: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """The copy with a feature sample_feature the tool wrote; its tree's hashes are
+    those before."""
+    assert NEW_FEATURE.main(["sample_feature"], root=checkout) == 0
+    capsys.readouterr()
+    return checkout
+
+
+PACKAGE = Path("petsage/features/sample_feature")
+
+
+@pytest.mark.parametrize(
+    ("work", "named"),
+    [
+        ("service.py", "petsage/features/sample_feature/service.py (edited)"),
+        ("repository.py", "petsage/features/sample_feature/repository.py (added)"),
+    ],
+)
+def test_removing_a_feature_with_work_done_since_it_was_made_is_refused(
+    made: Path, capsys: pytest.CaptureFixture[str], work: str, named: str
+) -> None:
+    with (made / PACKAGE / work).open("a") as file:
+        file.write("# work of a contributor\n")
+    line = refusal(made, capsys, "--remove", "sample_feature")
+    assert f"would lose: {named}; keep it elsewhere first" in line
+    assert line.endswith("or delete it with --remove sample_feature --force")
+
+
+def test_force_removes_a_feature_with_work_done_since(
+    made: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (made / "tests" / "features" / "test_sample_feature.py").write_text("# mine\n")
+    argv = ["--remove", "sample_feature", "--force"]
+    assert NEW_FEATURE.main(argv, root=made) == 0
+    assert "deleted with --force: tests/features/test_sample_feature.py (edited)" in (
+        capsys.readouterr().out
+    )
+    assert not (made / PACKAGE).exists()
+    assert not (made / "tests" / "features" / "test_sample_feature.py").exists()
+
+
+def test_removing_a_feature_without_its_record_is_refused(
+    made: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (made / PACKAGE / ".new-feature.json").unlink()
+    line = refusal(made, capsys, "--remove", "sample_feature")
+    assert "no feature sample_feature made by tools/new-feature" in line
+
+
+def test_the_made_tests_catch_a_result_field_the_schema_would_drop(
+    made: Path,
+) -> None:
+    with (made / PACKAGE / "service.py").open("a") as service:
+        service.write(
+            "\n\n@dataclass(frozen=True)\nclass Breed(SampleFeatureResult):\n"
+            '    breed: str = "beagle"\n\n\n'
+            "def get_sample_feature() -> SampleFeatureResult:\n"
+            '    return Breed(feature="sample_feature", status="ok")\n'
+        )
+    own_tests = "tests/features/test_sample_feature.py"
+    pytest_run = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0")
+    result = run_in(made, *pytest_run, own_tests)
+    assert "1 failed, 2 passed" in result.stdout, result.stdout
+    assert "test_the_response_schema_carries_every_field_of_the_result" in (
+        result.stdout
+    )

@@ -121,13 +121,29 @@ def test_a_path_a_route_answers_is_refused(
 
 @pytest.mark.parametrize(
     "path",
-    ["/livez", "/pets", "/api/v1", "/api/v1/pets/", "/api/v1/pets/{id}", "/api/v1/Pet"],
+    ["/livez", "/pets", "/api/v1", "/api/v1/pets/", "/api/v1/Pet", "/api/v1/p_q"],
 )
-def test_a_path_outside_the_api_or_with_parameters_is_refused(
+def test_a_path_outside_the_api_or_not_lowercase_segments_is_refused(
     tree: Path, capsys: pytest.CaptureFixture[str], path: str
 ) -> None:
     line = refusal(tree, capsys, "sample_feature", "--path", path)
     assert f"{path!r} is not a path under /api/v1/" in line
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/v1/pets/<int:pet_id>", "<int:pet_id>"),
+        ("/api/v1/pets/<pet_id>/health-log", "<pet_id>"),
+        ("/api/v1/pets/{id}", "{id}"),
+    ],
+)
+def test_a_path_with_a_parameter_is_refused_naming_it(
+    tree: Path, capsys: pytest.CaptureFixture[str], path: str, parameter: str
+) -> None:
+    line = refusal(tree, capsys, "sample_feature", "--path", path)
+    assert f"{path!r} has a path parameter, {parameter}: a feature of this" in line
+    assert line.endswith("(docs/contributors/adding-a-feature.md#path-parameters)")
 
 
 @pytest.mark.parametrize("name", ["smoke_test", "sample_feature"])

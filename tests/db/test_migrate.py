@@ -11,8 +11,8 @@ from sqlalchemy import create_engine, inspect
 from petsage.db import migrate
 from petsage.db.migrate import alembic_config, locked_connection
 from tests.support.databases import (
-    opened_by,
     postgresql_url,
+    reading,
     sqlite_url,
     start_command,
     waiting_for_advisory_lock,
@@ -82,7 +82,7 @@ def test_an_upgrade_waits_for_one_under_way_then_finds_nothing_to_do(
         other = start_command(database, "upgrade")
         if database.startswith("sqlite"):
             held = tmp_path / "petsage.sqlite3"
-            waiting = lambda: opened_by(other.pid, held)  # noqa: E731
+            waiting = lambda: reading(other.pid, held)  # noqa: E731
         else:
             server = request.getfixturevalue("postgres")
             waiting = lambda: waiting_for_advisory_lock(server)  # noqa: E731

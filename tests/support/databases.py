@@ -30,20 +30,25 @@ def start_command(url: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def opened_by(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` holds ``path``, or its -shm file, open."""
-    wanted = {str(path), f"{path}-shm"}
+def open_files(pid: int) -> set[str]:
+    """The paths of the files process ``pid`` holds open."""
+    found: set[str] = set()
     try:
-        fds = os.listdir(f"/proc/{pid}/fd")
+        descriptors = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return False
-    found = set()
-    for fd in fds:
+        return found
+    for descriptor in descriptors:
         try:
-            found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            found.add(os.readlink(f"/proc/{pid}/fd/{descriptor}"))
         except OSError:
             continue
-    return wanted <= found
+    return found
+
+
+def reading(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has the SQLite database ``path`` open in WAL mode (the
+    file and its -shm index): it has connected and set it up."""
+    return {str(path), f"{path}-shm"} <= open_files(pid)
 
 
 def waiting_for_advisory_lock(server: PostgresServer) -> bool:

@@ -5,6 +5,7 @@ import logging
 import os
 import socket
 import threading
+from pathlib import Path
 
 from flask import request
 
@@ -36,8 +37,10 @@ def wedge() -> dict[str, int]:
 
 @app.get("/upstream")
 def upstream() -> dict[str, bool]:
-    """Ask the server at 127.0.0.1:``?port=`` and wait for its answer with no
-    timeout, as a request to an upstream without one does."""
+    """Create a file named after this worker and thread in the folder
+    ``?started=``, then ask the server at 127.0.0.1:``?port=`` and wait for its
+    answer with no timeout, as a request to an upstream without one does."""
+    Path(request.args["started"], f"{os.getpid()}-{threading.get_ident()}").touch()
     address = ("127.0.0.1", int(request.args["port"]))
     with socket.create_connection(address) as connection:
         connection.sendall(b"GET / HTTP/1.0\r\n\r\n")

@@ -8,9 +8,10 @@ notice: the health thread still beats. So each tick the worker's health thread
 (petsage.health.shared) tries each watched lock, waiting TRY_FOR at most, never
 longer, and looks at each watched thread. A lock it could not get for longer than
 WEDGED_AFTER, or a watched thread that started and died, wedges the worker: its
-``/livez`` fails naming what (``machinery: lock petsage.logging.stdout held for 12
-s``), its health thread stops beating, and the master replaces it as it replaces a
-worker whose health thread is silent (petsage.serving.server).
+``/livez`` fails naming what (``machinery: lock NAME held for 12 s``, the log
+handler's named after the handler), its health thread stops beating, and the
+master replaces it as it replaces a worker whose health thread is silent
+(petsage.serving.server).
 
 What is not watched, on purpose: request threads, and whatever they wait on. A
 request waiting on a dependency (a slow database, an upstream without a timeout)

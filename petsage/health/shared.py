@@ -73,6 +73,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 from petsage.health.checks import SEVERITY
+from petsage.health.machinery import Machinery
 from petsage.health.refresher import JITTER, CheckRefresher, CheckResult, Snapshot
 from petsage.instance.memory import InstanceMemory, Slot
 
@@ -219,6 +220,10 @@ class InstanceHealth:
         self._generation = -1
         self._adopted = adopted
         self._lock = threading.Lock()
+        # PetSage's own locks and threads, looked at each tick: while one is wedged
+        # this worker stops beating, and the master replaces it.
+        self.machinery = Machinery()
+        self.machinery.watch_lock("petsage.health.snapshot", self._lock)
         # Held by the health thread for a tick (and a cycle in it), and by leave:
         # a leaving worker waits for the cycle under way.
         self._turn = threading.Lock()
@@ -318,7 +323,7 @@ class InstanceHealth:
                     self._hand_over(run_due=True)
                     return
                 try:
-                    delay = self.tick()
+                    delay = TICK if self.machinery.look() else self.tick()
                 except Exception:
                     # A listener's failure (metrics) must not end the beating.
                     logger.exception(

@@ -36,6 +36,7 @@ from petsage.serving.management_socket import (
     overlaps,
 )
 from petsage.serving.probe_listener import start_probe_listener
+from petsage.serving.watched import watch_own_machinery
 
 logger = logging.getLogger(__name__)
 
@@ -382,7 +383,8 @@ class InstanceKeeper:
                 and now - self.last_replaced > slot.lease
             ):
                 arbiter.log.error(
-                    "Worker %d: its health thread has not run for %.0f s; replacing"
+                    "Worker %d: its health thread has not beaten for %.0f s (stuck,"
+                    " or stopped by its watchdog: its /livez says why); replacing"
                     " the worker",
                     pid,
                     silent,
@@ -466,7 +468,8 @@ def start_worker_services(
     worker: Any, management_bind: str, instance: OwnInstance
 ) -> None:
     """Answer probes from the instance's shared snapshot and drain state (loaded
-    now, before the worker serves; the worker runs the checks while it leads), and
+    now, before the worker serves; the worker runs the checks while it leads),
+    watch PetSage's own locks and threads in it (petsage.serving.watched), and
     open the probe listener when ``management_bind`` is set.
 
     Another application served with this config (a benchmark baseline) has no health
@@ -482,6 +485,8 @@ def start_worker_services(
             serving=lambda: bool(worker.alive),
             master=worker.ppid,
         )
+        if health.machinery is not None:
+            watch_own_machinery(health.machinery)
         if management_bind:
             # Closed with the worker's other listening sockets when it stops
             # accepting (petsage.serving.worker).

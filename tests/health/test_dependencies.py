@@ -24,7 +24,15 @@ CRITICAL = "PETSAGE_CRITICAL_DEPENDENCIES"
 OPTIONAL = "PETSAGE_OPTIONAL_DEPENDENCIES"
 # PetSage's own health items, and the database's check, which a feature that keeps
 # records adds.
-RESERVED = ("database", "process", "refresher", "shutdown", "startup", "uptime")
+RESERVED = (
+    "database",
+    "machinery",
+    "process",
+    "refresher",
+    "shutdown",
+    "startup",
+    "uptime",
+)
 NAMES = "1 to 63 of a-z, 0-9, - and _, the first a letter or digit"
 
 

@@ -72,6 +72,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if config is not None:
         app.config.from_mapping(config)
 
+    # A body sent in chunks, with no Content-Length to refuse it by, is cut off at
+    # the same limit as it is read.
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
     app.json = OrjsonProvider(app)
     app.logger.setLevel(app.config["LOG_LEVEL"])
     # Notes the matched route template for metrics (petsage.middleware.routes).
@@ -169,8 +172,9 @@ def wrap_in_middleware(
         public = RequestMetrics(public, metrics)
     # No proxy belongs in front of the management listener: a forwarded address there
     # could only be the caller's own claim, to a trusted network.
-    management = PeerOnly(SecurityHeaders(RequestIds(management)))
-    public = SecurityHeaders(RequestIds(public))
+    limit = config["MAX_BODY_BYTES"]
+    management = PeerOnly(SecurityHeaders(RequestIds(management), limit))
+    public = SecurityHeaders(RequestIds(public), limit)
     if proxies:
         # Only behind named proxies: every request would pass through it otherwise.
         public = ForwardedFor(public, proxies)

@@ -339,6 +339,14 @@ SETTINGS = (
         " balancer's idle timeout (AWS ALB: 60 s) so the server never closes first.",
     ),
     Setting(
+        "MAX_BODY_BYTES",
+        1048576,
+        whole_number(1, 1073741824),
+        "a whole number of bytes from 1 to 1073741824",
+        "The largest request body any route accepts; a longer one is answered 413"
+        " (Flask's MAX_CONTENT_LENGTH). Default 1 MiB.",
+    ),
+    Setting(
         "DOCS",
         True,
         boolean,

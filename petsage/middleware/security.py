@@ -28,18 +28,20 @@ ALWAYS = [
 ]
 
 
-# No PetSage operation takes a body: a request announcing a large one is refused
-# before anything waits for it.
-MAX_BODY_BYTES = 1 << 20
-
-
 class SecurityHeaders:
     """WSGI middleware: nosniff, no referrer, and a Content-Security-Policy, always;
-    and a 413 for a request that announces a body over ``MAX_BODY_BYTES``.
+    and a 413 for a request that announces a body over ``max_body_bytes``
+    (PETSAGE_MAX_BODY_BYTES), on every route, before anything waits for the body.
     """
 
-    def __init__(self, app: "WSGIApplication", docs_prefix: str = "/docs/") -> None:
+    def __init__(
+        self,
+        app: "WSGIApplication",
+        max_body_bytes: int,
+        docs_prefix: str = "/docs/",
+    ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.docs_prefix = docs_prefix
 
     def __call__(
@@ -56,7 +58,7 @@ class SecurityHeaders:
             return start_response(status, headers, exc_info)
 
         length = environ.get("CONTENT_LENGTH") or "0"
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        if not length.isdigit() or int(length) > self.max_body_bytes:
             error = RequestEntityTooLarge()
             return problem_response(error)(environ, start_with_headers)
         return self.app(environ, start_with_headers)

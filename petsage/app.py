@@ -72,9 +72,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if config is not None:
         app.config.from_mapping(config)
 
-    # A body sent in chunks, with no Content-Length to refuse it by, is cut off at
-    # the same limit as it is read.
-    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
     app.json = OrjsonProvider(app)
     app.logger.setLevel(app.config["LOG_LEVEL"])
     # Notes the matched route template for metrics (petsage.middleware.routes).

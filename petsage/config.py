@@ -343,8 +343,9 @@ SETTINGS = (
         1048576,
         whole_number(1, 1073741824),
         "a whole number of bytes from 1 to 1073741824",
-        "The largest request body any route accepts; a longer one is answered 413"
-        " (Flask's MAX_CONTENT_LENGTH). Default 1 MiB.",
+        "The largest request body any route accepts: a longer one is answered 413,"
+        " before it is read when its Content-Length says so, once the limit is passed"
+        " when it comes in chunks. Default 1 MiB.",
     ),
     Setting(
         "DOCS",

@@ -1,5 +1,6 @@
 """Every error answers RFC 9457 problem JSON and reveals nothing internal."""
 
+import json
 import logging
 
 import pytest
@@ -11,6 +12,7 @@ from werkzeug.test import TestResponse
 from petsage import create_app
 from petsage.errors import PROBLEM_MEDIA_TYPE
 from tests.support.apps.resource import create_resource_app
+from tests.support.gunicorn_process import GunicornFactory
 from tests.support.route_checks import document_of, openapi_path, operations
 
 SECRET = "database password is hunter2"
@@ -236,3 +238,35 @@ def test_an_unknown_id_is_a_404_problem(resource_client: FlaskClient) -> None:
     assert (response.status_code, response.mimetype) == (404, PROBLEM_MEDIA_TYPE)
     assert response.json is not None
     assert response.json["detail"] == "No pet has the id 12345."
+
+
+RESOURCE_APP = "tests.support.apps.resource:create_resource_app()"
+PAD = b"x" * 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"age": 3}', 200),
+        (b'{"age": "three"}', 422),
+        (b'{"age": 3', 400),
+        (b'{"age": 3, "pad": "' + PAD + b'"}', 413),
+        # No Content-Length to refuse it by: cut off at the limit as it is read.
+        ([b'{"age": 3, "pad": "', PAD, b'"}'], 413),
+    ],
+    ids=["good", "invalid", "malformed", "over the limit", "chunked, over the limit"],
+)
+def test_gunicorn_answers_each_body_as_the_test_client_does(
+    start_gunicorn: GunicornFactory, body: bytes | list[bytes], status: int
+) -> None:
+    server = start_gunicorn({"PETSAGE_MAX_BODY_BYTES": "1000"}, RESOURCE_APP)
+    headers = {"Content-Type": "application/json"}
+    answer = server.request("POST", f"{INPUTS}/json", headers, body=body)
+    media_type = "application/json" if status == 200 else PROBLEM_MEDIA_TYPE
+    assert (answer.status, answer.headers["Content-Type"]) == (status, media_type)
+    assert json.loads(answer.body)["status" if status != 200 else "age"] in (status, 3)
+    assert (
+        server.request("POST", f"{INPUTS}/json", headers, body=b'{"age": 3}').status
+        == 200
+    )

@@ -45,6 +45,13 @@ OPERATION_METHODS = (
 # these that a route does not.
 ALLOW_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 SUCCESS_STATUSES = ("200", "201", "204")
+# Served, but not operations of the API: the document itself and the docs pages.
+SERVED_ONLY = (
+    "/openapi.json",
+    "/docs/",
+    "/docs/<path:path>",
+    "/static/<path:filename>",
+)
 PROBES = ("/livez", "/readyz", "/health")
 METRICS = "/metrics"
 DOCUMENT = "/openapi.json"
@@ -179,16 +186,14 @@ def documented_methods(document: dict[str, Any], path: str) -> frozenset[str]:
     return frozenset(methods | {"OPTIONS"})
 
 
-def undocumented_operations(
-    app: Flask, document: dict[str, Any], served_only: Iterable[str]
-) -> list[str]:
+def undocumented_operations(app: Flask, document: dict[str, Any]) -> list[str]:
     """``METHOD template`` for each method of a Flask rule the document lacks, but
-    the rules ``served_only`` (the document itself, the docs pages)."""
+    the rules ``SERVED_ONLY`` (the document itself, the docs pages)."""
     methods = {(path, method.upper()) for path, method, _ in operations(document)}
     return sorted(
         f"{method} {route.template}"
         for route in flask_routes(app, document)
-        if route.template not in set(served_only)
+        if route.template not in SERVED_ONLY
         for method in route.methods - {"HEAD", "OPTIONS"}
         if (openapi_path(route.template), method) not in methods
     )

@@ -171,8 +171,8 @@ def create_resource_app(config: Mapping[str, Any] | None = None) -> Flask:
     """PetSage, with ``config``, plus the test blueprints under /api/v1."""
     app = create_app(config)
     api = app.extensions["flask-smorest"]["apis"][""]["ext_obj"]
-    for tag in (INPUTS_TAG, PETS_TAG):
-        api.spec.tag(tag)
+    # The factory's tag list replaces the one apispec would build (petsage.app).
+    api.spec.options["tags"] += [INPUTS_TAG, PETS_TAG]
     for blueprint in (inputs, pets):
         api.register_blueprint(blueprint, url_prefix=API_PREFIX)
     app.extensions[STORE] = {}

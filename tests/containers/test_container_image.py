@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from petsage.config import load_settings
 from tests.conftest import FaultRecorder
 from tests.containers.deployment import Deployment, deployment
 from tests.containers.figures import record_figure
+from tests.containers.manifests import COMPOSE_FILE, compose_services
 from tests.containers.podman import (
     HELPERS,
     IMAGE_TAG,
@@ -58,7 +58,6 @@ pytestmark = [
     pytest.mark.xdist_group("container"),
 ]
 
-COMPOSE_FILE = REPO_ROOT / "deploy" / "compose.yaml"
 START_TIMEOUT = 30.0
 # `docker stop`, `podman stop` and `docker compose down` send SIGKILL this long after
 # SIGTERM unless told otherwise.
@@ -102,9 +101,14 @@ def health_token() -> str:
 def manifest_environment(
     plan: Deployment, token: str, host_ports: dict[str, int]
 ) -> dict[str, str]:
-    """The manifest's environment, its Secret filled in, bound to ``host_ports``."""
-    assert plan.secrets == ("PETSAGE_HEALTH_TOKEN",)
-    return {**plan.bound_to(host_ports), "PETSAGE_HEALTH_TOKEN": token}
+    """The manifest's environment, its Secrets filled in, bound to ``host_ports``:
+    the database an SQLite file on the pod's /tmp (the Compose test runs PostgreSQL)."""
+    assert set(plan.secrets) == {"PETSAGE_HEALTH_TOKEN", "PETSAGE_DATABASE_URL"}
+    return {
+        **plan.bound_to(host_ports),
+        "PETSAGE_HEALTH_TOKEN": token,
+        "PETSAGE_DATABASE_URL": "sqlite:////tmp/petsage.sqlite3",
+    }
 
 
 def start(
@@ -488,13 +492,6 @@ def seconds(duration: str) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
     assert "".join(number + unit for number, unit in parts) == duration, duration
     return sum(float(number) * units[unit] for number, unit in parts)
-
-
-def compose_services() -> dict[str, dict[str, object]]:
-    """The services of deploy/compose.yaml."""
-    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
-    assert isinstance(services, dict)
-    return services
 
 
 def test_composes_stop_grace_period_covers_the_drain_and_graceful_stop() -> None:

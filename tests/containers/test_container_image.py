@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from tests.containers.podman import (
     IMAGE_TAG,
     LIMITS,
     NGINX_STANDIN_TAG,
+    POSTGRES_STANDIN_TAG,
     STANDIN_BASE,
     Container,
     build,
@@ -517,12 +519,24 @@ def nginx_standin(image: str) -> str:
     )
 
 
+@pytest.fixture(scope="session")
+def postgres_standin(image: str) -> str:
+    """An image standing in for the official postgres one: Debian's PostgreSQL."""
+    return build(
+        POSTGRES_STANDIN_TAG,
+        HELPERS / "postgres-standin.Containerfile",
+        HELPERS,
+        "--build-arg",
+        f"BASE={STANDIN_BASE}",
+    )
+
+
 @pytest.fixture
 def compose(
-    image: str, nginx_standin: str, health_token: str
+    image: str, nginx_standin: str, postgres_standin: str, health_token: str
 ) -> Iterator[tuple[Callable[..., subprocess.CompletedProcess[str]], str, int]]:
     """podman-compose on deploy/compose.yaml with the stand-ins, published on a free
-    port of 127.0.0.1; taken down after."""
+    port of 127.0.0.1; taken down after, the database's volume with it."""
     if shutil.which("podman-compose") is None:
         cannot_run("podman-compose is not installed (apt-get install podman-compose)")
     ensure_bridge_networks_run()
@@ -532,6 +546,8 @@ def compose(
         **os.environ,
         "PETSAGE_IMAGE": image,
         "PETSAGE_NGINX_IMAGE": nginx_standin,
+        "PETSAGE_POSTGRES_IMAGE": postgres_standin,
+        "PETSAGE_POSTGRES_PASSWORD": secrets.token_urlsafe(16),
         "PETSAGE_PUBLISH": f"127.0.0.1:{port}",
         "PETSAGE_HEALTH_TOKEN": health_token,
     }
@@ -552,8 +568,49 @@ def compose(
     try:
         yield run, project, port
     finally:
-        run("down")
+        run("down", "--volumes")
         podman("network", "rm", "--force", f"{project}_default", check=False)
+
+
+def postgres_is_healthy(name: str) -> bool:
+    """Whether the postgres container's health check passes now."""
+    return podman("healthcheck", "run", name, check=False).returncode == 0
+
+
+def has_exited(name: str) -> bool:
+    """Whether the container has run to its end."""
+    return Container(name, {}).state("Status") == "exited"
+
+
+def up_in_order(
+    run: Callable[..., subprocess.CompletedProcess[str]], project: str
+) -> subprocess.CompletedProcess[str]:
+    """`up` in the order Docker Compose keeps: podman-compose 1.0.3 starts every
+    service at once, ignoring depends_on's conditions, so postgres is started until
+    healthy and migrate until it exits before the rest (which runs migrate again)."""
+    for service, done in (("postgres", postgres_is_healthy), ("migrate", has_exited)):
+        up = run("up", "--detach", "--no-build", service)
+        assert up.returncode == 0, up.stdout + up.stderr
+        name = f"{project}_{service}_1"
+        wait_until(partial(done, name), START_TIMEOUT, f"compose's {service} done")
+    migrate = Container(f"{project}_migrate_1", {})
+    assert migrate.state("ExitCode") == 0, migrate.logs()
+    assert "petsage: database upgraded to" in migrate.logs()
+    return run("up", "--detach", "--no-build")
+
+
+def assert_healthy_on_the_migrated_schema(project: str, port: int, token: str) -> None:
+    """/health through nginx shows its checks to the token, all passing; in the
+    PetSage container, its database is PostgreSQL, at the migrations' head."""
+    health = http_request(port, "GET", "/health", {"Authorization": f"Bearer {token}"})
+    assert health.status == 200 and b'"checks"' in health.body
+    assert json.loads(health.body)["status"] == "pass", health.body
+    petsage = Container(f"{project}_petsage_1", {})
+    url = petsage.execute("printenv", "PETSAGE_DATABASE_URL").stdout
+    assert url.startswith("postgresql://petsage:"), "not PostgreSQL"
+    current = petsage.execute("petsage", "db", "current")
+    assert current.returncode == 0, current.stdout + current.stderr
+    assert current.stdout.rstrip().endswith("(head)"), current.stdout
 
 
 def test_compose_serves_through_nginx_and_stops_cleanly(
@@ -562,7 +619,7 @@ def test_compose_serves_through_nginx_and_stops_cleanly(
 ) -> None:
     run, project, port = compose
     started = time.monotonic()
-    up = run("up", "--detach", "--no-build")
+    up = up_in_order(run, project)
     assert up.returncode == 0, up.stdout + up.stderr
     deadline = started + START_TIMEOUT
     while True:
@@ -586,10 +643,7 @@ def test_compose_serves_through_nginx_and_stops_cleanly(
         "/readyz 200 through nginx",
     )
     assert http_request(port, "GET", "/metrics").status == 404
-    health = http_request(
-        port, "GET", "/health", {"Authorization": f"Bearer {health_token}"}
-    )
-    assert health.status == 200 and b'"checks"' in health.body
+    assert_healthy_on_the_migrated_schema(project, port, health_token)
     for service in ("petsage", "nginx"):
         run_healthcheck(Container(f"{project}_{service}_1", {}))
     grace = seconds(str(compose_services()["petsage"]["stop_grace_period"]))
@@ -601,7 +655,7 @@ def test_compose_serves_through_nginx_and_stops_cleanly(
     petsage = Container(f"{project}_petsage_1", {})
     record_figure(
         "compose stop",
-        f"petsage exit {petsage.state('ExitCode')}, {stopped_after:.1f} s for both",
+        f"petsage exit {petsage.state('ExitCode')}, {stopped_after:.1f} s for all",
     )
     assert petsage.state("ExitCode") == 0
     assert "Draining: readiness fails now" in petsage.logs()

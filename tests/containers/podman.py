@@ -24,6 +24,7 @@ STANDIN_BASE = "localhost/petsage-base:bookworm"
 # so another run re-tagging them meanwhile changes nothing under this one.
 IMAGE_TAG = "localhost/petsage-backend:test"
 NGINX_STANDIN_TAG = "localhost/petsage-nginx-standin:test"
+POSTGRES_STANDIN_TAG = "localhost/petsage-postgres-standin:test"
 # Podman asks for more open files and processes than the runtime may set on these
 # hosts (docs/containers.md); nginx's worker_rlimit_nofile (16384) fits these.
 LIMITS = ("--ulimit", "nofile=16384:16384", "--ulimit", "nproc=4096:4096")

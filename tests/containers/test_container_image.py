@@ -19,20 +19,22 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
-import yaml
 
 from petsage.config import load_settings
 from tests.conftest import FaultRecorder
 from tests.containers.deployment import Deployment, deployment
 from tests.containers.figures import record_figure
+from tests.containers.manifests import COMPOSE_FILE, compose_services
 from tests.containers.podman import (
     HELPERS,
     IMAGE_TAG,
     LIMITS,
     NGINX_STANDIN_TAG,
+    POSTGRES_STANDIN_TAG,
     STANDIN_BASE,
     Container,
     build,
@@ -58,7 +60,6 @@ pytestmark = [
     pytest.mark.xdist_group("container"),
 ]
 
-COMPOSE_FILE = REPO_ROOT / "deploy" / "compose.yaml"
 START_TIMEOUT = 30.0
 # `docker stop`, `podman stop` and `docker compose down` send SIGKILL this long after
 # SIGTERM unless told otherwise.
@@ -102,9 +103,14 @@ def health_token() -> str:
 def manifest_environment(
     plan: Deployment, token: str, host_ports: dict[str, int]
 ) -> dict[str, str]:
-    """The manifest's environment, its Secret filled in, bound to ``host_ports``."""
-    assert plan.secrets == ("PETSAGE_HEALTH_TOKEN",)
-    return {**plan.bound_to(host_ports), "PETSAGE_HEALTH_TOKEN": token}
+    """The manifest's environment, its Secrets filled in, bound to ``host_ports``:
+    the database an SQLite file on the pod's /tmp (the Compose test runs PostgreSQL)."""
+    assert set(plan.secrets) == {"PETSAGE_HEALTH_TOKEN", "PETSAGE_DATABASE_URL"}
+    return {
+        **plan.bound_to(host_ports),
+        "PETSAGE_HEALTH_TOKEN": token,
+        "PETSAGE_DATABASE_URL": "sqlite:////tmp/petsage.sqlite3",
+    }
 
 
 def start(
@@ -490,13 +496,6 @@ def seconds(duration: str) -> float:
     return sum(float(number) * units[unit] for number, unit in parts)
 
 
-def compose_services() -> dict[str, dict[str, object]]:
-    """The services of deploy/compose.yaml."""
-    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
-    assert isinstance(services, dict)
-    return services
-
-
 def test_composes_stop_grace_period_covers_the_drain_and_graceful_stop() -> None:
     petsage = compose_services()["petsage"]
     environment = petsage["environment"]
@@ -520,12 +519,24 @@ def nginx_standin(image: str) -> str:
     )
 
 
+@pytest.fixture(scope="session")
+def postgres_standin(image: str) -> str:
+    """An image standing in for the official postgres one: Debian's PostgreSQL."""
+    return build(
+        POSTGRES_STANDIN_TAG,
+        HELPERS / "postgres-standin.Containerfile",
+        HELPERS,
+        "--build-arg",
+        f"BASE={STANDIN_BASE}",
+    )
+
+
 @pytest.fixture
 def compose(
-    image: str, nginx_standin: str, health_token: str
+    image: str, nginx_standin: str, postgres_standin: str, health_token: str
 ) -> Iterator[tuple[Callable[..., subprocess.CompletedProcess[str]], str, int]]:
     """podman-compose on deploy/compose.yaml with the stand-ins, published on a free
-    port of 127.0.0.1; taken down after."""
+    port of 127.0.0.1; taken down after, the database's volume with it."""
     if shutil.which("podman-compose") is None:
         cannot_run("podman-compose is not installed (apt-get install podman-compose)")
     ensure_bridge_networks_run()
@@ -535,6 +546,8 @@ def compose(
         **os.environ,
         "PETSAGE_IMAGE": image,
         "PETSAGE_NGINX_IMAGE": nginx_standin,
+        "PETSAGE_POSTGRES_IMAGE": postgres_standin,
+        "PETSAGE_POSTGRES_PASSWORD": secrets.token_urlsafe(16),
         "PETSAGE_PUBLISH": f"127.0.0.1:{port}",
         "PETSAGE_HEALTH_TOKEN": health_token,
     }
@@ -555,8 +568,49 @@ def compose(
     try:
         yield run, project, port
     finally:
-        run("down")
+        run("down", "--volumes")
         podman("network", "rm", "--force", f"{project}_default", check=False)
+
+
+def postgres_is_healthy(name: str) -> bool:
+    """Whether the postgres container's health check passes now."""
+    return podman("healthcheck", "run", name, check=False).returncode == 0
+
+
+def has_exited(name: str) -> bool:
+    """Whether the container has run to its end."""
+    return Container(name, {}).state("Status") == "exited"
+
+
+def up_in_order(
+    run: Callable[..., subprocess.CompletedProcess[str]], project: str
+) -> subprocess.CompletedProcess[str]:
+    """`up` in the order Docker Compose keeps: podman-compose 1.0.3 starts every
+    service at once, ignoring depends_on's conditions, so postgres is started until
+    healthy and migrate until it exits before the rest (which runs migrate again)."""
+    for service, done in (("postgres", postgres_is_healthy), ("migrate", has_exited)):
+        up = run("up", "--detach", "--no-build", service)
+        assert up.returncode == 0, up.stdout + up.stderr
+        name = f"{project}_{service}_1"
+        wait_until(partial(done, name), START_TIMEOUT, f"compose's {service} done")
+    migrate = Container(f"{project}_migrate_1", {})
+    assert migrate.state("ExitCode") == 0, migrate.logs()
+    assert "petsage: database upgraded to" in migrate.logs()
+    return run("up", "--detach", "--no-build")
+
+
+def assert_healthy_on_the_migrated_schema(project: str, port: int, token: str) -> None:
+    """/health through nginx shows its checks to the token, all passing; in the
+    PetSage container, its database is PostgreSQL, at the migrations' head."""
+    health = http_request(port, "GET", "/health", {"Authorization": f"Bearer {token}"})
+    assert health.status == 200 and b'"checks"' in health.body
+    assert json.loads(health.body)["status"] == "pass", health.body
+    petsage = Container(f"{project}_petsage_1", {})
+    url = petsage.execute("printenv", "PETSAGE_DATABASE_URL").stdout
+    assert url.startswith("postgresql://petsage:"), "not PostgreSQL"
+    current = petsage.execute("petsage", "db", "current")
+    assert current.returncode == 0, current.stdout + current.stderr
+    assert current.stdout.rstrip().endswith("(head)"), current.stdout
 
 
 def test_compose_serves_through_nginx_and_stops_cleanly(
@@ -565,7 +619,7 @@ def test_compose_serves_through_nginx_and_stops_cleanly(
 ) -> None:
     run, project, port = compose
     started = time.monotonic()
-    up = run("up", "--detach", "--no-build")
+    up = up_in_order(run, project)
     assert up.returncode == 0, up.stdout + up.stderr
     deadline = started + START_TIMEOUT
     while True:
@@ -589,10 +643,7 @@ def test_compose_serves_through_nginx_and_stops_cleanly(
         "/readyz 200 through nginx",
     )
     assert http_request(port, "GET", "/metrics").status == 404
-    health = http_request(
-        port, "GET", "/health", {"Authorization": f"Bearer {health_token}"}
-    )
-    assert health.status == 200 and b'"checks"' in health.body
+    assert_healthy_on_the_migrated_schema(project, port, health_token)
     for service in ("petsage", "nginx"):
         run_healthcheck(Container(f"{project}_{service}_1", {}))
     grace = seconds(str(compose_services()["petsage"]["stop_grace_period"]))
@@ -604,7 +655,7 @@ def test_compose_serves_through_nginx_and_stops_cleanly(
     petsage = Container(f"{project}_petsage_1", {})
     record_figure(
         "compose stop",
-        f"petsage exit {petsage.state('ExitCode')}, {stopped_after:.1f} s for both",
+        f"petsage exit {petsage.state('ExitCode')}, {stopped_after:.1f} s for all",
     )
     assert petsage.state("ExitCode") == 0
     assert "Draining: readiness fails now" in petsage.logs()

@@ -1,22 +1,36 @@
 """deploy/: the Dockerfile and Kubernetes manifests, checked by tools made for them."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from petsage import create_app
 from petsage.config import load_settings
-from tests.containers.manifests import MANIFESTS, container, manifest
+from tests.containers.manifests import (
+    MANIFESTS,
+    compose_services,
+    container,
+    literal_environment,
+    manifest,
+    migration_container,
+)
 from tests.support.dockerfile import image_environment, image_instructions
 from tests.support.gunicorn_process import REPO_ROOT, GunicornFactory
 
 BIN = Path(sys.executable).parent
 DEPLOY = REPO_ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
+MIGRATE = ["petsage", "db", "upgrade"]
+DATABASE_URL = "PETSAGE_DATABASE_URL"
+MIGRATION_SERVICES = ("petsage", "migrate", "postgres")
+# A value Compose takes from the shell or .env, refusing to start without it.
+REQUIRED_VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):\?[^}]+\}")
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -56,6 +70,7 @@ def test_manifests_pass_kubernetes_validate() -> None:
         doc_kind
         for doc_kind in (
             "Deployment",
+            "Job",
             "Service",
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
@@ -84,14 +99,14 @@ def test_every_probe_path_is_in_the_openapi_document() -> None:
         container()[name]["httpGet"]["port"]
         for name in ("startupProbe", "livenessProbe", "readinessProbe")
     }
-    environment = {env["name"]: env.get("value", "") for env in container()["env"]}
+    environment = literal_environment(container())
     probe_port = load_settings(environment)["MANAGEMENT_BIND"].rpartition(":")[2]
     named = {port["name"]: str(port["containerPort"]) for port in container()["ports"]}
     assert {named[port] for port in ports} == {probe_port}
 
 
 def test_prometheus_scrapes_the_management_port_and_the_service_hides_it() -> None:
-    environment = {env["name"]: env.get("value", "") for env in container()["env"]}
+    environment = literal_environment(container())
     settings = load_settings(environment)
     public_port = settings["BIND"].rpartition(":")[2]
     management_port = settings["MANAGEMENT_BIND"].rpartition(":")[2]
@@ -139,7 +154,7 @@ def test_grace_period_covers_the_drain_delay_and_graceful_timeout() -> None:
     # The pod runs with the image's ENV, which its own env overrides.
     environment = {
         **image_environment(),
-        **{env["name"]: env.get("value", "") for env in container()["env"]},
+        **literal_environment(container()),
     }
     settings = load_settings(environment)
     pod = manifest("Deployment")["spec"]["template"]["spec"]
@@ -207,3 +222,76 @@ class TestProbeCommand:
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda path: path.name)
 def test_manifests_are_single_documents(path: Path) -> None:
     assert len(list(yaml.safe_load_all(path.read_text()))) == 1
+
+
+def test_compose_migrates_postgresql_before_petsage_starts() -> None:
+    services = compose_services()
+    petsage, migrate, postgres = (services[name] for name in MIGRATION_SERVICES)
+    assert migrate["image"] == petsage["image"]
+    assert migrate["command"] == MIGRATE
+    assert migrate.get("restart", "no") == "no"
+    assert petsage["depends_on"]["migrate"] == {
+        "condition": "service_completed_successfully"
+    }
+    assert migrate["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert postgres["healthcheck"]["test"][0] == "CMD"
+    assert any(
+        volume.endswith(":/var/lib/postgresql/data") for volume in postgres["volumes"]
+    )
+    assert petsage["environment"][DATABASE_URL] == migrate["environment"][DATABASE_URL]
+    url = make_url(
+        REQUIRED_VARIABLE.sub("sample", petsage["environment"][DATABASE_URL])
+    )
+    assert (url.get_backend_name(), url.host) == ("postgresql", "postgres")
+    assert url.database == postgres["environment"]["POSTGRES_DB"]
+    assert url.username == postgres["environment"]["POSTGRES_USER"]
+
+
+def test_compose_runs_read_only_with_no_password_in_the_file() -> None:
+    services = compose_services()
+    for name in MIGRATION_SERVICES:
+        assert services[name]["read_only"] is True, name
+    password = services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    required = REQUIRED_VARIABLE.fullmatch(password)
+    assert required, f"POSTGRES_PASSWORD: {password!r} is not ${{NAME:?message}}"
+    url = services["petsage"]["environment"][DATABASE_URL]
+    assert make_url(REQUIRED_VARIABLE.sub("sample", url)).password == "sample"
+    assert REQUIRED_VARIABLE.findall(url) == [required["name"]]
+
+
+def environment_entry(petsage: dict[str, object], name: str) -> dict[str, object]:
+    """The ``env`` entry of ``name`` in a container of a manifest."""
+    entries = petsage["env"]
+    assert isinstance(entries, list)
+    [entry] = [entry for entry in entries if entry["name"] == name]
+    assert isinstance(entry, dict)
+    return entry
+
+
+def test_kubernetes_migrates_in_a_job_before_the_two_replicas_roll_out() -> None:
+    job = manifest("Job")
+    pod = job["spec"]["template"]["spec"]
+    migrate = migration_container()
+    assert migrate["command"] == MIGRATE
+    assert migrate["image"] == container()["image"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert job["spec"]["backoffLimit"] >= 1
+    assert manifest("Deployment")["spec"]["replicas"] == 2
+    url = environment_entry(container(), DATABASE_URL)
+    assert environment_entry(migrate, DATABASE_URL) == url
+    reference = url["valueFrom"]["secretKeyRef"]  # type: ignore[index]
+    assert not reference.get("optional", False)
+
+
+def test_every_read_only_petsage_container_names_its_database() -> None:
+    # The image's default SQLite file lies under its root: read-only, it cannot be
+    # written, so every shipped PetSage container names a database elsewhere.
+    services = compose_services()
+    for name in ("petsage", "migrate"):
+        assert (
+            services[name]["read_only"] and services[name]["environment"][DATABASE_URL]
+        )
+    for petsage in (container(), migration_container()):
+        assert petsage["securityContext"]["readOnlyRootFilesystem"] is True
+        assert environment_entry(petsage, DATABASE_URL)["valueFrom"]

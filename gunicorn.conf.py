@@ -17,6 +17,23 @@ except ConfigError as error:
     # One line for the operator instead of gunicorn's "Failed to read config" traceback.
     sys.exit(f"petsage: {error}")
 
+# PETSAGE_DATABASE_UPGRADE=start: the schema upgraded here, in the master, before any
+# worker forks, over a connection closed before this returns; an instance starting
+# beside this one waits for this upgrade (petsage.db.migrate). Never otherwise: the
+# deploy step, petsage db upgrade, does it.
+DATABASE_UPGRADED = ""
+if settings["DATABASE_UPGRADE"] == "start":
+    from petsage.db.engine import describe_failure
+    from petsage.db.migrate import upgrade
+
+    try:
+        DATABASE_UPGRADED = upgrade(settings["DATABASE_URL"])[1].describe()
+    except Exception as error:
+        sys.exit(
+            "petsage: the database upgrade at start failed: "
+            + describe_failure(settings["DATABASE_URL"], error)
+        )
+
 # prometheus_client picks its multiprocess mode when first imported, and the modules
 # below import it: the directory must be named before, so that every worker forked
 # from this master writes its metrics where a scrape of any worker finds them.
@@ -42,6 +59,7 @@ from petsage.serving.server import (  # noqa: E402
     answer_gunicorn_errors_with_problems,
     assign_health_slot,
     close_listeners_in_forked_children,
+    dispose_database_engines,
     drain_before_stopping,
     forget_worker_metrics,
     hand_over_health,
@@ -118,6 +136,8 @@ def on_starting(server: Any) -> None:
     warn_about_unknown_settings(os.environ)
     if instance.record.metrics_problem:
         server.log.error("Metrics are degraded: %s", instance.record.metrics_problem)
+    if DATABASE_UPGRADED:
+        server.log.info("Database schema at %s", DATABASE_UPGRADED)
 
 
 def when_ready(server: Any) -> None:
@@ -139,8 +159,10 @@ def on_reload(server: Any) -> None:
 
 
 def pre_fork(server: Any, worker: Any) -> None:
-    """Give the worker its slot in the instance's memory: its heartbeat and lease."""
+    """Give the worker its slot in the instance's memory: its heartbeat and lease;
+    close any database connection of the master's, which a worker must not share."""
     assign_health_slot(server, worker, instance.memory)
+    dispose_database_engines()
 
 
 def post_fork(server: Any, worker: Any) -> None:

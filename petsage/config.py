@@ -14,6 +14,7 @@ import difflib
 import ipaddress
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -193,6 +194,53 @@ def default_state_directory() -> str:
     """Shared memory where the host has it (fast, gone at reboot), else the temp dir."""
     shared = "/dev/shm"  # nosec B108: each instance's directory inside is private
     return shared if os.path.isdir(shared) else tempfile.gettempdir()
+
+
+# The embedded database's file, in a directory of the installation's prefix (a
+# virtualenv's own, for the README's commands): outside every instance's state
+# directory, kept across restarts, and the same file for every worker and for the
+# ``petsage db`` command run from the same installation.
+DATABASE_FILE = os.path.join("var", "petsage", "petsage.sqlite3")
+# The SQLAlchemy driver PetSage speaks PostgreSQL with: psycopg 3, the ``postgresql``
+# extra. SQLAlchemy's bare postgresql:// would mean psycopg2, which PetSage lacks.
+POSTGRESQL_DRIVER = "postgresql+psycopg"
+
+
+def default_database_url() -> str:
+    """An SQLite file beside the installation: ``<sys.prefix>/var/petsage/...``."""
+    return "sqlite:///" + os.path.join(os.path.abspath(sys.prefix), DATABASE_FILE)
+
+
+def parse_database_url(raw: str) -> str:
+    """sqlite:///PATH (a file), or a PostgreSQL URL, made postgresql+psycopg://."""
+    scheme, separator, rest = raw.partition("://")
+    if not separator:
+        raise Refused("expected sqlite:///PATH or postgresql://...")
+    scheme = scheme.lower()
+    if scheme in ("sqlite", "sqlite+pysqlite"):
+        path = rest.removeprefix("/").partition("?")[0]
+        if not rest.startswith("/") or path in ("", ":memory:"):
+            # Each connection would open a database of its own: nothing is shared.
+            raise Refused(
+                "an SQLite database must be a file, sqlite:///PATH"
+                " (sqlite:////ABSOLUTE/PATH)"
+            )
+        return "sqlite:///" + rest.removeprefix("/")
+    if scheme in ("postgresql", "postgres", POSTGRESQL_DRIVER):
+        return f"{POSTGRESQL_DRIVER}://{rest}"
+    # The scheme is shown: it stands before "://", where no secret goes.
+    raise Refused(
+        f"{scheme}:// is not a database PetSage uses: expected sqlite:///PATH or"
+        " postgresql://..."
+    )
+
+
+def parse_database_upgrade(raw: str) -> str:
+    """deploy or start, case-insensitive."""
+    value = raw.lower()
+    if value not in ("deploy", "start"):
+        raise ValueError(raw)
+    return value
 
 
 def default_worker_count() -> tuple[int, str]:
@@ -436,6 +484,40 @@ SETTINGS = (
         seconds(0.01, 600),
         "a number of seconds from 0.01 to 600",
         "How long a dependency check may take before it counts as failed.",
+    ),
+    Setting(
+        "DATABASE_URL",
+        default_database_url,
+        parse_database_url,
+        "sqlite:///PATH (relative), sqlite:////PATH (absolute), or"
+        " postgresql://USER:PASSWORD@HOST:PORT/DATABASE (postgres://,"
+        " postgresql+psycopg://), credentials percent-encoded",
+        "The database features keep their records in. Default: the SQLite file"
+        " var/petsage/petsage.sqlite3 under the installation's prefix (the"
+        " virtualenv), its directory made when first used; WAL and a busy timeout let"
+        " every worker write. In production, PostgreSQL through psycopg 3 (the"
+        " petsage-backend[postgresql] extra): each worker keeps a pool of"
+        " PETSAGE_THREADS connections.",
+        secret=True,
+    ),
+    Setting(
+        "DATABASE_UPGRADE",
+        "deploy",
+        parse_database_upgrade,
+        "deploy or start",
+        "Who applies the schema's migrations. deploy: petsage db upgrade, run as a"
+        " deploy step; the service never changes the schema. start: the gunicorn"
+        " master runs the upgrade before it forks its workers (safe with several"
+        " instances at once: the upgrade holds a lock).",
+    ),
+    Setting(
+        "DATABASE_CRITICAL",
+        False,
+        boolean,
+        "true or false (also yes/no, on/off, 1/0)",
+        "Whether readiness requires the database: its check (a new connection each"
+        " cycle, SELECT 1) then fails /readyz. Off, a failing database only makes"
+        " health warn, as for a primary every replica shares.",
     ),
     Setting(
         "CRITICAL_DEPENDENCIES",

@@ -1,4 +1,4 @@
-"""The ``petsage`` command: drain, probe, smoke, and flask-smorest's ``openapi``."""
+"""The ``petsage`` command: drain, probe, smoke, db, and flask-smorest's ``openapi``."""
 
 import contextlib
 import http.client
@@ -9,6 +9,7 @@ import time
 
 import click
 
+from petsage.cli import database as database_commands
 from petsage.cli.contract import validator_missing
 from petsage.cli.deploy_check import RENDERERS, Service, run_smoke
 from petsage.config import ConfigError, read_setting
@@ -324,6 +325,9 @@ def probe(path: str, instance: str | None, timeout: float) -> None:
         connection.close()
     if status != 200:
         sys.exit(f"petsage probe: {address}{path} answered {status}")
+
+
+cli.add_command(database_commands.database)
 
 
 def main() -> None:

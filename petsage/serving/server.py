@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -424,6 +425,17 @@ def forget_worker_metrics(pid: int) -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         RETIREMENT.retire(directory, pid)
+
+
+def dispose_database_engines() -> None:
+    """Close the database connections of this process (the master), if it ever made
+    an engine: a forked worker must never talk over its parent's connection.
+
+    Looked up, not imported: a master that never used a database loads no SQLAlchemy.
+    """
+    engine = sys.modules.get("petsage.db.engine")
+    if engine is not None:
+        engine.dispose_engines()
 
 
 def close_listeners_in_forked_children(worker: Any) -> None:

@@ -29,6 +29,8 @@ DESCRIBED_DEFAULTS = {
     "WORKERS": "2 x usable CPUs + 1",
     "DRAIN_FILE": "none",
     "STATE_DIR": "`/dev/shm` (or the temporary directory)",
+    "DATABASE_URL": "`sqlite:///<prefix>/var/petsage/petsage.sqlite3`, where"
+    " `<prefix>` is the installation's (`sys.prefix`: the virtualenv)",
 }
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from petsage.config import (
     SETTINGS,
+    default_database_url,
     default_state_directory,
     default_workers,
     text,
@@ -45,7 +46,13 @@ def test_only_defaults_worked_out_on_the_host_are_described() -> None:
     assert defaults["WORKERS"] is default_workers
     assert defaults["STATE_DIR"] is default_state_directory
     assert defaults["DRAIN_FILE"] is None
-    assert set(DESCRIBED_DEFAULTS) == {"WORKERS", "STATE_DIR", "DRAIN_FILE"}
+    assert defaults["DATABASE_URL"] is default_database_url
+    assert set(DESCRIBED_DEFAULTS) == {
+        "WORKERS",
+        "STATE_DIR",
+        "DRAIN_FILE",
+        "DATABASE_URL",
+    }
     assert {key for key, value in defaults.items() if callable(value)} < set(
         DESCRIBED_DEFAULTS
     )

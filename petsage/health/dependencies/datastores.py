@@ -1,4 +1,5 @@
-"""Dependency checks in a datastore's own protocol: PostgreSQL ``SELECT 1``, Redis PING.
+"""Dependency checks in a datastore's own protocol: PostgreSQL ``SELECT 1``, Redis PING,
+and an SQLite file opened and read.
 
 A TCP connect proves a port is open; these prove a login works and the server answers.
 The PostgreSQL check logs in over a new connection at each run and closes it before
@@ -12,7 +13,8 @@ connection per dependency per instance: a leader that ends takes its connection 
 it (the kernel closes the socket), and the next leader opens its own.
 
 The drivers (psycopg 3, redis-py) are the package's ``postgresql`` and ``redis``
-extras, imported only by a check that needs one;
+extras, imported only by a check that needs one (SQLite's, the standard library's
+sqlite3, always there);
 ``petsage.health.dependencies.settings`` refuses at start a dependency whose driver is
 missing.
 """
@@ -21,6 +23,7 @@ import contextlib
 import importlib
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -262,6 +265,31 @@ def describe_postgresql_error(psycopg: ModuleType, error: Exception) -> str:
     reason = message.rpartition(" failed: ")[2] if " failed: " in message else message
     reason = " ".join(reason.strip().splitlines()[0].split()) if reason.strip() else ""
     return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+
+
+def sqlite_probe(path: str, timeout: float) -> Callable[[], Observation]:
+    """Open the SQLite file at ``path`` (never making it), read its schema, close:
+    each run proves that the file is there, readable and a database; observe how
+    long that took in ms."""
+    # A URI, so that a file that is not there is a failure, not a new database.
+    uri = "file:" + quote(path) + "?mode=rw"
+
+    def observe() -> Observation:
+        started = time.perf_counter()
+        try:
+            connection = sqlite3.connect(uri, uri=True, timeout=timeout)
+            try:
+                connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+            finally:
+                connection.close()
+        except sqlite3.Error as error:
+            reason = " ".join(str(error).split())
+            raise CheckFailed(f"{type(error).__name__}: {reason}") from None
+        return Observation(
+            elapsed_ms(started), "ms", output=f"SQLite {sqlite3.sqlite_version}"
+        )
+
+    return observe
 
 
 def redis_probe(dependency: Dependency, timeout: float) -> HeldProbe:

@@ -9,9 +9,14 @@ and the driver's own URL parser, which refuses at start what it would refuse lat
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from urllib.parse import unquote, urlsplit
 
 from petsage.health.checks import Check, Observation
-from petsage.health.dependencies.datastores import postgresql_probe, redis_probe
+from petsage.health.dependencies.datastores import (
+    postgresql_probe,
+    redis_probe,
+    sqlite_probe,
+)
 from petsage.health.dependencies.entry import Dependency, redact_url
 from petsage.health.dependencies.network import http_probe, tcp_probe
 
@@ -77,4 +82,31 @@ def dependency_check(dependency: Dependency, critical: bool, timeout: float) -> 
         critical=critical,
         timeout=timeout,
         target=redact_url(dependency.url),
+    )
+
+
+# The database's check's name in the health document, which no dependency may take.
+DATABASE = "database"
+
+
+def database_check(url: str, critical: bool, timeout: float) -> Check:
+    """The check of the database features keep their records in (PETSAGE_DATABASE_URL,
+    as ``petsage.config`` leaves it): an SQLite file opened and read, or PostgreSQL's
+    own dependency check, a new login each run, apart from the workers' pools."""
+    scheme, _, rest = url.partition("://")
+    if scheme == "sqlite":
+        path = unquote(urlsplit(url).path.removeprefix("/"))
+        run, target = sqlite_probe(path, timeout), f"sqlite:///{path}"
+    else:
+        dependency = Dependency(DATABASE, f"postgresql://{rest}")
+        run, target = postgresql_probe(dependency, timeout), redact_url(dependency.url)
+    return Check(
+        name=DATABASE,
+        run=run,
+        component=DATABASE,
+        measurement="responseTime",
+        component_type="datastore",
+        critical=critical,
+        timeout=timeout,
+        target=target,
     )

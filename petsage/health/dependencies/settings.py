@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from petsage.config import PASSWORD_FILE, Refused, Setting, setting_named
 from petsage.health.dependencies.entry import Dependency
-from petsage.health.dependencies.schemes import SCHEMES, Driver
+from petsage.health.dependencies.schemes import DATABASE, SCHEMES, Driver
 from petsage.health.state import new_health
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -129,8 +129,9 @@ def name_is_free(
 @functools.cache
 def reserved_names() -> frozenset[str]:
     """The names of PetSage's own health items, which no dependency may take: the
-    checks every app has, and what the probes weigh besides the checks."""
-    return new_health(1.0, None).names
+    checks every app has, the database's, and what the probes weigh besides the
+    checks."""
+    return new_health(1.0, None).names | {DATABASE}
 
 
 def check_url(dependency: Dependency) -> None:

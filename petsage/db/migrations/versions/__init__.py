@@ -1,0 +1,1 @@
+"""The revisions of PetSage's schema, each chained on the one before."""

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 DOCUMENT_PATH = "/openapi.json"
 # Every operation can answer these, whatever it does: they are documented on all.
 STATUSES_OF_EVERY_OPERATION = (405, 500)
+# An operation that reads a body can also find it malformed or too long
+# (PETSAGE_MAX_BODY_BYTES).
+STATUSES_OF_A_BODY = (400, 413)
 ALLOW_HEADER = {
     "description": "The methods the resource answers.",
     "schema": {"type": "string", "example": allow(ROUTE_METHODS)},
@@ -42,10 +45,14 @@ class ErrorResponsesPlugin(BasePlugin):
         operations: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Document 405 and 500 on each operation that does not already."""
+        """Document 405 and 500 on each operation that does not already, and 400
+        and 413 on each that reads a body."""
         for operation in (operations or {}).values():
             responses = operation.setdefault("responses", {})
-            for status in STATUSES_OF_EVERY_OPERATION:
+            statuses: tuple[int, ...] = STATUSES_OF_EVERY_OPERATION
+            if "requestBody" in operation:
+                statuses += STATUSES_OF_A_BODY
+            for status in statuses:
                 responses.setdefault(str(status), HTTPStatus(status).name)
 
 

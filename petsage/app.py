@@ -169,8 +169,9 @@ def wrap_in_middleware(
         public = RequestMetrics(public, metrics)
     # No proxy belongs in front of the management listener: a forwarded address there
     # could only be the caller's own claim, to a trusted network.
-    management = PeerOnly(SecurityHeaders(RequestIds(management)))
-    public = SecurityHeaders(RequestIds(public))
+    limit = config["MAX_BODY_BYTES"]
+    management = PeerOnly(SecurityHeaders(RequestIds(management), limit))
+    public = SecurityHeaders(RequestIds(public), limit)
     if proxies:
         # Only behind named proxies: every request would pass through it otherwise.
         public = ForwardedFor(public, proxies)

@@ -387,6 +387,15 @@ SETTINGS = (
         " balancer's idle timeout (AWS ALB: 60 s) so the server never closes first.",
     ),
     Setting(
+        "MAX_BODY_BYTES",
+        1048576,
+        whole_number(1, 1073741824),
+        "a whole number of bytes from 1 to 1073741824",
+        "The largest request body any route accepts: a longer one is answered 413,"
+        " before it is read when its Content-Length says so, once the limit is passed"
+        " when it comes in chunks. Default 1 MiB.",
+    ),
+    Setting(
         "DOCS",
         True,
         boolean,

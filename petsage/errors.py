@@ -85,7 +85,8 @@ def problem_response(
         for name, value in error.get_headers()
         if name.lower() != "content-type"
     ]
-    headers.extend(data.get("headers", {}).items())
+    # webargs passes headers=None when its error has none to add.
+    headers.extend((data.get("headers") or {}).items())
     # Built without an app context: the health endpoints in front of Flask use it too.
     return Response(
         json.dumps(problem, separators=(",", ":")) + "\n",

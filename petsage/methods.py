@@ -1,8 +1,10 @@
-"""The methods every route answers, GET, HEAD and OPTIONS, and how it answers OPTIONS.
+"""How every route answers OPTIONS, and names its methods in ``Allow``.
 
-Load balancers check with any of the three (HAProxy's ``option httpchk`` sends
-OPTIONS unless told otherwise), so every route answers them one way, whether Flask
-answers it or a layer in front of Flask does: ``Allow`` names the methods in one order,
+Every route answers HEAD where it answers GET, and OPTIONS: load balancers check with
+any of the three (HAProxy's ``option httpchk`` sends OPTIONS unless told otherwise),
+so every route answers them one way, whether Flask answers it or a layer in front of
+Flask does (those answer GET, HEAD and OPTIONS alone): ``Allow`` names the route's
+methods, a feature's writes included, in one order,
 on an OPTIONS answer and on a 405 alike; OPTIONS answers ``200`` with no body and no
 ``Content-Type``. The probes alone answer OPTIONS with their verdict, as they answer
 GET (petsage.health.endpoints): a probe's verdict must not depend on the method a

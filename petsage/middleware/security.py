@@ -1,7 +1,7 @@
 """Security headers on every response, and gunicorn's own errors as problem JSON."""
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -22,24 +22,29 @@ DOCS_POLICY = (
     " style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self';"
     " frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+# What CappedBody reads at a time when asked for everything.
+CHUNK_BYTES = 65536
 ALWAYS = [
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
 ]
 
 
-# No PetSage operation takes a body: a request announcing a large one is refused
-# before anything waits for it.
-MAX_BODY_BYTES = 1 << 20
-
-
 class SecurityHeaders:
     """WSGI middleware: nosniff, no referrer, and a Content-Security-Policy, always;
-    and a 413 for a request that announces a body over ``MAX_BODY_BYTES``.
+    and a 413 for a body over ``max_body_bytes`` (PETSAGE_MAX_BODY_BYTES), on every
+    route: before anything waits for it when its Content-Length announces it, as it is
+    read when it comes in chunks (``CappedBody``).
     """
 
-    def __init__(self, app: "WSGIApplication", docs_prefix: str = "/docs/") -> None:
+    def __init__(
+        self,
+        app: "WSGIApplication",
+        max_body_bytes: int,
+        docs_prefix: str = "/docs/",
+    ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.docs_prefix = docs_prefix
 
     def __call__(
@@ -56,10 +61,47 @@ class SecurityHeaders:
             return start_response(status, headers, exc_info)
 
         length = environ.get("CONTENT_LENGTH") or "0"
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        if not length.isdigit() or int(length) > self.max_body_bytes:
             error = RequestEntityTooLarge()
             return problem_response(error)(environ, start_with_headers)
+        if "HTTP_TRANSFER_ENCODING" in environ:
+            environ["wsgi.input"] = CappedBody(
+                environ["wsgi.input"], self.max_body_bytes
+            )
         return self.app(environ, start_with_headers)
+
+
+class CappedBody:
+    """A body sent in chunks, with no length to refuse it by: reading past ``limit``
+    bytes raises ``RequestEntityTooLarge``, which Flask answers with a 413 problem.
+
+    Flask's own cap (MAX_CONTENT_LENGTH) would cut such a body off at the limit
+    without a word, and the view would read a truncated body.
+    """
+
+    def __init__(self, stream: Any, limit: int) -> None:
+        self.stream = stream
+        self.left = limit
+
+    def _counted(self, data: bytes) -> bytes:
+        self.left -= len(data)
+        if self.left < 0:
+            raise RequestEntityTooLarge()
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all of them, up to the limit, when negative)."""
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK_BYTES), b""))
+        return self._counted(self.stream.read(min(size, self.left + 1)))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """A line, never reading past the limit."""
+        bound = self.left + 1 if size is None or size < 0 else min(size, self.left + 1)
+        return self._counted(self.stream.readline(bound))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
 
 
 def problem_error_bytes(

@@ -1,13 +1,19 @@
 """Every error answers RFC 9457 problem JSON and reveals nothing internal."""
 
+import json
 import logging
 
 import pytest
 from flask import Flask, abort
 from flask.testing import FlaskClient
 from werkzeug.exceptions import default_exceptions
+from werkzeug.test import TestResponse
 
 from petsage import create_app
+from petsage.errors import PROBLEM_MEDIA_TYPE
+from tests.support.apps.resource import create_resource_app
+from tests.support.gunicorn_process import GunicornFactory
+from tests.support.route_checks import document_of, openapi_path, operations
 
 SECRET = "database password is hunter2"
 
@@ -119,3 +125,148 @@ def test_service_keeps_serving_after_an_unhandled_exception(
 ) -> None:
     failing_client.get("/crash")
     assert failing_client.get("/api/v1/smoke-test").status_code == 200
+
+
+# Input: tests.support.apps.resource adds routes that take an age from each webargs
+# location; the problems are PetSage's, through the real application.
+INPUTS = "/api/v1/inputs"
+MISSING = "Missing data for required field."
+
+
+def send_age(client: FlaskClient, location: str, age: str | None) -> TestResponse:
+    """Ask the echo route of ``location``, with ``age`` there (None: no age)."""
+    given = {} if age is None else {"age": age}
+    if location == "json":
+        return client.post(f"{INPUTS}/json", json=given)
+    if location == "form":
+        return client.post(f"{INPUTS}/form", data=given)
+    if location == "headers":
+        headers = {} if age is None else {"X-Pet-Age": age}
+        return client.get(f"{INPUTS}/headers", headers=headers)
+    if location == "cookies" and age is not None:
+        client.set_cookie("pet_age", age)
+    return client.get(f"{INPUTS}/{location}", query_string=given)
+
+
+FIELD_OF = {"headers": "X-Pet-Age", "cookies": "pet_age"}
+
+
+@pytest.fixture
+def resource_client() -> FlaskClient:
+    """A test client for PetSage plus the test input and resource routes."""
+    return create_resource_app({"TESTING": True}).test_client()
+
+
+@pytest.mark.parametrize("location", ["query", "json", "form", "headers", "cookies"])
+@pytest.mark.parametrize(
+    ("age", "message"),
+    [
+        (None, MISSING),
+        ("three", "Not a valid integer."),
+        ("31", "Must be greater than or equal to 0 and less than or equal to 30."),
+    ],
+    ids=["missing", "not a number", "out of range"],
+)
+def test_bad_input_is_a_422_problem_naming_the_field(
+    resource_client: FlaskClient, location: str, age: str | None, message: str
+) -> None:
+    response = send_age(resource_client, location, age)
+    assert (response.status_code, response.mimetype) == (422, PROBLEM_MEDIA_TYPE)
+    assert response.json is not None
+    assert response.json["status"] == 422
+    field = FIELD_OF.get(location, "age")
+    assert response.json["errors"] == {location: {field: [message]}}
+
+
+@pytest.mark.parametrize("location", ["query", "json", "form", "headers", "cookies"])
+def test_good_input_from_every_location_is_taken(
+    resource_client: FlaskClient, location: str
+) -> None:
+    response = send_age(resource_client, location, "3")
+    assert (response.status_code, response.json) == (200, {"age": 3})
+
+
+def test_every_operation_that_takes_input_documents_its_422_problem(
+    resource_client: FlaskClient,
+) -> None:
+    # Flask's routes, whose input webargs reads (the probes, in front of Flask,
+    # read theirs themselves).
+    app = resource_client.application
+    document = document_of(app)
+    unprocessable = document["components"]["responses"]["UNPROCESSABLE_ENTITY"]
+    assert list(unprocessable["content"]) == [PROBLEM_MEDIA_TYPE]
+    flask = {openapi_path(rule.rule) for rule in app.url_map.iter_rules()}
+    taking_input = {
+        f"{method.upper()} {path}": operation["responses"]
+        for path, method, operation in operations(document)
+        if path in flask
+        and (
+            "requestBody" in operation
+            or any(where["in"] != "path" for where in operation.get("parameters", []))
+        )
+    }
+    assert len(taking_input) >= len(FIELD_OF) + 3
+    assert [where for where, said in taking_input.items() if "422" not in said] == []
+
+
+def test_malformed_json_is_a_400_problem(resource_client: FlaskClient) -> None:
+    response = resource_client.post(
+        f"{INPUTS}/json", data=b'{"age": 3', content_type="application/json"
+    )
+    assert (response.status_code, response.mimetype) == (400, PROBLEM_MEDIA_TYPE)
+    assert response.json is not None
+    assert response.json["errors"] == {"json": ["Invalid JSON body."]}
+
+
+@pytest.mark.parametrize(
+    ("size", "status"), [(1 << 20, 422), ((1 << 20) + 1, 413)], ids=["1 MiB", "more"]
+)
+def test_a_body_over_the_default_limit_is_a_413_problem(
+    resource_client: FlaskClient, size: int, status: int
+) -> None:
+    # The exact limit is read, and refused for its unknown field "pad".
+    body = b'{"age": 3, "pad": "' + b"x" * (size - 21) + b'"}'
+    assert len(body) == size
+    response = resource_client.post(
+        f"{INPUTS}/json", data=body, content_type="application/json"
+    )
+    assert (response.status_code, response.mimetype) == (status, PROBLEM_MEDIA_TYPE)
+
+
+def test_an_unknown_id_is_a_404_problem(resource_client: FlaskClient) -> None:
+    response = resource_client.get("/api/v1/pets/12345")
+    assert (response.status_code, response.mimetype) == (404, PROBLEM_MEDIA_TYPE)
+    assert response.json is not None
+    assert response.json["detail"] == "No pet has the id 12345."
+
+
+RESOURCE_APP = "tests.support.apps.resource:create_resource_app()"
+PAD = b"x" * 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"age": 3}', 200),
+        (b'{"age": "three"}', 422),
+        (b'{"age": 3', 400),
+        (b'{"age": 3, "pad": "' + PAD + b'"}', 413),
+        # No Content-Length to refuse it by: cut off at the limit as it is read.
+        ([b'{"age": 3, "pad": "', PAD, b'"}'], 413),
+    ],
+    ids=["good", "invalid", "malformed", "over the limit", "chunked, over the limit"],
+)
+def test_gunicorn_answers_each_body_as_the_test_client_does(
+    start_gunicorn: GunicornFactory, body: bytes | list[bytes], status: int
+) -> None:
+    server = start_gunicorn({"PETSAGE_MAX_BODY_BYTES": "1000"}, RESOURCE_APP)
+    headers = {"Content-Type": "application/json"}
+    answer = server.request("POST", f"{INPUTS}/json", headers, body=body)
+    media_type = "application/json" if status == 200 else PROBLEM_MEDIA_TYPE
+    assert (answer.status, answer.headers["Content-Type"]) == (status, media_type)
+    assert json.loads(answer.body)["status" if status != 200 else "age"] in (status, 3)
+    assert (
+        server.request("POST", f"{INPUTS}/json", headers, body=b'{"age": 3}').status
+        == 200
+    )

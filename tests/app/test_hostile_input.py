@@ -18,16 +18,18 @@ from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import REPO_ROOT, GunicornServer
 from tests.support.load import ClientLoad
 from tests.support.raw_http import HOSTILE_REQUESTS
+from tests.support.route_checks import document_of, flask_routes
 
 SMOKE_TEST = "/api/v1/smoke-test"
-# The service's own paths, every feature's (from the URL map), and two that nothing
-# answers.
+# The service's own paths, every feature's (from the URL map, a path parameter its
+# sample), and two that nothing answers.
+SERVICE = create_app()
 PATHS = [
     "/",
     *sorted(
-        rule.rule
-        for rule in create_app().url_map.iter_rules()
-        if rule.rule.startswith(f"{API_PREFIX}/") and not rule.arguments
+        route.path
+        for route in flask_routes(SERVICE, document_of(SERVICE))
+        if route.template.startswith(f"{API_PREFIX}/")
     ),
     "/livez",
     "/readyz",

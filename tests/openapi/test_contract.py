@@ -1,5 +1,8 @@
 """The OpenAPI document is complete and true, checked by schemathesis and by routes.
 
+Which routes, methods and statuses: the URL map's and the document's
+(tests.support.route_checks); an operation's success may be 200, 201 or 204.
+
 It describes what the public port answers, and nothing else: schemathesis runs every
 check it has against it, undeclared methods included, with /metrics served there and
 in the default configuration, where it is not (the management listener's document is
@@ -16,6 +19,12 @@ from hypothesis import HealthCheck, settings
 
 from petsage import create_app
 from tests.support.gunicorn_process import REPO_ROOT
+from tests.support.route_checks import (
+    document_of,
+    incomplete_operations,
+    operations,
+    undocumented_operations,
+)
 
 # The token makes ?verbose answer text/plain, so that media type is exercised too;
 # /metrics, by default served on the management listener only, is served here too so
@@ -28,15 +37,7 @@ SCHEMA = schemathesis.openapi.from_wsgi("/openapi.json", APP)
 DEFAULTS_SCHEMA = schemathesis.openapi.from_wsgi(
     "/openapi.json", create_app({"CHECK_PERIOD": 60})
 )
-HEALTH_PATHS = {"/livez", "/readyz", "/livez/<check>", "/readyz/<check>", "/health"}
-METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-# Served, but not operations of the API: the document itself and the docs pages.
-UNDOCUMENTED = {
-    "/openapi.json",
-    "/docs/",
-    "/docs/<path:path>",
-    "/static/<path:filename>",
-}
+HEALTH_PATHS = {"/livez", "/readyz", "/livez/{check}", "/readyz/{check}", "/health"}
 
 
 @SCHEMA.parametrize()
@@ -66,19 +67,12 @@ def test_every_response_of_the_default_public_port_conforms_to_its_document(
 
 
 def documented_paths(app: Flask) -> set[str]:
-    """The paths of the document, in Flask's rule syntax."""
-    document = app.test_client().get("/openapi.json").json
-    assert isinstance(document, dict)
-    return {
-        path.replace("{", "<").replace("}", ">")
-        for path, item in document["paths"].items()
-        if METHODS & set(item)
-    }
+    """The paths of the document that have an operation."""
+    return {path for path, _, _ in operations(document_of(app))}
 
 
 def test_every_flask_route_is_documented() -> None:
-    served = {rule.rule for rule in APP.url_map.iter_rules()} - UNDOCUMENTED
-    assert served - documented_paths(APP) == set()
+    assert undocumented_operations(APP, document_of(APP)) == []
 
 
 def test_every_health_endpoint_is_documented() -> None:
@@ -100,16 +94,7 @@ def test_the_public_document_lists_metrics_only_where_the_port_serves_them(
 
 
 def test_every_operation_is_complete() -> None:
-    document = APP.test_client().get("/openapi.json").json
-    assert isinstance(document, dict)
-    for path, item in document["paths"].items():
-        for method, operation in item.items():
-            if method not in METHODS:
-                continue
-            where = f"{method.upper()} {path}"
-            for member in ("operationId", "summary", "description", "tags"):
-                assert operation.get(member), f"{where} lacks {member}"
-            assert {"200", "405", "500"} <= set(operation["responses"]), where
+    assert incomplete_operations(document_of(APP)) == []
 
 
 def test_committed_document_matches_the_served_one() -> None:

@@ -6,6 +6,8 @@ import pytest
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
+from tests.support.apps.resource import create_resource_app
+
 SMOKE_TEST_DESCRIPTION = (
     "This endpoint verifies that the PetSage API is running and able to process"
     " requests. It serves as a basic health check and confirms the end-to-end pipeline"
@@ -13,9 +15,13 @@ SMOKE_TEST_DESCRIPTION = (
 )
 
 
-@pytest.fixture
-def document(client: FlaskClient) -> dict[str, Any]:
-    """The OpenAPI document as the service serves it."""
+@pytest.fixture(params=["service", "with a resource"])
+def document(request: pytest.FixtureRequest, client: FlaskClient) -> dict[str, Any]:
+    """The OpenAPI document as the service serves it; and as it serves it with a
+    resource beside (tests.support.apps.resource), which every check of every
+    operation here must pass too."""
+    if request.param == "with a resource":
+        client = create_resource_app({"TESTING": True}).test_client()
     response = client.get("/openapi.json")
     assert response.status_code == 200
     assert response.mimetype == "application/json"

@@ -9,17 +9,15 @@ must refuse callers without it).
 """
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import schemathesis
 
-from petsage import API_PREFIX, create_app
-from petsage.health import health_of
 from tests.support.gunicorn_process import GunicornFactory, HttpResult
 from tests.support.management import Instance
+from tests.support.route_checks import operations, path_samples
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
@@ -43,26 +41,6 @@ CREDENTIALS = {
 }
 
 
-def feature_paths() -> list[str]:
-    """Every feature's path, from the URL map, as the document writes it."""
-    app = create_app()
-    health_of(app).refresher.stop()
-    return [
-        re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
-        for rule in app.url_map.iter_rules()
-        if rule.rule.startswith(f"{API_PREFIX}/")
-    ]
-
-
-def path_parameters(item: dict[str, Any]) -> dict[str, str]:
-    """A valid value for each path parameter of a path item: its enum's first."""
-    return {
-        parameter["name"]: parameter["schema"]["enum"][0]
-        for parameter in item.get("parameters", []) + item["get"].get("parameters", [])
-        if parameter["in"] == "path"
-    }
-
-
 def document_of(listener: Callable[[str], HttpResult]) -> dict[str, Any]:
     """The document a listener serves (``instance.public``, ``instance.management``)."""
     answer = listener("/openapi.json")
@@ -84,9 +62,9 @@ def configured(
 def expected_security(
     listener: str, settings: dict[str, str]
 ) -> dict[str, list[dict[str, list[str]]]]:
-    """Each operation of the listener's document and its security, as ``settings``
-    make them: /metrics only where it is served; Flask's routes (the welcome page and
-    every feature's, from the URL map) are public."""
+    """The security of each of PetSage's own GET operations on the listener, as
+    ``settings`` make it: /metrics only where it is served; the welcome page public.
+    A feature's operations declare their own, which the calls hold to."""
     health = dict.fromkeys(
         ("/livez", "/livez/{check}", "/readyz", "/readyz/{check}", "/health"),
         OPTIONAL,
@@ -94,29 +72,37 @@ def expected_security(
     metrics = {"/metrics": REQUIRED if "HEALTH_TOKEN" in settings else []}
     if listener == "management":
         return {**health, **metrics}
-    public = {"/": [], **{path: [] for path in feature_paths()}, **health}
+    public = {"/": [], **health}
     return {**public, **metrics} if settings.get("PUBLIC_METRICS") == "true" else public
 
 
 def assert_security_declared(
     document: dict[str, Any], listener: str, settings: dict[str, str]
 ) -> None:
-    """The bearer scheme, and each operation's security as ``settings`` make it."""
-    scheme = document["components"]["securitySchemes"][SCHEME]
+    """The bearer scheme; every operation's security declared, with the document's
+    schemes; PetSage's own operations' as ``settings`` make it."""
+    schemes = document["components"]["securitySchemes"]
+    scheme = schemes[SCHEME]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     undeclared = [
-        path
-        for path, item in document["paths"].items()
-        if "security" not in item["get"]
+        f"{method.upper()} {path}"
+        for path, method, operation in operations(document)
+        if "security" not in operation
     ]
     assert undeclared == [], (
-        f"GET {', '.join(undeclared)} declares no security: give the view"
+        f"{', '.join(undeclared)} declares no security: give the view"
         " @bp.doc(security=[]) if it is public"
     )
+    for path, method, operation in operations(document):
+        for requirement in operation["security"]:
+            assert set(requirement) <= set(schemes), (method, path, requirement)
+    expected = expected_security(listener, settings)
     security = {
-        path: item["get"]["security"] for path, item in document["paths"].items()
+        path: item["get"]["security"]
+        for path, item in document["paths"].items()
+        if path in expected
     }
-    assert security == expected_security(listener, settings)
+    assert security == expected
 
 
 def test_every_answer_in_every_configuration_matches_the_document(
@@ -133,32 +119,32 @@ def test_every_answer_in_every_configuration_matches_the_document(
         document = document_of(listener)
         assert_security_declared(document, where, settings)
         schema = schemathesis.openapi.from_dict(document)
-        origin = f"http://127.0.0.1:{port}"
-        for path, item in document["paths"].items():
-            operation = item["get"]
+        for path, method, operation in operations(document):
+            samples = path_samples(document, path, method)
             for credential, headers in CREDENTIALS.items():
-                case = schema[path]["GET"].Case(path_parameters=path_parameters(item))
-                response = case.call_and_validate(base_url=origin, headers=headers)
-                statuses[path, where, credential] = response.status_code
+                case = schema[path][method.upper()].Case(path_parameters=samples)
+                response = case.call_and_validate(
+                    base_url=f"http://127.0.0.1:{port}", headers=headers
+                )
+                statuses[f"{method} {path}", where, credential] = response.status_code
                 if path == "/health":
                     # The token adds details, and only where one is configured.
                     details = b'"checks"' in response.content
                     assert details == (token_set and credential == "token")
                 if operation["security"] != REQUIRED:
                     # Public or token-optional: the status never depends on the caller.
-                    assert response.status_code == statuses[path, where, "none"], (
-                        path,
-                        where,
-                        credential,
-                    )
+                    assert (
+                        response.status_code
+                        == statuses[f"{method} {path}", where, "none"]
+                    ), (method, path, where, credential)
     for credential, headers in CREDENTIALS.items():
         # Where the public document leaves /metrics out, the public port must too.
         statuses.setdefault(
-            ("/metrics", "public", credential),
+            ("get /metrics", "public", credential),
             instance.public("/metrics", headers).status,
         )
     metrics = {
-        (where, credential): statuses["/metrics", where, credential]
+        (where, credential): statuses["get /metrics", where, credential]
         for where in ("public", "management")
         for credential in CREDENTIALS
     }

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +41,13 @@ def http_request(
     path: str,
     headers: dict[str, str] | None = None,
     timeout: float = 5.0,
+    body: bytes | Iterable[bytes] | None = None,
 ) -> HttpResult:
-    """Send one request to 127.0.0.1:``port`` on a new connection."""
+    """Send one request to 127.0.0.1:``port`` on a new connection, with ``body``
+    (an iterable of chunks is sent chunked)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request(method, path, headers=headers or {})
+        connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
         return HttpResult(response.status, response.headers, response.read())
     finally:
@@ -178,9 +180,10 @@ class GunicornServer:
         path: str,
         headers: dict[str, str] | None = None,
         timeout: float = 5.0,
+        body: bytes | Iterable[bytes] | None = None,
     ) -> HttpResult:
-        """Send one request to this server."""
-        return http_request(self.port, method, path, headers, timeout)
+        """Send one request to this server, with ``body``."""
+        return http_request(self.port, method, path, headers, timeout, body)
 
     def stop(self) -> None:
         """Stop gunicorn gracefully (SIGTERM); kill it if it does not exit in time."""

@@ -5,9 +5,11 @@ nothing else: the public port serves its ``Api``'s at /openapi.json, through Fla
 management listener serves another ``Api``'s there, through ``DocumentEndpoint``.
 """
 
+import functools
 import hashlib
+import hmac
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +17,14 @@ import flask
 import flask_smorest
 from apispec import BasePlugin
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, default_exceptions
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import (
+    HTTPException,
+    MethodNotAllowed,
+    ServiceUnavailable,
+    Unauthorized,
+    default_exceptions,
+)
 from werkzeug.wrappers import Response
 
 from petsage.errors import PROBLEM_MEDIA_TYPE, ProblemSchema, problem_response
@@ -34,6 +43,24 @@ ALLOW_HEADER = {
     "description": "The methods the resource answers.",
     "schema": {"type": "string", "example": allow(ROUTE_METHODS)},
 }
+# The API token (PETSAGE_API_TOKEN) as OpenAPI's bearer scheme, beside the health
+# token's: every write of a feature's records requires it.
+API_TOKEN_SCHEME_NAME = "apiToken"  # nosec B105: the scheme's name, not a secret
+API_TOKEN_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "The API token, PETSAGE_API_TOKEN, sent as `Authorization: Bearer"
+    " <token>`. Every write (POST, PATCH, DELETE of a feature's records) requires it:"
+    " without it, or with another, 401; with no token configured, writes answer 503."
+    " Reads are public. It is never the health token.",
+}
+API_TOKEN_REQUIRED: list[dict[str, list[str]]] = [{API_TOKEN_SCHEME_NAME: []}]
+NO_API_TOKEN = (
+    "Writes are off: this instance has no API token (PETSAGE_API_TOKEN is not set)."
+)
+WRONG_API_TOKEN = (
+    "This write needs the API token, sent as `Authorization: Bearer <token>`."
+)
 
 
 class ErrorResponsesPlugin(BasePlugin):
@@ -104,9 +131,6 @@ class PetSageApi(flask_smorest.Api):  # type: ignore[misc]
             if status == HTTPStatus.METHOD_NOT_ALLOWED:
                 response["headers"] = {"Allow": ALLOW_HEADER}
 
-    def _register_pagination_header(self) -> None:
-        """Leave flask-smorest's pagination header out: no PetSage operation pages."""
-
     def document_response(self, environ: "WSGIEnvironment") -> Response:
         """The document, built at the first request, with an ETag for 304s."""
         if self._document is None:
@@ -139,3 +163,61 @@ class DocumentEndpoint:
             return self.app(environ, start_response)
         response = other_method_response(environ) or self.api.document_response(environ)
         return response(environ, start_response)
+
+
+def check_api_token() -> None:
+    """Let a write through only with the API token: 401 without it or with another
+    (compared in constant time), 503 when the instance has none."""
+    expected: str = flask.current_app.config["API_TOKEN"]
+    if not expected:
+        raise ServiceUnavailable(NO_API_TOKEN)
+    authorization = flask.request.authorization
+    given = authorization.token if authorization is not None else None
+    if (
+        authorization is None
+        or authorization.type != "bearer"
+        or given is None
+        or not hmac.compare_digest(given.encode(), expected.encode())
+    ):
+        raise Unauthorized(
+            WRONG_API_TOKEN,
+            www_authenticate=WWWAuthenticate("bearer", {"realm": "petsage"}),
+        )
+
+
+def register_api_token_scheme(state: flask.blueprints.BlueprintSetupState) -> None:
+    """Put the API token's scheme in the document of the app ``state`` names, once."""
+    api: PetSageApi = state.app.extensions["flask-smorest"]["apis"][""]["ext_obj"]
+    if API_TOKEN_SCHEME_NAME not in api.spec.components.security_schemes:
+        api.spec.components.security_scheme(API_TOKEN_SCHEME_NAME, API_TOKEN_SCHEME)
+
+
+View = Callable[..., Any]
+
+
+def writes_need_the_api_token(
+    blueprint: flask_smorest.Blueprint,
+) -> Callable[[View], View]:
+    """A decorator for a view of ``blueprint`` that writes: the API token checked
+    before anything else (the body is not read without it), and documented: the
+    security requirement, 401 and 503. Put it right under ``@blueprint.route``."""
+    blueprint.record_once(register_api_token_scheme)
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            check_api_token()
+            return view(*args, **kwargs)
+
+        documented = blueprint.alt_response(
+            401, response="UNAUTHORIZED", description="No API token, or another."
+        )(checked)
+        documented = blueprint.alt_response(
+            503,
+            response="SERVICE_UNAVAILABLE",
+            description="Writes are off: no API token is configured.",
+        )(documented)
+        result: View = blueprint.doc(security=API_TOKEN_REQUIRED)(documented)
+        return result
+
+    return decorate

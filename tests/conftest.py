@@ -9,8 +9,12 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from petsage import create_app
+from petsage.db import migrate
+from petsage.db.engine import dispose_engines
+from petsage.db.sessions import EXTENSION as DATABASE_EXTENSION
 from petsage.health import health_of
 from tests.containers.figures import FIGURES, figure_lines
+from tests.support.databases import sqlite_url
 from tests.support.datastores import (
     PETSAGE_PASSWORD,
     PostgresServer,
@@ -25,10 +29,20 @@ from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
-    """A PetSage app configured for tests; its health refresher stops after."""
-    app = create_app({"TESTING": True, "DRAIN_FILE": str(tmp_path / "drain")})
+    """A PetSage app configured for tests, with a database of its own (an SQLite file
+    upgraded to the head when a feature keeps records); its health refresher stops and
+    its connections close after."""
+    url = sqlite_url(tmp_path)
+    app = create_app(
+        {"TESTING": True, "DRAIN_FILE": str(tmp_path / "drain"), "DATABASE_URL": url}
+    )
+    keeps_records = DATABASE_EXTENSION in app.extensions
+    if keeps_records:
+        migrate.upgrade(url)
     yield app
     health_of(app).refresher.stop()
+    if keeps_records:
+        dispose_engines()
 
 
 @pytest.fixture
@@ -63,6 +77,8 @@ def start_gunicorn() -> Iterator[GunicornFactory]:
     for server in servers:
         server.stop()
         server.log_path.unlink(missing_ok=True)
+        for suffix in (".sqlite3", ".sqlite3-wal", ".sqlite3-shm"):
+            Path(f"{server.log_path}{suffix}").unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import flask
 import flask_smorest
-from apispec import BasePlugin
+from apispec import APISpec, BasePlugin
 from flask.typing import ResponseReturnValue
+from flask_smorest.pagination import PAGINATION_HEADER
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import (
     HTTPException,
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 DOCUMENT_PATH = "/openapi.json"
+# flask-smorest's name for the pagination header's component.
+PAGINATION = "PAGINATION"
 # Every operation can answer these, whatever it does: they are documented on all.
 STATUSES_OF_EVERY_OPERATION = (405, 500)
 # An operation that reads a body can also find it malformed or too long
@@ -83,6 +86,34 @@ class ErrorResponsesPlugin(BasePlugin):
                 responses.setdefault(str(status), HTTPStatus(status).name)
 
 
+class PaginationHeaderPlugin(BasePlugin):
+    """Documents flask-smorest's ``X-Pagination`` header, and its schema, once an
+    operation pages: a document with none has neither."""
+
+    def init_spec(self, spec: APISpec) -> None:
+        """Keep the spec, to register the header in."""
+        self.spec = spec
+
+    def operation_helper(
+        self,
+        path: str | None = None,
+        operations: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Register the header the first time an operation's response names it."""
+        components = self.spec.components
+        for operation in (operations or {}).values():
+            for response in operation.get("responses", {}).values():
+                headers = (
+                    response.get("headers", {}) if isinstance(response, dict) else {}
+                )
+                if (
+                    PAGINATION in headers.values()
+                    and PAGINATION not in components.headers
+                ):
+                    components.header(PAGINATION, PAGINATION_HEADER)
+
+
 def problem_example(status: int) -> dict[str, Any]:
     """The problem PetSage answers for ``status``."""
     error = default_exceptions[status]()
@@ -106,7 +137,10 @@ class PetSageApi(flask_smorest.Api):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         self._document: tuple[bytes, str] | None = None
-        spec_kwargs = {**(spec_kwargs or {}), "extra_plugins": [ErrorResponsesPlugin()]}
+        spec_kwargs = {
+            **(spec_kwargs or {}),
+            "extra_plugins": [ErrorResponsesPlugin(), PaginationHeaderPlugin()],
+        }
         super().__init__(app, spec_kwargs=spec_kwargs, **kwargs)
 
     def handle_http_exception(self, error: HTTPException) -> Any:
@@ -130,6 +164,10 @@ class PetSageApi(flask_smorest.Api):  # type: ignore[misc]
                 content["example"] = problem_example(status.value)
             if status == HTTPStatus.METHOD_NOT_ALLOWED:
                 response["headers"] = {"Allow": ALLOW_HEADER}
+
+    def _register_pagination_header(self) -> None:
+        """Leave the pagination header to ``PaginationHeaderPlugin``: flask-smorest's
+        registers its schema in every document, paging or not."""
 
     def document_response(self, environ: "WSGIEnvironment") -> Response:
         """The document, built at the first request, with an ETag for 304s."""

@@ -17,12 +17,11 @@ import flask
 import flask_smorest
 from apispec import APISpec, BasePlugin
 from flask.typing import ResponseReturnValue
-from flask_smorest.pagination import PAGINATION_HEADER
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import (
+    Forbidden,
     HTTPException,
     MethodNotAllowed,
-    ServiceUnavailable,
     Unauthorized,
     default_exceptions,
 )
@@ -35,8 +34,20 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 DOCUMENT_PATH = "/openapi.json"
-# flask-smorest's name for the pagination header's component.
+# flask-smorest's name for the pagination header's component, and the header as it
+# is sent: JSON text (flask-smorest documents an object, which a client would read as
+# OpenAPI's comma-separated form).
 PAGINATION = "PAGINATION"
+PAGINATION_HEADER = {
+    "description": "The pages, as a JSON object: total (items), total_pages,"
+    " first_page, last_page, page, previous_page and next_page (the last five"
+    " when there are items; previous and next when there are such pages).",
+    "schema": {
+        "type": "string",
+        "example": '{"total": 42, "total_pages": 3, "first_page": 1, "last_page": 3,'
+        ' "page": 1, "next_page": 2}',
+    },
+}
 # Every operation can answer these, whatever it does: they are documented on all.
 STATUSES_OF_EVERY_OPERATION = (405, 500)
 # An operation that reads a body can also find it malformed or too long
@@ -54,7 +65,8 @@ API_TOKEN_SCHEME = {
     "scheme": "bearer",
     "description": "The API token, PETSAGE_API_TOKEN, sent as `Authorization: Bearer"
     " <token>`. Every write (POST, PATCH, DELETE of a feature's records) requires it:"
-    " without it, or with another, 401; with no token configured, writes answer 503."
+    " without it, or with another, 401; with no token configured, writes are off and"
+    " answer 403."
     " Reads are public. It is never the health token.",
 }
 API_TOKEN_REQUIRED: list[dict[str, list[str]]] = [{API_TOKEN_SCHEME_NAME: []}]
@@ -87,8 +99,8 @@ class ErrorResponsesPlugin(BasePlugin):
 
 
 class PaginationHeaderPlugin(BasePlugin):
-    """Documents flask-smorest's ``X-Pagination`` header, and its schema, once an
-    operation pages: a document with none has neither."""
+    """Documents flask-smorest's ``X-Pagination`` header once an operation pages: a
+    document with none has none."""
 
     def init_spec(self, spec: APISpec) -> None:
         """Keep the spec, to register the header in."""
@@ -205,10 +217,11 @@ class DocumentEndpoint:
 
 def check_api_token() -> None:
     """Let a write through only with the API token: 401 without it or with another
-    (compared in constant time), 503 when the instance has none."""
+    (compared in constant time); 403 when the instance has none, which no caller can
+    fix (a refusal, not an outage: no 5xx to page operators or invite retries)."""
     expected: str = flask.current_app.config["API_TOKEN"]
     if not expected:
-        raise ServiceUnavailable(NO_API_TOKEN)
+        raise Forbidden(NO_API_TOKEN)
     authorization = flask.request.authorization
     given = authorization.token if authorization is not None else None
     if (
@@ -238,7 +251,7 @@ def writes_need_the_api_token(
 ) -> Callable[[View], View]:
     """A decorator for a view of ``blueprint`` that writes: the API token checked
     before anything else (the body is not read without it), and documented: the
-    security requirement, 401 and 503. Put it right under ``@blueprint.route``."""
+    security requirement, 401 and 403. Put it right under ``@blueprint.route``."""
     blueprint.record_once(register_api_token_scheme)
 
     def decorate(view: View) -> View:
@@ -251,9 +264,9 @@ def writes_need_the_api_token(
             401, response="UNAUTHORIZED", description="No API token, or another."
         )(checked)
         documented = blueprint.alt_response(
-            503,
-            response="SERVICE_UNAVAILABLE",
-            description="Writes are off: no API token is configured.",
+            403,
+            response="FORBIDDEN",
+            description="Writes are off: this instance has no API token.",
         )(documented)
         result: View = blueprint.doc(security=API_TOKEN_REQUIRED)(documented)
         return result

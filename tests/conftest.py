@@ -1,5 +1,8 @@
 """Fixtures: the app, its test client and CLI runner, real gunicorn on 127.0.0.1."""
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from petsage.db.engine import dispose_engines
 from petsage.db.sessions import EXTENSION as DATABASE_EXTENSION
 from petsage.health import health_of
 from tests.containers.figures import FIGURES, figure_lines
-from tests.support.databases import sqlite_url
+from tests.support.databases import sqlite_url, upgraded_sqlite_url
 from tests.support.datastores import (
     PETSAGE_PASSWORD,
     PostgresServer,
@@ -25,6 +28,31 @@ from tests.support.datastores import (
 from tests.support.fault_record import FaultRecorder as FaultRecorder
 from tests.support.fault_record import FaultRow, record_fault
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
+
+DATABASE_VARIABLE = "PETSAGE_DATABASE_URL"
+TEST_DATABASE = pytest.StashKey[tuple[Path, str | None]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give every app a test makes a database of this test process's own, its
+    schema at the head (a fixture's app gets one of its own test's): never the
+    installation's file, which the developer's instance and other runs share."""
+    directory = Path(tempfile.mkdtemp(prefix="petsage-test-database-"))
+    config.stash[TEST_DATABASE] = (directory, os.environ.get(DATABASE_VARIABLE))
+    os.environ[DATABASE_VARIABLE] = upgraded_sqlite_url(directory)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Put the environment back and remove the process's database."""
+    directory, before = config.stash.get(TEST_DATABASE, (None, None))
+    if directory is None:
+        return
+    dispose_engines()
+    if before is None:
+        os.environ.pop(DATABASE_VARIABLE, None)
+    else:
+        os.environ[DATABASE_VARIABLE] = before
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

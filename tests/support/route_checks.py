@@ -94,11 +94,24 @@ def path_parameters(
     for name, operation in item.items():
         if name in OPERATION_METHODS and method in (None, name):
             listed += operation.get("parameters", [])
+    resolved = [resolve(document, parameter) for parameter in listed]
     return {
         parameter["name"]: parameter.get("schema", {})
-        for parameter in listed
+        for parameter in resolved
         if parameter["in"] == "path"
     }
+
+
+def resolve(document: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    """``item``, or the component its ``$ref`` names (flask-smorest refers to the
+    parameters it shares, such as ``If-Match``, by reference)."""
+    reference = item.get("$ref")
+    if reference is None:
+        return item
+    found: Any = document
+    for part in reference.removeprefix("#/").split("/"):
+        found = found[part]
+    return resolve(document, found)
 
 
 def sample_value(schema: dict[str, Any]) -> str:

@@ -64,7 +64,8 @@ def current() -> None:
     click.echo(f"petsage: database at {revisions.describe()}")
 
 
-@database.command()
+# -1 is a revision here, not an option.
+@database.command(context_settings={"ignore_unknown_options": True})
 @click.argument("revision")
 def downgrade(revision: str) -> None:
     """Undo migrations down to REVISION: a revision id, -1 for the last one, base

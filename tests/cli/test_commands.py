@@ -68,7 +68,13 @@ def listed_commands(help_text: str) -> list[str]:
 def test_the_command_offers_petsage_commands_only() -> None:
     result = run_petsage("--help")
     assert result.returncode == 0, result.stderr
-    assert listed_commands(result.stdout) == ["drain", "openapi", "probe", "smoke"]
+    assert listed_commands(result.stdout) == [
+        "db",
+        "drain",
+        "openapi",
+        "probe",
+        "smoke",
+    ]
     options = result.stdout.split("Options:", 1)[1].split("Commands:", 1)[0]
     flags = [word for word in options.split() if word.startswith("--")]
     assert flags == ["--version", "--help"]

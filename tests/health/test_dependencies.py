@@ -22,7 +22,9 @@ from tests.support.import_graph import import_graph
 
 CRITICAL = "PETSAGE_CRITICAL_DEPENDENCIES"
 OPTIONAL = "PETSAGE_OPTIONAL_DEPENDENCIES"
-RESERVED = ("process", "refresher", "shutdown", "startup", "uptime")
+# PetSage's own health items, and the database's check, which a feature that keeps
+# records adds.
+RESERVED = ("database", "process", "refresher", "shutdown", "startup", "uptime")
 NAMES = "1 to 63 of a-z, 0-9, - and _, the first a letter or digit"
 
 
@@ -158,8 +160,8 @@ def test_the_reserved_names_are_those_a_check_cannot_take() -> None:
     app = Flask(__name__)
     app.config.from_mapping(load_settings({}, warn_unknown=False))
     health = init_health(app)
-    assert reserved_names() == health.names == frozenset(RESERVED)
-    for name in RESERVED:
+    assert reserved_names() == health.names | {"database"} == frozenset(RESERVED)
+    for name in health.names:
         with pytest.raises(ValueError, match="already named"):
             health.add_check(Check(name, Observation, "c", "m"))
     health.add_check(Check("db", Observation, "db", "responseTime"))

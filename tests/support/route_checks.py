@@ -214,7 +214,8 @@ def undocumented_operations(app: Flask, document: dict[str, Any]) -> list[str]:
 
 def incomplete_operations(document: dict[str, Any]) -> list[str]:
     """How each operation falls short: ids, summary, description and tags; a success
-    status of its own; 405 and 500; every path parameter of its template."""
+    status of its own; 405 and 500; a schema for every response; every path parameter
+    of its template."""
     wrong = []
     for path, method, operation in operations(document):
         where = f"{method.upper()} {path}"
@@ -228,10 +229,34 @@ def incomplete_operations(document: dict[str, Any]) -> list[str]:
             )
         for status in set(STATUSES_OF_EVERY_OPERATION) - responses:
             wrong.append(f"{where} lacks {status}")
+        for status in schemaless_responses(document, operation):
+            wrong.append(f"{where} documents {status} without a schema")
         named = set(re.findall(r"\{([^}]+)\}", path))
         if named != set(path_parameters(document, path, method)):
             wrong.append(f"{where} documents path parameters other than {named}")
     return wrong
+
+
+def schemaless_responses(
+    document: dict[str, Any], operation: dict[str, Any]
+) -> list[str]:
+    """The statuses ``operation`` documents without a schema for each media type
+    (a 204, which has no body, without content)."""
+    schemaless = []
+    for status, response in operation["responses"].items():
+        if "$ref" in response:
+            name = response["$ref"].rpartition("/")[2]
+            response = document["components"]["responses"][name]
+        content = response.get("content", {})
+        if status == "204":
+            wanted = not content
+        else:
+            wanted = bool(content) and all(
+                "schema" in kind for kind in content.values()
+            )
+        if not wanted:
+            schemaless.append(status)
+    return schemaless
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
+import petsage.app
 from petsage import create_app
 from petsage.db import migrate
 from petsage.db.engine import dispose_engines
@@ -71,6 +72,14 @@ def app(tmp_path: Path) -> Iterator[Flask]:
     health_of(app).refresher.stop()
     if keeps_records:
         dispose_engines()
+
+
+@pytest.fixture
+def without_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apps the test makes serve none of petsage/features: for tests of what the
+    service itself answers (its health items), which a feature's own check (a
+    resource's database) would join."""
+    monkeypatch.setattr(petsage.app, "FEATURES", ())
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ from tests.support.openapi_tools import require_npm_packages
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 # The commands docs/contributors/adding-a-feature.md shows, run here as written.
+STATUS_DRY_RUN = "tools/new-feature pet_profile --dry-run"
+STATUS = "tools/new-feature pet_profile"
 DRY_RUN = "tools/new-feature pet_profile --resource --dry-run"
 NEW_FEATURE = "tools/new-feature pet_profile --resource"
 SECOND_FEATURE = "tools/new-feature health_tracker --path /api/v1/pets/health-log"
@@ -118,8 +120,10 @@ def test_two_made_features_pass_every_gate_and_removing_them_restores_the_tree(
     assert imported.strip() == str(repository / "petsage" / "__init__.py")
     before = tree_hashes(repository)
 
+    status_dry_run = passes(repository, *tool(repository, STATUS_DRY_RUN))
+    assert "== petsage/features/pet_profile/blueprint.py" in status_dry_run
     dry_run = passes(repository, *tool(repository, DRY_RUN))
-    assert "== petsage/features/pet_profile/blueprint.py" in dry_run
+    assert "== petsage/features/pet_profile/repository.py" in dry_run
     assert "== petsage/db/migrations/versions/r" in dry_run
     assert tree_hashes(repository) == before
 
@@ -128,7 +132,7 @@ def test_two_made_features_pass_every_gate_and_removing_them_restores_the_tree(
     assert "tests/features/test_pet_profile.py" in made
     assert "petsage/db/migrations/versions/r" in made
     passes(repository, *tool(repository, SECOND_FEATURE))
-    again = run_in(repository, *tool(repository, NEW_FEATURE))
+    again = run_in(repository, *tool(repository, STATUS))
     assert again.returncode == 2, again.stdout + again.stderr
     assert "the feature pet_profile exists already" in again.stderr
 

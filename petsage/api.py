@@ -19,7 +19,6 @@ from apispec import APISpec, BasePlugin
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import (
-    Forbidden,
     HTTPException,
     MethodNotAllowed,
     Unauthorized,
@@ -66,7 +65,7 @@ API_TOKEN_SCHEME = {
     "description": "The API token, PETSAGE_API_TOKEN, sent as `Authorization: Bearer"
     " <token>`. Every write (POST, PATCH, DELETE of a feature's records) requires it:"
     " without it, or with another, 401; with no token configured, writes are off and"
-    " answer 403."
+    " every write is a 401 saying so."
     " Reads are public. It is never the health token.",
 }
 API_TOKEN_REQUIRED: list[dict[str, list[str]]] = [{API_TOKEN_SCHEME_NAME: []}]
@@ -76,6 +75,7 @@ NO_API_TOKEN = (
 WRONG_API_TOKEN = (
     "This write needs the API token, sent as `Authorization: Bearer <token>`."
 )
+CHALLENGE = WWWAuthenticate("bearer", {"realm": "petsage"})
 
 
 class ErrorResponsesPlugin(BasePlugin):
@@ -216,24 +216,23 @@ class DocumentEndpoint:
 
 
 def check_api_token() -> None:
-    """Let a write through only with the API token: 401 without it or with another
-    (compared in constant time); 403 when the instance has none, which no caller can
-    fix (a refusal, not an outage: no 5xx to page operators or invite retries)."""
+    """Let a write through only with the API token, compared in constant time: any
+    other request is a 401 problem. While the instance has no token, writes are off:
+    the 401's detail says so (no credential can be right). Never a 5xx: nothing is
+    down, and a 5xx would page operators and invite clients to retry; never a status
+    of its own, which would make the caller's credentials matter when none can."""
     expected: str = flask.current_app.config["API_TOKEN"]
-    if not expected:
-        raise Forbidden(NO_API_TOKEN)
     authorization = flask.request.authorization
     given = authorization.token if authorization is not None else None
+    if not expected:
+        raise Unauthorized(NO_API_TOKEN, www_authenticate=CHALLENGE)
     if (
         authorization is None
         or authorization.type != "bearer"
         or given is None
         or not hmac.compare_digest(given.encode(), expected.encode())
     ):
-        raise Unauthorized(
-            WRONG_API_TOKEN,
-            www_authenticate=WWWAuthenticate("bearer", {"realm": "petsage"}),
-        )
+        raise Unauthorized(WRONG_API_TOKEN, www_authenticate=CHALLENGE)
 
 
 def register_api_token_scheme(state: flask.blueprints.BlueprintSetupState) -> None:
@@ -251,7 +250,7 @@ def writes_need_the_api_token(
 ) -> Callable[[View], View]:
     """A decorator for a view of ``blueprint`` that writes: the API token checked
     before anything else (the body is not read without it), and documented: the
-    security requirement, 401 and 403. Put it right under ``@blueprint.route``."""
+    security requirement and the 401. Put it right under ``@blueprint.route``."""
     blueprint.record_once(register_api_token_scheme)
 
     def decorate(view: View) -> View:
@@ -261,13 +260,11 @@ def writes_need_the_api_token(
             return view(*args, **kwargs)
 
         documented = blueprint.alt_response(
-            401, response="UNAUTHORIZED", description="No API token, or another."
+            401,
+            response="UNAUTHORIZED",
+            description="No API token, or another; or none is configured, and"
+            " writes are off (the detail says which).",
         )(checked)
-        documented = blueprint.alt_response(
-            403,
-            response="FORBIDDEN",
-            description="Writes are off: this instance has no API token.",
-        )(documented)
         result: View = blueprint.doc(security=API_TOKEN_REQUIRED)(documented)
         return result
 

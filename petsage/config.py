@@ -462,8 +462,8 @@ SETTINGS = (
         "any text; empty means no token",
         "Bearer token that every write of the API (POST, PATCH, DELETE of a"
         " feature's records) requires; reads stay public. Unset, writes are off:"
-        " they answer 403 and say so. Never the health token's value: PetSage"
-        " refuses to start when the two are the same.",
+        " every write is a 401 that says so. Never the health"
+        " token's value: PetSage refuses to start when the two are the same.",
         secret=True,
     ),
     Setting(

@@ -5,17 +5,25 @@ nothing else: the public port serves its ``Api``'s at /openapi.json, through Fla
 management listener serves another ``Api``'s there, through ``DocumentEndpoint``.
 """
 
+import functools
 import hashlib
+import hmac
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import flask
 import flask_smorest
-from apispec import BasePlugin
+from apispec import APISpec, BasePlugin
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, default_exceptions
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import (
+    HTTPException,
+    MethodNotAllowed,
+    Unauthorized,
+    default_exceptions,
+)
 from werkzeug.wrappers import Response
 
 from petsage.errors import PROBLEM_MEDIA_TYPE, ProblemSchema, problem_response
@@ -25,6 +33,20 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 DOCUMENT_PATH = "/openapi.json"
+# flask-smorest's name for the pagination header's component, and the header as it
+# is sent: JSON text (flask-smorest documents an object, which a client would read as
+# OpenAPI's comma-separated form).
+PAGINATION = "PAGINATION"
+PAGINATION_HEADER = {
+    "description": "The pages, as a JSON object: total (items), total_pages,"
+    " first_page, last_page, page, previous_page and next_page (the last five"
+    " when there are items; previous and next when there are such pages).",
+    "schema": {
+        "type": "string",
+        "example": '{"total": 42, "total_pages": 3, "first_page": 1, "last_page": 3,'
+        ' "page": 1, "next_page": 2}',
+    },
+}
 # Every operation can answer these, whatever it does: they are documented on all.
 STATUSES_OF_EVERY_OPERATION = (405, 500)
 # An operation that reads a body can also find it malformed or too long
@@ -34,6 +56,26 @@ ALLOW_HEADER = {
     "description": "The methods the resource answers.",
     "schema": {"type": "string", "example": allow(ROUTE_METHODS)},
 }
+# The API token (PETSAGE_API_TOKEN) as OpenAPI's bearer scheme, beside the health
+# token's: every write of a feature's records requires it.
+API_TOKEN_SCHEME_NAME = "apiToken"  # nosec B105: the scheme's name, not a secret
+API_TOKEN_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "The API token, PETSAGE_API_TOKEN, sent as `Authorization: Bearer"
+    " <token>`. Every write (POST, PATCH, DELETE of a feature's records) requires it:"
+    " without it, or with another, 401; with no token configured, writes are off and"
+    " every write is a 401 saying so."
+    " Reads are public. It is never the health token.",
+}
+API_TOKEN_REQUIRED: list[dict[str, list[str]]] = [{API_TOKEN_SCHEME_NAME: []}]
+NO_API_TOKEN = (
+    "Writes are off: this instance has no API token (PETSAGE_API_TOKEN is not set)."
+)
+WRONG_API_TOKEN = (
+    "This write needs the API token, sent as `Authorization: Bearer <token>`."
+)
+CHALLENGE = WWWAuthenticate("bearer", {"realm": "petsage"})
 
 
 class ErrorResponsesPlugin(BasePlugin):
@@ -54,6 +96,34 @@ class ErrorResponsesPlugin(BasePlugin):
                 statuses += STATUSES_OF_A_BODY
             for status in statuses:
                 responses.setdefault(str(status), HTTPStatus(status).name)
+
+
+class PaginationHeaderPlugin(BasePlugin):
+    """Documents flask-smorest's ``X-Pagination`` header once an operation pages: a
+    document with none has none."""
+
+    def init_spec(self, spec: APISpec) -> None:
+        """Keep the spec, to register the header in."""
+        self.spec = spec
+
+    def operation_helper(
+        self,
+        path: str | None = None,
+        operations: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Register the header the first time an operation's response names it."""
+        components = self.spec.components
+        for operation in (operations or {}).values():
+            for response in operation.get("responses", {}).values():
+                headers = (
+                    response.get("headers", {}) if isinstance(response, dict) else {}
+                )
+                if (
+                    PAGINATION in headers.values()
+                    and PAGINATION not in components.headers
+                ):
+                    components.header(PAGINATION, PAGINATION_HEADER)
 
 
 def problem_example(status: int) -> dict[str, Any]:
@@ -79,7 +149,10 @@ class PetSageApi(flask_smorest.Api):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         self._document: tuple[bytes, str] | None = None
-        spec_kwargs = {**(spec_kwargs or {}), "extra_plugins": [ErrorResponsesPlugin()]}
+        spec_kwargs = {
+            **(spec_kwargs or {}),
+            "extra_plugins": [ErrorResponsesPlugin(), PaginationHeaderPlugin()],
+        }
         super().__init__(app, spec_kwargs=spec_kwargs, **kwargs)
 
     def handle_http_exception(self, error: HTTPException) -> Any:
@@ -105,7 +178,8 @@ class PetSageApi(flask_smorest.Api):  # type: ignore[misc]
                 response["headers"] = {"Allow": ALLOW_HEADER}
 
     def _register_pagination_header(self) -> None:
-        """Leave flask-smorest's pagination header out: no PetSage operation pages."""
+        """Leave the pagination header to ``PaginationHeaderPlugin``: flask-smorest's
+        registers its schema in every document, paging or not."""
 
     def document_response(self, environ: "WSGIEnvironment") -> Response:
         """The document, built at the first request, with an ETag for 304s."""
@@ -139,3 +213,59 @@ class DocumentEndpoint:
             return self.app(environ, start_response)
         response = other_method_response(environ) or self.api.document_response(environ)
         return response(environ, start_response)
+
+
+def check_api_token() -> None:
+    """Let a write through only with the API token, compared in constant time: any
+    other request is a 401 problem. While the instance has no token, writes are off:
+    the 401's detail says so (no credential can be right). Never a 5xx: nothing is
+    down, and a 5xx would page operators and invite clients to retry; never a status
+    of its own, which would make the caller's credentials matter when none can."""
+    expected: str = flask.current_app.config["API_TOKEN"]
+    authorization = flask.request.authorization
+    given = authorization.token if authorization is not None else None
+    if not expected:
+        raise Unauthorized(NO_API_TOKEN, www_authenticate=CHALLENGE)
+    if (
+        authorization is None
+        or authorization.type != "bearer"
+        or given is None
+        or not hmac.compare_digest(given.encode(), expected.encode())
+    ):
+        raise Unauthorized(WRONG_API_TOKEN, www_authenticate=CHALLENGE)
+
+
+def register_api_token_scheme(state: flask.blueprints.BlueprintSetupState) -> None:
+    """Put the API token's scheme in the document of the app ``state`` names, once."""
+    api: PetSageApi = state.app.extensions["flask-smorest"]["apis"][""]["ext_obj"]
+    if API_TOKEN_SCHEME_NAME not in api.spec.components.security_schemes:
+        api.spec.components.security_scheme(API_TOKEN_SCHEME_NAME, API_TOKEN_SCHEME)
+
+
+View = Callable[..., Any]
+
+
+def writes_need_the_api_token(
+    blueprint: flask_smorest.Blueprint,
+) -> Callable[[View], View]:
+    """A decorator for a view of ``blueprint`` that writes: the API token checked
+    before anything else (the body is not read without it), and documented: the
+    security requirement and the 401. Put it right under ``@blueprint.route``."""
+    blueprint.record_once(register_api_token_scheme)
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            check_api_token()
+            return view(*args, **kwargs)
+
+        documented = blueprint.alt_response(
+            401,
+            response="UNAUTHORIZED",
+            description="No API token, or another; or none is configured, and"
+            " writes are off (the detail says which).",
+        )(checked)
+        result: View = blueprint.doc(security=API_TOKEN_REQUIRED)(documented)
+        return result
+
+    return decorate

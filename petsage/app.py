@@ -9,7 +9,7 @@ from flask import Flask
 
 from petsage import welcome
 from petsage.api import DocumentEndpoint, PetSageApi
-from petsage.config import load_settings
+from petsage.config import check_tokens_differ, load_settings
 from petsage.docs import init_docs
 from petsage.errors import not_found
 from petsage.features import FEATURES
@@ -71,6 +71,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     if config is not None:
         app.config.from_mapping(config)
+    check_tokens_differ(app.config)
 
     app.json = OrjsonProvider(app)
     app.logger.setLevel(app.config["LOG_LEVEL"])

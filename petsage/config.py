@@ -456,6 +456,17 @@ SETTINGS = (
         secret=True,
     ),
     Setting(
+        "API_TOKEN",
+        "",
+        text,
+        "any text; empty means no token",
+        "Bearer token that every write of the API (POST, PATCH, DELETE of a"
+        " feature's records) requires; reads stay public. Unset, writes are off:"
+        " every write is a 401 that says so. Never the health"
+        " token's value: PetSage refuses to start when the two are the same.",
+        secret=True,
+    ),
+    Setting(
         "SHUTDOWN_DELAY",
         15.0,
         seconds(0, 3600),
@@ -614,6 +625,17 @@ def load_settings(
             "PETSAGE_MANAGEMENT_BIND and PETSAGE_PROBE_BIND (its old name) name"
             " different addresses: expected only PETSAGE_MANAGEMENT_BIND"
         )
+    check_tokens_differ(settings)
     # Both keys hold the management listener's address, so code reading either agrees.
     settings["MANAGEMENT_BIND"] = settings["PROBE_BIND"] = management or probe
     return settings
+
+
+def check_tokens_differ(settings: Mapping[str, Any]) -> None:
+    """Refuse one secret for two purposes: the API token writes records, the health
+    token only reads check details, and holders of the one must not get the other."""
+    if settings["API_TOKEN"] and settings["API_TOKEN"] == settings["HEALTH_TOKEN"]:
+        raise ConfigError(
+            "PETSAGE_API_TOKEN and PETSAGE_HEALTH_TOKEN are the same secret:"
+            " give writes a token of their own"
+        )

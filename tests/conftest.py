@@ -1,5 +1,8 @@
 """Fixtures: the app, its test client and CLI runner, real gunicorn on 127.0.0.1."""
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -8,9 +11,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
+import petsage.app
 from petsage import create_app
+from petsage.db import migrate
+from petsage.db.engine import dispose_engines
+from petsage.db.sessions import EXTENSION as DATABASE_EXTENSION
 from petsage.health import health_of
 from tests.containers.figures import FIGURES, figure_lines
+from tests.support.databases import sqlite_url, upgraded_sqlite_url
 from tests.support.datastores import (
     PETSAGE_PASSWORD,
     PostgresServer,
@@ -22,13 +30,56 @@ from tests.support.fault_record import FaultRecorder as FaultRecorder
 from tests.support.fault_record import FaultRow, record_fault
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 
+DATABASE_VARIABLE = "PETSAGE_DATABASE_URL"
+TEST_DATABASE = pytest.StashKey[tuple[Path, str | None]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give every app a test makes a database of this test process's own, its
+    schema at the head (a fixture's app gets one of its own test's): never the
+    installation's file, which the developer's instance and other runs share."""
+    directory = Path(tempfile.mkdtemp(prefix="petsage-test-database-"))
+    config.stash[TEST_DATABASE] = (directory, os.environ.get(DATABASE_VARIABLE))
+    os.environ[DATABASE_VARIABLE] = upgraded_sqlite_url(directory)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Put the environment back and remove the process's database."""
+    directory, before = config.stash.get(TEST_DATABASE, (None, None))
+    if directory is None:
+        return
+    dispose_engines()
+    if before is None:
+        os.environ.pop(DATABASE_VARIABLE, None)
+    else:
+        os.environ[DATABASE_VARIABLE] = before
+    shutil.rmtree(directory, ignore_errors=True)
+
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
-    """A PetSage app configured for tests; its health refresher stops after."""
-    app = create_app({"TESTING": True, "DRAIN_FILE": str(tmp_path / "drain")})
+    """A PetSage app configured for tests, with a database of its own (an SQLite file
+    upgraded to the head when a feature keeps records); its health refresher stops and
+    its connections close after."""
+    url = sqlite_url(tmp_path)
+    app = create_app(
+        {"TESTING": True, "DRAIN_FILE": str(tmp_path / "drain"), "DATABASE_URL": url}
+    )
+    keeps_records = DATABASE_EXTENSION in app.extensions
+    if keeps_records:
+        migrate.upgrade(url)
     yield app
     health_of(app).refresher.stop()
+    if keeps_records:
+        dispose_engines()
+
+
+@pytest.fixture
+def without_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apps the test makes serve none of petsage/features: for tests of what the
+    service itself answers (its health items), which a feature's own check (a
+    resource's database) would join."""
+    monkeypatch.setattr(petsage.app, "FEATURES", ())
 
 
 @pytest.fixture
@@ -63,6 +114,8 @@ def start_gunicorn() -> Iterator[GunicornFactory]:
     for server in servers:
         server.stop()
         server.log_path.unlink(missing_ok=True)
+        for suffix in (".sqlite3", ".sqlite3-wal", ".sqlite3-shm"):
+            Path(f"{server.log_path}{suffix}").unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -202,7 +202,12 @@ def test_every_operation_that_takes_input_documents_its_422_problem(
         if path in flask
         and (
             "requestBody" in operation
-            or any(where["in"] != "path" for where in operation.get("parameters", []))
+            # Not a $ref: flask-smorest's If-Match and If-None-Match, which it
+            # reads itself (428, 412, 304), not webargs.
+            or any(
+                "$ref" not in where and where["in"] != "path"
+                for where in operation.get("parameters", [])
+            )
         )
     }
     assert len(taking_input) >= len(FIELD_OF) + 3

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from petsage.db import migrate
@@ -25,6 +26,12 @@ BOUND = 60.0
 BASE = "0001"
 
 
+def head() -> str:
+    """The migrations' one head: the base, or the last revision a feature chained."""
+    (only,) = migrate.heads()
+    return only
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database: an SQLite file, or PostgreSQL's (its schema reset after)."""
@@ -32,7 +39,9 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield sqlite_url(tmp_path)
         return
     server: PostgresServer = request.getfixturevalue("postgres")
-    yield postgresql_url(server)
+    url = postgresql_url(server)
+    yield url
+    migrate.downgrade(url, "base")
     with server.admin(database="petsage") as connection:
         connection.execute("DROP TABLE IF EXISTS alembic_version")
 
@@ -49,8 +58,8 @@ def table_names(url: str) -> set[str]:
 def test_an_empty_database_is_upgraded_to_the_head(database: str) -> None:
     assert migrate.current(database).current == ()
     before, after = migrate.upgrade(database)
-    assert (before.current, after.current) == ((), (BASE,))
-    assert after.at_head and after.describe() == f"{BASE} (head)"
+    assert (before.current, after.current) == ((), (head(),))
+    assert after.at_head and after.describe() == f"{head()} (head)"
     assert "alembic_version" in table_names(database)
 
 
@@ -63,13 +72,15 @@ def test_an_upgrade_at_the_head_does_nothing(database: str) -> None:
 def test_a_downgrade_to_base_undoes_every_revision(database: str) -> None:
     migrate.upgrade(database)
     before, after = migrate.downgrade(database, "base")
-    assert (before.current, after.current) == ((BASE,), ())
+    assert (before.current, after.current) == ((head(),), ())
     assert not after.at_head
-    assert migrate.current(database).describe() == f"none (empty); head is {BASE}"
+    assert migrate.current(database).describe() == f"none (empty); head is {head()}"
 
 
-def test_the_heads_are_the_base_until_a_feature_adds_a_revision() -> None:
-    assert migrate.heads() == (BASE,)
+def test_every_revision_chains_on_the_base_into_one_head() -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    assert len(migrate.heads()) == 1
+    assert script.get_bases() == [BASE]
 
 
 def test_an_upgrade_waits_for_one_under_way_then_finds_nothing_to_do(
@@ -90,7 +101,7 @@ def test_an_upgrade_waits_for_one_under_way_then_finds_nothing_to_do(
         assert other.poll() is None
     output, _ = other.communicate(timeout=BOUND)
     assert other.returncode == 0, output
-    assert output == f"petsage: database at {BASE} (head): nothing to upgrade\n"
+    assert output == f"petsage: database at {head()} (head): nothing to upgrade\n"
 
 
 def test_two_upgrade_commands_at_once_both_succeed(database: str) -> None:
@@ -98,6 +109,6 @@ def test_two_upgrade_commands_at_once_both_succeed(database: str) -> None:
     outputs = sorted(process.communicate(timeout=BOUND)[0] for process in commands)
     assert [process.returncode for process in commands] == [0, 0], outputs
     assert outputs == [
-        f"petsage: database at {BASE} (head): nothing to upgrade\n",
-        f"petsage: database upgraded to {BASE} (head)\n",
+        f"petsage: database at {head()} (head): nothing to upgrade\n",
+        f"petsage: database upgraded to {head()} (head)\n",
     ]

@@ -113,11 +113,19 @@ RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
         (".ci/run", "\ntests/containers/prepare-host\n"),
     ),
     # docs/contributors/adding-a-feature.md: the pipeline test runs them as written.
+    # The status template's commands: its dry run, and making pet_profile once the
+    # resource pet_profile exists (refused, as the page says).
     "tools/new-feature pet_profile": (
-        (FEATURE_PIPELINE, 'NEW_FEATURE = "tools/new-feature pet_profile"'),
+        (FEATURE_PIPELINE, 'STATUS = "tools/new-feature pet_profile"'),
     ),
     "tools/new-feature pet_profile --dry-run": (
-        (FEATURE_PIPELINE, 'DRY_RUN = "tools/new-feature pet_profile --dry-run"'),
+        (
+            FEATURE_PIPELINE,
+            'STATUS_DRY_RUN = "tools/new-feature pet_profile --dry-run"',
+        ),
+    ),
+    "tools/new-feature pet_profile --resource": (
+        (FEATURE_PIPELINE, 'NEW_FEATURE = "tools/new-feature pet_profile --resource"'),
     ),
     "tools/new-feature health_tracker --path /api/v1/pets/health-log": (
         (FEATURE_PIPELINE, '"tools/new-feature health_tracker --path /api/v1/pets/'),

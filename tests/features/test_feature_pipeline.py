@@ -1,12 +1,13 @@
 """The feature pipeline: what tools/new-feature makes passes every gate at once, and
 ``--remove`` puts the tree back to its bytes (docs/contributors/adding-a-feature.md).
 
-In a copy of the repository (its files as git lists them, tracked and untracked but
-not ignored), with this checkout's environment and tools/openapi's npm packages, it
-makes two features and runs the gate there: ruff, mypy, the import contracts, the
-features' own tests and the fast tier of the suite (the whole suite would double the
-test command's time), the OpenAPI linters, the breaking-change gate and the docs
-build. Then it removes both and compares every file's bytes with the copy's before.
+In a copy of the repository (its files as git lists them, tracked and untracked but not
+ignored), with this checkout's environment and tools/openapi's npm packages, it makes
+two features, a resource (``--resource``: records in the database, a migration) and a
+status at a path of its own, and runs the gate there: ruff, mypy, the import contracts,
+the features' own tests and the fast tier of the suite (the whole suite would double the
+test command's time), the OpenAPI linters, the breaking-change gate and the docs build.
+Then it removes both and compares every file's bytes with the copy's before.
 """
 
 import contextlib
@@ -28,14 +29,20 @@ from tests.support.openapi_tools import require_npm_packages
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 # The commands docs/contributors/adding-a-feature.md shows, run here as written.
-DRY_RUN = "tools/new-feature pet_profile --dry-run"
-NEW_FEATURE = "tools/new-feature pet_profile"
+STATUS_DRY_RUN = "tools/new-feature pet_profile --dry-run"
+STATUS = "tools/new-feature pet_profile"
+DRY_RUN = "tools/new-feature pet_profile --resource --dry-run"
+NEW_FEATURE = "tools/new-feature pet_profile --resource"
 SECOND_FEATURE = "tools/new-feature health_tracker --path /api/v1/pets/health-log"
 REMOVE = "tools/new-feature --remove pet_profile"
 REMOVE_SECOND = "tools/new-feature --remove health_tracker"
-FEATURES = {
-    "pet_profile": "/api/v1/pet-profile",
-    "health_tracker": "/api/v1/pets/health-log",
+# Each feature's paths and the operations on them the gate sees added.
+FEATURES: dict[str, dict[str, tuple[str, ...]]] = {
+    "pet_profile": {
+        "/api/v1/pet-profiles": ("GET", "POST"),
+        "/api/v1/pet-profiles/{pet_profile_id}": ("GET", "PATCH", "DELETE"),
+    },
+    "health_tracker": {"/api/v1/pets/health-log": ("GET",)},
 }
 BIN = Path(sys.executable).parent
 
@@ -113,15 +120,19 @@ def test_two_made_features_pass_every_gate_and_removing_them_restores_the_tree(
     assert imported.strip() == str(repository / "petsage" / "__init__.py")
     before = tree_hashes(repository)
 
+    status_dry_run = passes(repository, *tool(repository, STATUS_DRY_RUN))
+    assert "== petsage/features/pet_profile/blueprint.py" in status_dry_run
     dry_run = passes(repository, *tool(repository, DRY_RUN))
-    assert "== petsage/features/pet_profile/blueprint.py" in dry_run
+    assert "== petsage/features/pet_profile/repository.py" in dry_run
+    assert "== petsage/db/migrations/versions/r" in dry_run
     assert tree_hashes(repository) == before
 
     made = passes(repository, *tool(repository, NEW_FEATURE))
     assert "petsage/features/pet_profile/blueprint.py" in made
     assert "tests/features/test_pet_profile.py" in made
+    assert "petsage/db/migrations/versions/r" in made
     passes(repository, *tool(repository, SECOND_FEATURE))
-    again = run_in(repository, *tool(repository, NEW_FEATURE))
+    again = run_in(repository, *tool(repository, STATUS))
     assert again.returncode == 2, again.stdout + again.stderr
     assert "the feature pet_profile exists already" in again.stderr
 
@@ -145,21 +156,26 @@ def assert_every_gate_passes(repository: Path, tmp_path: Path) -> None:
 
     own_tests = [f"tests/features/test_{name}.py" for name in FEATURES]
     pytest_run = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider")
-    own = passes(repository, *pytest_run, "-n", "0", *own_tests)
-    assert f"{3 * len(FEATURES)} passed" in own, own
+    # Their slow tests too: a resource's through gunicorn on SQLite and PostgreSQL.
+    own = passes(repository, *pytest_run, "-n", "2", *own_tests)
+    assert " passed" in own and "failed" not in own, own
     # The operations' security from the URL map, on real gunicorns (slow-marked).
     passes(repository, *pytest_run, "-n", "2", "tests/openapi/test_security.py")
     fast_tier = passes(repository, *pytest_run, "-n", "2", "-m", "not slow")
     assert " passed" in fast_tier and "failed" not in fast_tier, fast_tier
 
     document = (repository / "openapi.json").read_text()
-    assert all(f'"{path}"' in document for path in FEATURES.values())
+    paths = {
+        path: methods for made in FEATURES.values() for path, methods in made.items()
+    }
+    assert all(f'"{path}"' in document for path in paths)
     lint = passes(repository, repository / "tools" / "openapi" / "lint")
     assert "Your API description is valid" in lint
     assert "No results with a severity of 'warn' or higher found!" in lint
     gate = passes(repository, "node", "tools/openapi/check-compatibility.mjs")
-    for path in FEATURES.values():
-        assert f"GET {path}: added" in gate, gate
+    for path, methods in paths.items():
+        for method in methods:
+            assert f"{method} {path}: added" in gate, gate
 
     site = tmp_path / "site"
     passes(repository, BIN / "mkdocs", "build", "--strict", "--site-dir", site)

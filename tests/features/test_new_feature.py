@@ -8,34 +8,21 @@ is tests/features/test_feature_pipeline.py's.
 """
 
 import hashlib
-import importlib.machinery
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.support.checkout_copy import copy_checkout, run_in
+from tests.support.checkout_copy import copy_checkout, load_new_feature, run_in
 from tests.support.gunicorn_process import REPO_ROOT
 
 TOOL = REPO_ROOT / "tools" / "new-feature"
 
 
-def load_tool() -> ModuleType:
-    """tools/new-feature as a module (its name has no .py)."""
-    loader = importlib.machinery.SourceFileLoader("new_feature", str(TOOL))
-    spec = importlib.util.spec_from_loader("new_feature", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-NEW_FEATURE = load_tool()
+NEW_FEATURE = load_new_feature()
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

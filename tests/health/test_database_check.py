@@ -56,7 +56,9 @@ def test_the_check_is_an_optional_datastore_unless_critical(tmp_path: Path) -> N
     health_of(app).refresher.stop()
 
 
-def test_an_app_without_a_database_has_no_database_check() -> None:
+def test_an_app_without_a_database_has_no_database_check(
+    without_features: None,
+) -> None:
     app = create_app({"TESTING": True})
     assert DATABASE not in {check.name for check in health_of(app).checks}
     health_of(app).refresher.stop()

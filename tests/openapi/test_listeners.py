@@ -30,8 +30,20 @@ CONFIGURATIONS: dict[str, dict[str, str]] = {
 RUN_TIMEOUT = 600
 
 
+# schemathesis reads it from its working folder. gunicorn refuses a request line over
+# its limit with a 414 problem before PetSage reads it: invalid query parameters
+# generated long enough (a paged list's) are rejected so, as well as by a 422.
+CONFIG = """[checks.negative_data_rejection]
+expected-statuses = [
+  "400", "401", "403", "404", "405", "406", "409", "414", "415", "422", "428", "429",
+  "5xx",
+]
+"""
+
+
 def schemathesis_run(port: int, folder: Path) -> subprocess.CompletedProcess[str]:
     """``schemathesis run`` against the document served on 127.0.0.1:``port``."""
+    (folder / "schemathesis.toml").write_text(CONFIG)
     return subprocess.run(
         [
             str(SCHEMATHESIS),

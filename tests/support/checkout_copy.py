@@ -1,18 +1,23 @@
-"""A copy of this checkout to run tools/new-feature in, and commands run there.
+"""A copy of this checkout to run tools/new-feature in, commands run there, and the
+tool loaded as a module.
 
 The copy holds the checkout's files as git lists them (tracked, and untracked but not
 ignored); its commands run with the copy's petsage first on the path and none of this
 session's PETSAGE_* or pytest settings, as a contributor's shell in that tree would.
 """
 
+import importlib.machinery
+import importlib.util
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 from tests.support.gunicorn_process import REPO_ROOT
 
 TIMEOUT = 600
+NEW_FEATURE = REPO_ROOT / "tools" / "new-feature"
 
 
 def copy_checkout(destination: Path) -> Path:
@@ -49,3 +54,14 @@ def run_in(root: Path, *command: str | Path) -> subprocess.CompletedProcess[str]
         text=True,
         timeout=TIMEOUT,
     )
+
+
+def load_new_feature(name: str = "new_feature") -> ModuleType:
+    """tools/new-feature as a module named ``name`` (its file name has no .py), to
+    run in the test's process."""
+    loader = importlib.machinery.SourceFileLoader(name, str(NEW_FEATURE))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module

@@ -57,3 +57,13 @@ def waiting_for_advisory_lock(server: PostgresServer) -> bool:
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
     )
     return int(rows[0][0]) > 0
+
+
+def upgraded_sqlite_url(directory: Path) -> str:
+    """A database file in ``directory`` with the schema at its head: what an app
+    made in a test reads and writes when the test gives it no database of its own."""
+    from petsage.db import migrate
+
+    url = sqlite_url(directory)
+    migrate.upgrade(url)
+    return url

@@ -105,6 +105,10 @@ class GunicornServer:
             },
             "PETSAGE_BIND": "127.0.0.1:0",
             "PETSAGE_WORKERS": "2",
+            # A database of the server's own, beside its log, its schema upgraded by
+            # the master: never the installation's file, which other runs share.
+            "PETSAGE_DATABASE_URL": f"sqlite:///{log_path}.sqlite3",
+            "PETSAGE_DATABASE_UPGRADE": "start",
             # Tests that are not about draining should not wait for it at the end.
             "PETSAGE_SHUTDOWN_DELAY": "0",
             **env,

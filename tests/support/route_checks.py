@@ -45,6 +45,9 @@ OPERATION_METHODS = (
 # these that a route does not.
 ALLOW_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 SUCCESS_STATUSES = ("200", "201", "204")
+# Statuses whose answers never have a body (RFC 9110, 15.3.5 and 15.4.5): a 304 is
+# a conditional GET's (flask-smorest's ETag).
+BODILESS_STATUSES = ("204", "304")
 # Served, but not operations of the API: the document itself and the docs pages.
 SERVED_ONLY = (
     "/openapi.json",
@@ -94,11 +97,24 @@ def path_parameters(
     for name, operation in item.items():
         if name in OPERATION_METHODS and method in (None, name):
             listed += operation.get("parameters", [])
+    resolved = [resolve(document, parameter) for parameter in listed]
     return {
         parameter["name"]: parameter.get("schema", {})
-        for parameter in listed
+        for parameter in resolved
         if parameter["in"] == "path"
     }
+
+
+def resolve(document: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    """``item``, or the component its ``$ref`` names (flask-smorest refers to the
+    parameters it shares, such as ``If-Match``, by reference)."""
+    reference = item.get("$ref")
+    if reference is None:
+        return item
+    found: Any = document
+    for part in reference.removeprefix("#/").split("/"):
+        found = found[part]
+    return resolve(document, found)
 
 
 def sample_value(schema: dict[str, Any]) -> str:
@@ -228,14 +244,14 @@ def schemaless_responses(
     document: dict[str, Any], operation: dict[str, Any]
 ) -> list[str]:
     """The statuses ``operation`` documents without a schema for each media type
-    (a 204, which has no body, without content)."""
+    (a 204 or a 304, which have no body, without content)."""
     schemaless = []
     for status, response in operation["responses"].items():
         if "$ref" in response:
             name = response["$ref"].rpartition("/")[2]
             response = document["components"]["responses"][name]
         content = response.get("content", {})
-        if status == "204":
+        if status in BODILESS_STATUSES:
             wanted = not content
         else:
             wanted = bool(content) and all(

@@ -116,7 +116,8 @@ def wait_for_workers(server: GunicornServer, count: int = 2) -> list[int]:
             connection.close()
         return len(workers) == count and workers <= answered
 
-    wait_until(all_answered, 20, f"{count} workers answering")
+    # Only a bound against a hang: booting workers on a loaded host takes its time.
+    wait_until(all_answered, 90, f"{count} workers answering")
     return sorted(children(master))
 
 

@@ -13,8 +13,31 @@ from tests.support.gunicorn_process import GunicornServer
 from tests.support.ports import free_ports as free_ports
 
 
+# What the command line of an instance's checker process holds.
+CHECKER_MODULE = b"petsage.serving.checker"
+
+
+def is_checker(pid: int) -> bool:
+    """Whether ``pid`` is an instance's checker process (or one of its runners)."""
+    try:
+        return CHECKER_MODULE in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid``: a gunicorn master's workers."""
+    """A gunicorn master's workers: the processes whose parent is ``pid``, but for
+    its checker process (``checkers``)."""
+    return {child for child in all_children(pid) if not is_checker(child)}
+
+
+def checkers(pid: int) -> set[int]:
+    """A gunicorn master's checker processes (one, two while a reload hands over)."""
+    return {child for child in all_children(pid) if is_checker(child)}
+
+
+def all_children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``."""
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

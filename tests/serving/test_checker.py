@@ -92,7 +92,7 @@ def record(fault_record: FaultRecorder, fault: str, poller: ReadinessPoller) -> 
 def test_a_non_critical_check_holding_the_gil_never_fails_readiness(
     start_gunicorn: GunicornFactory, fault_record: FaultRecorder
 ) -> None:
-    server, ports = start_instance(start_gunicorn, "tests.support.apps.gil_check:app")
+    _, ports = start_instance(start_gunicorn, "tests.support.apps.gil_check:app")
     wait_until(
         lambda: all(WARNS in verbose(port) for port in ports),
         LIVENESS,
@@ -108,7 +108,7 @@ def test_a_non_critical_check_holding_the_gil_never_fails_readiness(
 def test_a_critical_check_holding_the_gil_fails_readiness_naming_itself(
     start_gunicorn: GunicornFactory, fault_record: FaultRecorder
 ) -> None:
-    server, ports = start_instance(
+    _, ports = start_instance(
         start_gunicorn, "tests.support.apps.gil_check:app", critical=True
     )
     wait_until(
@@ -188,7 +188,7 @@ def listening_inodes() -> set[int]:
 def test_no_checker_process_holds_a_listening_socket(
     start_gunicorn: GunicornFactory,
 ) -> None:
-    server, ports = start_instance(start_gunicorn)
+    server, _ = start_instance(start_gunicorn)
     (checker,) = checkers(server.process.pid)
     processes = {checker, *all_children(checker)}
     assert len(processes) >= 2  # the checker and a runner per check

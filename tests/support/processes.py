@@ -12,7 +12,6 @@ from pathlib import Path
 from tests.support.gunicorn_process import GunicornServer
 from tests.support.ports import free_ports as free_ports
 
-
 # What the command line of an instance's checker process holds.
 CHECKER_MODULE = b"petsage.serving.checker"
 

@@ -49,8 +49,9 @@ logger = logging.getLogger(__name__)
 # How often each worker's health thread beats and looks for a new snapshot.
 TICK = 0.25
 # A worker's lease: how long its health thread may be silent before the worker
-# counts as wedged, beyond the longest check timeout.
-LEASE_MARGIN = 3.0
+# counts as wedged. A constant: the thread only beats and reads the snapshot (checks
+# run in the checker process), so no check's timeout lengthens it.
+LEASE = 4.0
 # The master replaces a worker whose health thread has been silent this many leases.
 REPLACE_AFTER = 3
 # How long the master may take to find its checker gone or silent and have a new
@@ -163,7 +164,7 @@ class InstanceHealth:
         self.slot = slot
         self.refresher = refresher
         longest = max((check.timeout for check in refresher.checks), default=0.0)
-        self.lease = longest + LEASE_MARGIN
+        self.lease = LEASE
         # Age after which the instance's snapshot can no longer be trusted: the
         # refresher's, or the longest the master takes to replace a checker that is
         # gone or silent (the cycle that was due, the replacement, its first

@@ -57,6 +57,16 @@ def start_instance(
     return server, ports
 
 
+def wait_ready(ports: list[int]) -> None:
+    """Wait until both ports answer /readyz 200: the first cycle is published, and
+    the checker's runners are forked."""
+    wait_until(
+        lambda: all(readiness(port) == 200 for port in ports),
+        LIVENESS,
+        "both ports ready",
+    )
+
+
 def verbose(port: int) -> str:
     """/readyz?verbose of 127.0.0.1:``port``."""
     return get(port, "/readyz?verbose", AUTH).body.decode()
@@ -71,6 +81,13 @@ def polled(ports: list[int]) -> ReadinessPoller:
             f"{POLLS} polls of each port",
         )
     return poller
+
+
+def verdict_lines(server: GunicornServer, verdict: str) -> list[str]:
+    """The log lines saying the GIL check ``failed`` or ``warns``: its first verdict
+    is logged as it is published."""
+    said = f"health check gil {verdict}"
+    return [line for line in server.log_lines() if said in line]
 
 
 def record(fault_record: FaultRecorder, fault: str, poller: ReadinessPoller) -> None:
@@ -92,11 +109,9 @@ def record(fault_record: FaultRecorder, fault: str, poller: ReadinessPoller) -> 
 def test_a_non_critical_check_holding_the_gil_never_fails_readiness(
     start_gunicorn: GunicornFactory, fault_record: FaultRecorder
 ) -> None:
-    _, ports = start_instance(start_gunicorn, "tests.support.apps.gil_check:app")
+    server, ports = start_instance(start_gunicorn, "tests.support.apps.gil_check:app")
     wait_until(
-        lambda: all(WARNS in verbose(port) for port in ports),
-        LIVENESS,
-        f"both ports saying {WARNS}",
+        lambda: verdict_lines(server, "warns") != [], LIVENESS, "the warning logged"
     )
     poller = polled(ports)
     record(fault_record, "a non-critical check holding the GIL", poller)
@@ -108,23 +123,16 @@ def test_a_non_critical_check_holding_the_gil_never_fails_readiness(
 def test_a_critical_check_holding_the_gil_fails_readiness_naming_itself(
     start_gunicorn: GunicornFactory, fault_record: FaultRecorder
 ) -> None:
-    _, ports = start_instance(
+    server, ports = start_instance(
         start_gunicorn, "tests.support.apps.gil_check:app", critical=True
     )
     wait_until(
-        lambda: all(f"[-]{FAILS}" in verbose(port) for port in ports),
-        LIVENESS,
-        f"both ports saying [-]{FAILS}",
+        lambda: verdict_lines(server, "failed") != [], LIVENESS, "the failure logged"
     )
     poller = polled(ports)
     record(fault_record, "a critical check holding the GIL", poller)
     assert poller.statuses == [503] * len(poller.polls), poller.reasons
     assert set(poller.reasons) == {FAILS}
-
-
-def failure_lines(server: GunicornServer) -> list[str]:
-    """The log lines saying the GIL check failed."""
-    return [line for line in server.log_lines() if "health check gil failed" in line]
 
 
 def test_a_failing_check_is_logged_once_per_instance_across_a_checker_kill(
@@ -133,7 +141,9 @@ def test_a_failing_check_is_logged_once_per_instance_across_a_checker_kill(
     server, ports = start_instance(
         start_gunicorn, "tests.support.apps.gil_check:app", critical=True
     )
-    wait_until(lambda: failure_lines(server) != [], LIVENESS, "the failure logged")
+    wait_until(
+        lambda: verdict_lines(server, "failed") != [], LIVENESS, "the failure logged"
+    )
     first = published(server)
     assert first is not None
     os.kill(first["checker"], signal.SIGKILL)
@@ -143,7 +153,7 @@ def test_a_failing_check_is_logged_once_per_instance_across_a_checker_kill(
         "a new checker publishing",
     )
     polled(ports)  # 10 s: five cycles and more
-    assert len(failure_lines(server)) == 1, failure_lines(server)
+    assert len(verdict_lines(server, "failed")) == 1, verdict_lines(server, "failed")
 
 
 @pytest.mark.fault
@@ -151,6 +161,7 @@ def test_the_checker_killed_is_replaced_and_readiness_never_goes_stale(
     start_gunicorn: GunicornFactory, fault_record: FaultRecorder
 ) -> None:
     server, ports = start_instance(start_gunicorn)
+    wait_ready(ports)
     (checker,) = checkers(server.process.pid)
     with ReadinessPoller(ports, timeout=1.0, token=TOKEN) as poller:
         os.kill(checker, signal.SIGKILL)
@@ -188,7 +199,8 @@ def listening_inodes() -> set[int]:
 def test_no_checker_process_holds_a_listening_socket(
     start_gunicorn: GunicornFactory,
 ) -> None:
-    server, _ = start_instance(start_gunicorn)
+    server, ports = start_instance(start_gunicorn)
+    wait_ready(ports)
     (checker,) = checkers(server.process.pid)
     processes = {checker, *all_children(checker)}
     assert len(processes) >= 2  # the checker and a runner per check

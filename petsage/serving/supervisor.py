@@ -43,6 +43,9 @@ START_TIMEOUT = 60.0
 MAX_BACKOFF = 30.0
 # How long a checker told to stop may take before it is killed.
 STOP_TIMEOUT = 5.0
+# The master's line once a checker has run its first cycle (published, unless a
+# reload's checker waits for the one before it to go).
+FIRST_CYCLE = "Health checker (pid %d) ran its first cycle"
 
 
 class CheckerProcess:
@@ -198,7 +201,10 @@ class CheckerSupervisor:
         now = time.monotonic()
         for checker in (self.current, self.successor):
             if checker is not None and not checker.gone:
+                was_ready = checker.ready
                 checker.listen(now)
+                if checker.ready and not was_ready:
+                    self.log.info(FIRST_CYCLE, checker.pid)
                 self._watch(checker, now)
         successor = self.successor
         if successor is not None and successor.gone:

@@ -26,7 +26,7 @@ from tests.support.datastores import (
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 from tests.support.instances import AUTH, TOKEN, readiness
-from tests.support.processes import children, wait_until
+from tests.support.processes import checkers, children, wait_until
 from tests.support.snapshots import first_cycle_begun_after, next_cycle, published
 
 pytestmark = pytest.mark.slow  # real servers and gunicorn: not in the fast tier
@@ -284,10 +284,10 @@ def test_at_most_one_connection_per_instance_across_a_checker_kill_and_a_reload(
             lambda: (
                 not children(server.process.pid) & before
                 and (published(server) or {}).get("checker")
-                in children(server.process.pid)
+                in checkers(server.process.pid)
             ),
             BOUND,
-            "every worker replaced, a new one leading",
+            "every worker replaced, a checker publishing",
         )
         cycles_later(server, 10)
         counts["reloaded"] = len(settle(redis))

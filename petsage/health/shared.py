@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 from petsage.health.checks import SEVERITY
+from petsage.health.machinery import Machinery
 from petsage.health.refresher import JITTER, CheckRefresher, CheckResult, Snapshot
 from petsage.instance.memory import InstanceMemory, Slot
 
@@ -178,6 +179,10 @@ class InstanceHealth:
         self._generation = -1
         self._adopted = adopted
         self._lock = threading.Lock()
+        # PetSage's own locks and threads, looked at each tick: while one is wedged
+        # this worker stops beating, and the master replaces it.
+        self.machinery = Machinery()
+        self.machinery.watch_lock("petsage.health.snapshot", self._lock)
         self._thread: threading.Thread | None = None
         self._problem: str | None = None
 
@@ -247,7 +252,8 @@ class InstanceHealth:
         name_this_thread(THREAD_NAME)
         while True:
             try:
-                self.tick()
+                if not self.machinery.look():
+                    self.tick()
             except Exception:
                 # A listener's failure (metrics) must not end the beating.
                 logger.exception("Health: this worker's health thread failed a tick")

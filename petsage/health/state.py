@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from petsage.health.checks import Check, Status, process_uptime_check, worst
+from petsage.health.machinery import Machinery
 from petsage.health.refresher import CheckRefresher, Snapshot
 from petsage.health.shared import InstanceHealth
 from petsage.instance.memory import DrainState, InstanceMemory
@@ -223,6 +224,15 @@ class Health:
             return
         instance.start()
 
+    @property
+    def machinery(self) -> Machinery | None:
+        """The locks and threads this worker's health thread watches, once it
+        shares the instance's health and has a slot; None otherwise."""
+        instance = self.instance
+        return (
+            instance.machinery if instance is not None and instance.slot >= 0 else None
+        )
+
     def mark_broken(self, reason: str) -> None:
         """Fail liveness from now on: for a state only a restart can mend."""
         self.broken_reason = reason
@@ -236,8 +246,10 @@ class Health:
 
         Sharing the instance's results, a worker is wedged when its health thread
         no longer beats within its lease; a stale snapshot fails readiness, not this
-        worker's liveness. A
-        worker whose master is gone is on its way out: nothing will replace it.
+        worker's liveness. A worker whose master is gone is on its way out: nothing
+        will replace it. A worker whose own machinery is wedged (a lock of PetSage's
+        held for good, its log writer dead: petsage.health.machinery) fails
+        ``machinery``, naming it.
         """
         refresher = self.refresher
         instance = self.instance
@@ -256,7 +268,15 @@ class Health:
                 Item("refresher", "fail", "wedged")
                 if wedged
                 else Item("refresher", "pass"),
+                self._machinery_item(),
             )
+        )
+
+    def _machinery_item(self) -> Item:
+        machinery = self.machinery
+        problem = machinery.problem if machinery is not None else None
+        return (
+            Item("machinery", "fail", problem) if problem else Item("machinery", "pass")
         )
 
     def readiness(self) -> Verdict:

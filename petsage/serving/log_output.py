@@ -77,6 +77,17 @@ class LogOutput:
         self._dropping_since = 0.0
         self._reported = time.monotonic()
 
+    @property
+    def writer(self) -> threading.Thread | None:
+        """The thread writing this process's lines, once it logged one."""
+        return self._writer
+
+    def locks(self) -> dict[str, threading.Lock]:
+        """The locks a thread that logs takes here, by what they guard: the queue,
+        the count of dropped lines (the writer thread holds neither while it
+        writes)."""
+        return {"queue": self._lines.mutex, "drops": self._drop_lock}
+
     def set_capacity(self, capacity: int) -> None:
         """Hold at most ``capacity`` lines from now on."""
         self.capacity = self._lines.maxsize = capacity
@@ -206,6 +217,11 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 _OUTPUTS: dict[int, LogOutput] = {}
+
+
+def outputs() -> dict[int, LogOutput]:
+    """The process's LogOutputs, by the descriptor each writes to."""
+    return dict(_OUTPUTS)
 
 
 def output_to(fd: int, report_fd: int, capacity: int) -> LogOutput:

@@ -36,6 +36,7 @@ from petsage.serving.management_socket import (
 )
 from petsage.serving.probe_listener import start_probe_listener
 from petsage.serving.supervisor import CheckerSupervisor
+from petsage.serving.watched import watch_own_machinery
 
 logger = logging.getLogger(__name__)
 
@@ -391,7 +392,8 @@ class InstanceKeeper:
                 and now - self.last_replaced > slot.lease
             ):
                 arbiter.log.error(
-                    "Worker %d: its health thread has not run for %.0f s; replacing"
+                    "Worker %d: its health thread has not beaten for %.0f s (stuck,"
+                    " or stopped by its watchdog: its /livez says why); replacing"
                     " the worker",
                     pid,
                     silent,
@@ -479,7 +481,8 @@ def start_worker_services(
     worker: Any, management_bind: str, instance: OwnInstance
 ) -> None:
     """Answer probes from the instance's shared snapshot and drain state (loaded
-    now, before the worker serves; the checker process publishes it), and open the
+    now, before the worker serves; the checker process publishes it), watch
+    PetSage's own locks and threads in it (petsage.serving.watched), and open the
     probe listener when ``management_bind`` is set.
 
     Another application served with this config (a benchmark baseline) has no health
@@ -492,6 +495,8 @@ def start_worker_services(
         health.share(
             instance.memory, getattr(worker, "petsage_slot", None), worker.ppid
         )
+        if health.machinery is not None:
+            watch_own_machinery(health.machinery)
         if management_bind:
             # Closed with the worker's other listening sockets when it stops
             # accepting (petsage.serving.worker).

@@ -22,7 +22,7 @@ from tests.support.import_graph import import_graph
 
 CRITICAL = "PETSAGE_CRITICAL_DEPENDENCIES"
 OPTIONAL = "PETSAGE_OPTIONAL_DEPENDENCIES"
-RESERVED = ("process", "refresher", "shutdown", "startup", "uptime")
+RESERVED = ("machinery", "process", "refresher", "shutdown", "startup", "uptime")
 NAMES = "1 to 63 of a-z, 0-9, - and _, the first a letter or digit"
 
 

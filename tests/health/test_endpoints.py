@@ -273,7 +273,7 @@ class TestOneItem:
         client = service.client if listener == "public" else management_client(service)
         for probe, known in (
             ("readyz", ["db", "refresher", "shutdown", "startup", "uptime"]),
-            ("livez", ["process", "refresher"]),
+            ("livez", ["machinery", "process", "refresher"]),
         ):
             response = client.get(f"/{probe}/dbx?verbose")
             assert response.status_code == 404
@@ -311,11 +311,11 @@ class TestOneItem:
         assert single is not None
         assert single["detail"] == (
             "exclude names an item /livez does not have: 'db'; its items are"
-            " process, refresher."
+            " machinery, process, refresher."
         )
         assert (single["unknown"], single["known"]) == (
             ["db"],
-            ["process", "refresher"],
+            ["machinery", "process", "refresher"],
         )
 
     def test_the_unknown_item_problems_match_the_document(
@@ -414,7 +414,7 @@ class TestVerbose:
     def test_livez_verbose_passes(self, ready: Service) -> None:
         response = ready.client.get("/livez?verbose", headers=AUTH)
         assert response.get_data(as_text=True) == (
-            "[+]process ok\n[+]refresher ok\nlivez check passed\n"
+            "[+]process ok\n[+]refresher ok\n[+]machinery ok\nlivez check passed\n"
         )
 
     def test_verbose_without_the_token_is_status_only(self, ready: Service) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import gunicorn.util
 
-from petsage.config import load_settings
+from petsage.config import leave_warnings_to_the_master, load_settings
 from petsage.health import health_of
 from petsage.health.checks import Check
 from petsage.health.refresher import CheckRefresher, Snapshot, log_transitions
@@ -204,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal_when_parent_dies(signal.SIGTERM)
     if os.getppid() != arguments.master:
         return 0  # the master died before the kernel could be told
-    settings = load_settings(os.environ, warn_unknown=False)
+    # The application loads its settings again (load_checks): only the master warns.
+    leave_warnings_to_the_master(os.environ)
+    settings = load_settings(os.environ)
     logging.config.dictConfig(
         logging_config(
             settings["LOG_FORMAT"], settings["LOG_LEVEL"], settings["LOG_BUFFER_LINES"]

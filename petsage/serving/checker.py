@@ -191,6 +191,8 @@ class Checker:
         published = Published(snapshot, os.getpid(), self.refresher.next_cycle_at)
         if not publish(self.memory, published):
             logger.error("Health snapshot: a cycle's results do not fit in memory")
+            return
+        logger.debug("Health cycle published: %s", snapshot.status)
 
     def stop(self) -> None:
         """Stop every runner."""

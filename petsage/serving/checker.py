@@ -40,6 +40,8 @@ from petsage.health.refresher import CheckRefresher, Snapshot, log_transitions
 from petsage.health.runners import ProcessRun, Runner
 from petsage.health.shared import TICK, Published, publish, read_published
 from petsage.instance.memory import InstanceMemory
+from petsage.metrics.log_lines import dropped_log_lines
+from petsage.metrics.storage import values_in_memory
 from petsage.serving.logs import logging_config
 from petsage.serving.worker import signal_when_parent_dies
 
@@ -214,7 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings["LOG_FORMAT"], settings["LOG_LEVEL"], settings["LOG_BUFFER_LINES"]
         )
     )
-    checks, period = load_checks(arguments)
+    # No metrics file for what the application makes (nobody asks the checker for
+    # a request); the checker's count of dropped log lines is made at its first
+    # drop, as the master's is. Its runners, forked from it, make none either
+    # unless a check records a metric.
+    with values_in_memory():
+        checks, period = load_checks(arguments)
+    dropped_log_lines.cache_clear()
     checker = Checker(
         checks,
         period,

@@ -35,7 +35,7 @@ from petsage.serving.management_socket import (
     overlaps,
 )
 from petsage.serving.probe_listener import start_probe_listener
-from petsage.serving.supervisor import CheckerSupervisor
+from petsage.serving.supervisor import PAUSE, CheckerSupervisor
 from petsage.serving.watched import watch_own_machinery
 
 logger = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class InstanceKeeper:
 
     # A pass of gunicorn's loop comes at least once a second; a longer gap means the
     # master did not run.
-    PAUSE = 2.0
+    PAUSE = PAUSE
 
     def __init__(self, arbiter: Any, instance: OwnInstance) -> None:
         self.arbiter = arbiter

@@ -10,7 +10,10 @@ once a second, petsage.serving.server's InstanceKeeper):
   pause that doubles while checkers keep dying before their first cycle (a check
   that does not import), up to MAX_BACKOFF;
 - a checker silent for SILENT_AFTER seconds (no line on its pipe: its judge is
-  stuck, which no check can do) is killed (SIGKILL) and replaced;
+  stuck, which no check can do) is killed (SIGKILL) and replaced. Silence is what
+  the master itself saw: after a pause of the whole instance (a frozen cgroup,
+  ``docker pause``), which stopped the master too, it counts from the resume, so a
+  checker that gets a CPU after the master is not killed for the pause;
 - a reload (SIGHUP: new code) starts a new checker beside the old one, which keeps
   publishing until the new one has run its first cycle; then the old one is
   stopped, and once it is gone the new one is told to publish. So only one checker
@@ -36,6 +39,9 @@ from petsage.serving.checker import PUBLISH, READY, RUNNERS
 
 # How long a running checker may stay silent before it is killed.
 SILENT_AFTER = 5.0
+# A pass of gunicorn's loop comes at least once a second; a longer gap means the
+# master did not run (the whole instance paused).
+PAUSE = 2.0
 # How long a new checker may take to say it runs (a new interpreter loading the
 # application on a busy host).
 START_TIMEOUT = 60.0
@@ -121,9 +127,11 @@ class CheckerProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(1.0)  # gunicorn may have reaped it first
 
-    def silent_for(self, now: float) -> float:
-        """Seconds since the checker last said anything (since it started)."""
-        return now - (self.heard if self.heard is not None else self.started)
+    def silent_for(self, now: float, resumed: float) -> float:
+        """Seconds since the checker last said anything (since it started), or since
+        the master ``resumed`` after a pause, whichever is later."""
+        said = self.heard if self.heard is not None else self.started
+        return now - max(said, resumed)
 
     def tell_to_publish(self) -> None:
         """Let the checker publish: the one before it is gone."""
@@ -170,6 +178,9 @@ class CheckerSupervisor:
         self.failures = 0
         self.next_start = 0.0
         self.stopped = False
+        # When the master last ran a pass, and last resumed after a pause.
+        self.last_pass = time.monotonic()
+        self.resumed = float("-inf")
 
     def start(self) -> None:
         """Start the first checker."""
@@ -199,6 +210,9 @@ class CheckerSupervisor:
         if self.stopped:
             return
         now = time.monotonic()
+        if now - self.last_pass > PAUSE:
+            self.resumed = now
+        self.last_pass = now
         for checker in (self.current, self.successor):
             if checker is not None and not checker.gone:
                 was_ready = checker.ready
@@ -231,7 +245,7 @@ class CheckerSupervisor:
         if checker.killed:
             return
         bound = SILENT_AFTER if checker.heard is not None else START_TIMEOUT
-        silent = checker.silent_for(now)
+        silent = checker.silent_for(now, self.resumed)
         if silent > bound:
             self._kill(checker, f"silent for {silent:.0f} s")
         elif checker.stop_asked is not None and now - checker.stop_asked > STOP_TIMEOUT:

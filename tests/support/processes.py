@@ -119,26 +119,32 @@ def wait_for_workers(server: GunicornServer, count: int = 2) -> list[int]:
     gunicorn reports it listens when its first worker boots; a test that measures how
     the workers share connections must not start before the last one accepts them.
     """
-    master = server.process.pid
+    return wait_for_workers_of(server.process.pid, server.port, count)
+
+
+def wait_for_workers_of(
+    master: int, port: int, count: int = 2, timeout: float = 20.0
+) -> list[int]:
+    """The pids of ``master``'s ``count`` workers, serving on ``port``, once each
+    has answered a request (``wait_for_workers``, for a master the test did not
+    start, such as a daemon's)."""
     answered: set[int] = set()
 
     def all_answered() -> bool:
         workers = children(master)
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
             connection.request("GET", "/livez")
             response = connection.getresponse()
             response.read()
-            answered.update(
-                pid for pid in workers if served_by(pid, connection, server.port)
-            )
+            answered.update(pid for pid in workers if served_by(pid, connection, port))
         except (OSError, http.client.HTTPException):
             pass
         finally:
             connection.close()
         return len(workers) == count and workers <= answered
 
-    wait_until(all_answered, 20, f"{count} workers answering")
+    wait_until(all_answered, timeout, f"{count} workers answering")
     return sorted(children(master))
 
 

@@ -62,11 +62,12 @@ from petsage.serving.server import (  # noqa: E402
     dispose_database_engines,
     drain_before_stopping,
     forget_worker_metrics,
-    hand_over_health,
     record_listeners,
     refuse_addresses_in_use,
     release_health_slot,
+    reload_checker,
     start_worker_services,
+    stop_checker,
 )
 
 try:
@@ -116,7 +117,8 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # rolling restarts) would collide with it, and PetSage does not use it.
 control_socket_disable = True
 
-# Drain on SIGTERM, start checks at boot, keep successful probes out of the access log.
+# Drain on SIGTERM, run checks in the checker process, keep successful probes out of
+# the access log.
 drain = Drain(instance.memory, instance.record.drain_file)
 logger_class = ProbeQuietLogger
 
@@ -142,8 +144,9 @@ def on_starting(server: Any) -> None:
 
 def when_ready(server: Any) -> None:
     """Log the management listener's address; record where this instance listens;
-    make SIGTERM drain before stopping; keep the instance's directory and replace
-    wedged workers; export the worker restart count from 0."""
+    make SIGTERM drain before stopping; start the checker process, keep it and the
+    instance's directory, and replace wedged workers; export the worker restart
+    count from 0."""
     announce_management_listener(server)
     record_listeners(server, instance)
     drain_before_stopping(server, drain, settings["SHUTDOWN_DELAY"])
@@ -153,14 +156,20 @@ def when_ready(server: Any) -> None:
 
 def on_reload(server: Any) -> None:
     """Record where this instance listens, and log the management listener's
-    address, in case a reload changed it."""
+    address, in case a reload changed it; start a checker of the new code."""
     announce_management_listener(server)
     record_listeners(server, instance)
+    reload_checker(server)
+
+
+def on_exit(server: Any) -> None:
+    """Stop the checker process as the master stops."""
+    stop_checker(server)
 
 
 def pre_fork(server: Any, worker: Any) -> None:
-    """Give the worker its slot in the instance's memory: its heartbeat and lease;
-    close any database connection of the master's, which a worker must not share."""
+    """Give the worker its slot in the instance's memory: its heartbeat; close any
+    database connection of the master's, which a worker must not share."""
     assign_health_slot(server, worker, instance.memory)
     dispose_database_engines()
 
@@ -173,11 +182,6 @@ def post_fork(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     """Answer from the instance's health snapshot at once; open the probe listener."""
     start_worker_services(worker, settings["MANAGEMENT_BIND"], instance)
-
-
-def worker_exit(server: Any, worker: Any) -> None:
-    """In the worker, on its way out: hand the instance's checks on before it goes."""
-    hand_over_health(worker)
 
 
 def pre_exec(server: Any) -> None:

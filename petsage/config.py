@@ -593,6 +593,14 @@ def warn_about_unknown_settings(environ: Mapping[str, str]) -> None:
             logger.warning("%s is not a PetSage setting and is ignored%s", name, hint)
 
 
+def leave_warnings_to_the_master(environ: Mapping[str, str]) -> None:
+    """Warn about none of ``environ``'s unknown variables in this process: its
+    gunicorn master warned about each already, and it was started with exec (the
+    instance's checker, petsage.serving.checker), so it did not inherit what the
+    master warned about as a forked worker does."""
+    _warned_about.update(name for name in environ if name.startswith(ENV_PREFIX))
+
+
 def closest_setting(name: str) -> str | None:
     """The setting a misspelt variable most likely meant (``PETSAGE_WORKER``:
     ``PETSAGE_WORKERS``), or None when no setting is close.

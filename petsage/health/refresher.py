@@ -1,8 +1,11 @@
 """The background refresher: runs every check on a period and caches the results.
 
 Probes only ever read the cached snapshot, so a probe costs the same whatever the checks
-do, and a storm of probes causes no check to run. Under gunicorn one worker of the
-instance runs it and shares each snapshot with the others (petsage.health.shared).
+do, and a storm of probes causes no check to run. Outside gunicorn it runs on a thread
+of the process, each check on a thread of its own; under gunicorn the instance's
+checker process runs it, each check in a process of its own
+(petsage.health.runners), and publishes each snapshot to the workers
+(petsage.health.shared).
 """
 
 import logging
@@ -12,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from petsage.health.checks import (
     Check,
@@ -60,6 +64,23 @@ class Snapshot:
         return worst([result.status for result in self.results.values()])
 
 
+class Run(Protocol):
+    """One run of one check, started when made, wherever it runs."""
+
+    check: Check
+    # When it started and ended (monotonic clock); ended None while it runs.
+    started: float
+    ended: float | None
+    observation: Observation | None
+    error: BaseException | None
+
+    def finished(self) -> bool:
+        """Whether the run has ended, without waiting."""
+
+    def wait(self) -> bool:
+        """Wait until the run ends or its timeout passes; True when it ended."""
+
+
 class CheckRun:
     """One run of one check, on a thread of its own, so that it can hang alone."""
 
@@ -83,6 +104,10 @@ class CheckRun:
             self.ended = time.monotonic()
             self.done.set()
 
+    def finished(self) -> bool:
+        """Whether the run has ended, without waiting."""
+        return self.done.is_set()
+
     def wait(self) -> bool:
         """Wait until the run ends or its timeout passes; True when it ended."""
         remaining = self.started + self.check.timeout - time.monotonic()
@@ -90,17 +115,30 @@ class CheckRun:
 
 
 class CheckRefresher:
-    """Runs the checks in the background, concurrently, each within its timeout."""
+    """Runs the checks in the background, concurrently, each within its timeout.
 
-    def __init__(self, checks: Sequence[Check], period: float) -> None:
+    ``start_run`` starts one run of a check: on a thread of this process unless
+    told otherwise (the checker process runs each in a process of its own).
+    """
+
+    def __init__(
+        self,
+        checks: Sequence[Check],
+        period: float,
+        start_run: Callable[[Check], Run] = CheckRun,
+    ) -> None:
         self.checks = list(checks)
         self.period = period
+        self.start_run = start_run
+        # Whether a cycle logs the changes of status it sees (a checker that does
+        # not publish yet leaves that to the one that does).
+        self.logging = True
         self.snapshot: Snapshot | None = None
         # When the next cycle is due (monotonic clock); None: at once.
         self.next_cycle_at: float | None = None
         # Called with each new snapshot, on the refresher's thread.
         self.listeners: list[Callable[[Snapshot], None]] = []
-        self._runs: dict[str, CheckRun] = {}
+        self._runs: dict[str, Run] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -180,26 +218,30 @@ class CheckRefresher:
         """
         for check in self.checks:
             run = self._runs.get(check.name)
-            if run is None or run.done.is_set():
-                self._runs[check.name] = CheckRun(check)
+            if run is None or run.finished():
+                self._runs[check.name] = self.start_run(check)
         previous = self.snapshot
         results = {
             name: self._result(run, previous) for name, run in self._runs.items()
         }
         snapshot = Snapshot(results, time.monotonic())
-        log_transitions(previous, snapshot)
+        if self.logging:
+            log_transitions(previous, snapshot)
         self.snapshot = snapshot
         self.next_cycle_at = snapshot.completed_at + self.next_delay(snapshot)
         for listener in self.listeners:
             listener(snapshot)
         return snapshot
 
-    def _result(self, run: CheckRun, previous: Snapshot | None) -> CheckResult:
+    def _result(self, run: Run, previous: Snapshot | None) -> CheckResult:
         check = run.check
         finished = run.wait()
         value: float | int | str | None = None
         unit: str | None = None
-        if not finished:
+        # A run that ended after its timeout timed out, though it ended before this
+        # cycle looked (the run of an earlier cycle, or a wait that came late).
+        late = run.ended is not None and run.ended - run.started > check.timeout
+        if not finished or late:
             status: Status = "fail"
             output = f"timed out after {check.timeout:g} s"
         elif run.error is not None:

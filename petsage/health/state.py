@@ -141,8 +141,8 @@ class Drain:
 class Health:
     """Availability state and cached check results, as this worker process answers.
 
-    Under gunicorn the results are the instance's (``share``): one worker runs the
-    checks and every worker answers from the same snapshot. Elsewhere (the test
+    Under gunicorn the results are the instance's (``share``): its checker process
+    runs the checks and every worker answers from the same snapshot. Elsewhere (the test
     client, ``flask run``) this process runs the checks itself (``start``).
     """
 
@@ -197,32 +197,28 @@ class Health:
             self.refresher.start()
 
     def share(
-        self,
-        memory: InstanceMemory,
-        slot: int | None,
-        serving: Callable[[], bool] = lambda: True,
-        master: int | None = None,
+        self, memory: InstanceMemory, slot: int | None, master: int | None = None
     ) -> None:
         """Answer from the instance's snapshot in ``memory``, loaded before this
-        returns, and drain with the instance; beat in ``slot`` and run the checks
-        while this worker leads.
+        returns, and drain with the instance; beat in ``slot``.
 
-        With no slot (more workers than slots) this worker only answers, and another
-        runs the checks. ``serving`` turns false when the worker is shutting down.
-        Both probes fail once ``master``, this worker's gunicorn master, is gone.
+        The instance's checker process runs the checks and publishes each cycle
+        there; this worker never runs them. With no slot (more workers than slots)
+        this worker only answers. Both probes fail once ``master``, this worker's
+        gunicorn master, is gone.
         """
         if self.started:
             raise RuntimeError("health checks already started in this process")
         self.drain = Drain(memory, self.drain.marker)
         self.master = master
         instance = InstanceHealth(
-            memory, -1 if slot is None else slot, self.refresher, self._notify, serving
+            memory, -1 if slot is None else slot, self.refresher, self._notify
         )
         self.instance = instance
         if slot is None:
             logger.warning(
                 "Health: no slot left in the instance's shared memory; this worker"
-                " answers probes but never runs the checks"
+                " answers probes, with no heartbeat the master can watch"
             )
             instance.follow()
             return
@@ -237,12 +233,6 @@ class Health:
             instance.machinery if instance is not None and instance.slot >= 0 else None
         )
 
-    def leave(self) -> None:
-        """Hand the instance's checks on, if this worker runs them, before it goes
-        (``InstanceHealth.leave``)."""
-        if self.instance is not None:
-            self.instance.leave()
-
     def mark_broken(self, reason: str) -> None:
         """Fail liveness from now on: for a state only a restart can mend."""
         self.broken_reason = reason
@@ -255,11 +245,11 @@ class Health:
         """Is this process fit to keep running? In-memory state only, no I/O.
 
         Sharing the instance's results, a worker is wedged when its health thread
-        no longer beats within its lease (another worker has taken over the checks
-        meanwhile); a stale snapshot fails readiness, not this worker's liveness. A
-        worker whose master is gone is on its way out: nothing will replace it. A
-        worker whose own machinery is wedged (a lock of PetSage's held for good, its
-        log writer dead: petsage.health.machinery) fails ``machinery``, naming it.
+        no longer beats within its lease; a stale snapshot fails readiness, not this
+        worker's liveness. A worker whose master is gone is on its way out: nothing
+        will replace it. A worker whose own machinery is wedged (a lock of PetSage's
+        held for good, its log writer dead: petsage.health.machinery) fails
+        ``machinery``, naming it.
         """
         refresher = self.refresher
         instance = self.instance
@@ -328,7 +318,7 @@ class Health:
     def _refreshed(self) -> bool:
         """Whether something still refreshes the snapshot this worker answers from."""
         if self.instance is not None:
-            return True  # any worker may lead: the snapshot's age tells
+            return True  # the checker process publishes: the snapshot's age tells
         return not self.refresher.started or self.refresher.alive
 
     def _snapshot_age(self) -> float:
@@ -338,11 +328,8 @@ class Health:
         return time.monotonic() - snapshot.completed_at
 
     def _cycle_completed(self, snapshot: Snapshot) -> None:
-        """Share a cycle this process ran, or answer from it when not sharing."""
-        if self.instance is not None:
-            self.instance.publish(snapshot)
-        else:
-            self._notify(snapshot)
+        """Answer from a cycle this process ran (outside gunicorn)."""
+        self._notify(snapshot)
 
     def _notify(self, snapshot: Snapshot) -> None:
         for listener in self.listeners:

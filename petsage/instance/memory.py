@@ -7,9 +7,10 @@ state directory cannot touch readiness or draining. It holds:
 - **the drain state**: when a manual drain (``petsage drain``) and a shutdown drain
   (SIGTERM) began, on the monotonic clock, each with a checksum;
 - **one slot per worker**, which only that worker writes: its pid, when its health
-  thread last ran (its heartbeat), the lease it claims and the term of that claim
-  (petsage.health.shared elects the leader from them);
-- **the latest health snapshot**, in two buffers the leader writes in turn.
+  thread last ran (its heartbeat), and how long that may stay silent before the
+  worker counts as wedged (the master replaces it, petsage.serving.server);
+- **the latest health snapshot**, in two buffers the instance's checker process
+  writes in turn (petsage.serving.checker), each naming the checker that wrote it.
 
 The ``petsage`` command maps the same memory through ``/proc/<master>/fd/<fd>`` (as
 the master's user or root, in its PID namespace) to begin or cancel a drain.
@@ -35,15 +36,16 @@ import zlib
 from dataclasses import dataclass
 
 # The layout's version: a ``petsage`` command reads only the layout it knows.
-MAGIC = b"PETSAGE2"
+MAGIC = b"PETSAGE3"
 HEADER = struct.Struct("<8sII64s")  # magic, slots in use, slot count, instance name
 # A checked record: its fields, then the CRC-32 of their bytes, then padding to 8.
 CHECKSUM = struct.Struct("<I")
 DRAIN_TIME = struct.Struct("<d")  # when it began (0.0: it has not), CRC-32 after it
 DRAIN_TIMES = struct.Struct("<d8xd8x")  # the manual and shutdown times, unchecked
-SLOT_FIELDS = struct.Struct("<QQddd")  # pid, term, beat, started, lease
-SLOT = struct.Struct("<QQdddI4x")  # those fields, then their CRC-32
-BUFFER = struct.Struct("<QQII")  # generation, term, length, CRC-32 of the content
+SLOT_FIELDS = struct.Struct("<Qddd")  # pid, beat, started, lease
+SLOT = struct.Struct("<QdddI4x")  # those fields, then their CRC-32
+# generation, the pid of the checker that wrote it, length, CRC-32 of the content
+BUFFER = struct.Struct("<QQII")
 
 SLOT_COUNT = 256
 # A snapshot's JSON: about 300 bytes a check, so room for a few hundred checks.
@@ -67,11 +69,10 @@ class Slot:
 
     index: int
     pid: int
-    term: int
     # When its health thread last ran, and when it started (monotonic clock).
     beat: float
     started: float
-    # How long it may stay silent before another worker takes over from it.
+    # How long its health thread may stay silent before the worker counts as wedged.
     lease: float
 
 
@@ -120,6 +121,19 @@ class InstanceMemory:
         for index in range(SLOT_COUNT):
             created.clear_slot(index)
         return created
+
+    @classmethod
+    def inherited(cls, fd: int) -> "InstanceMemory":
+        """Map the memory whose descriptor ``fd`` a process was started with (the
+        checker process, which its master starts with exec); ValueError when ``fd``
+        is not PetSage's."""
+        if os.fstat(fd).st_size != SIZE:
+            raise ValueError(f"descriptor {fd} is not an instance's memory")
+        memory = mmap.mmap(fd, SIZE, mmap.MAP_SHARED)
+        if HEADER.unpack_from(memory, 0)[0] != MAGIC:
+            memory.close()
+            raise ValueError(f"descriptor {fd} is not an instance's memory")
+        return cls(fd, memory)
 
     @classmethod
     def attach(cls, pid: int, fd: int, name: str) -> "InstanceMemory":
@@ -218,13 +232,11 @@ class InstanceMemory:
 
     def clear_slot(self, index: int) -> None:
         """Empty a slot whose worker is gone, or not yet forked."""
-        self.write_slot(Slot(index, 0, 0, 0.0, 0.0, 0.0))
+        self.write_slot(Slot(index, 0, 0.0, 0.0, 0.0))
 
     def write_slot(self, slot: Slot) -> None:
         """Write ``slot`` (its writer's own): the fields, then their checksum."""
-        fields = SLOT_FIELDS.pack(
-            slot.pid, slot.term, slot.beat, slot.started, slot.lease
-        )
+        fields = SLOT_FIELDS.pack(slot.pid, slot.beat, slot.started, slot.lease)
         self._write_checked(SLOTS_AT + slot.index * SLOT.size, fields)
 
     def read_slot(self, index: int) -> Slot | None:
@@ -237,8 +249,8 @@ class InstanceMemory:
         fields = self._read_checked(SLOTS_AT + index * SLOT.size, SLOT_FIELDS.size)
         if fields is None:
             return None
-        pid, term, beat, started, lease = SLOT_FIELDS.unpack(fields)
-        return Slot(index, pid, term, beat, started, lease) if pid else None
+        pid, beat, started, lease = SLOT_FIELDS.unpack(fields)
+        return Slot(index, pid, beat, started, lease) if pid else None
 
     def slots(self) -> list[Slot]:
         """Every slot a worker has written."""
@@ -261,8 +273,9 @@ class InstanceMemory:
         second: int = GENERATION.unpack_from(memory, SECOND_BUFFER)[0]
         return first if first > second else second
 
-    def publish(self, content: bytes, term: int) -> bool:
-        """Write a snapshot into the older buffer; False when it does not fit."""
+    def publish(self, content: bytes, checker: int) -> bool:
+        """Write a snapshot into the older buffer, as the checker of pid ``checker``
+        (the one process that publishes); False when it does not fit."""
         if len(content) > SNAPSHOT_CAPACITY:
             return False
         generations = [
@@ -273,12 +286,14 @@ class InstanceMemory:
         at = self._buffer_at(which)
         struct.pack_into("<Q", self._memory, at, 0)  # invalid while written
         self._memory[at + BUFFER.size : at + BUFFER.size + len(content)] = content
-        BUFFER.pack_into(self._memory, at, 0, term, len(content), zlib.crc32(content))
+        BUFFER.pack_into(
+            self._memory, at, 0, checker, len(content), zlib.crc32(content)
+        )
         struct.pack_into("<Q", self._memory, at, max(generations) + 1)
         return True
 
     def read_snapshot(self) -> tuple[int, int, bytes] | None:
-        """The newest whole snapshot: (generation, term, content), or None."""
+        """The newest whole snapshot: (generation, checker pid, content), or None."""
         for _ in range(READ_ATTEMPTS):
             candidates = []
             for which in (0, 1):
@@ -289,12 +304,12 @@ class InstanceMemory:
             if not candidates:
                 return None
             for generation, at in sorted(candidates, reverse=True):
-                _, term, length, checksum = BUFFER.unpack_from(self._memory, at)
+                _, checker, length, checksum = BUFFER.unpack_from(self._memory, at)
                 if length > SNAPSHOT_CAPACITY:
                     continue
                 start = at + BUFFER.size
                 content = self._memory[start : start + length]
                 unchanged = struct.unpack_from("<Q", self._memory, at)[0] == generation
                 if unchanged and zlib.crc32(content) == checksum:
-                    return generation, term, content
+                    return generation, checker, content
         return None

@@ -133,7 +133,7 @@ class Metrics:
         Every worker records the instance's shared snapshot as soon as it has it, so
         the gauges' maximum over live workers is the instance's last cycle (for the
         0.1 s a new cycle takes to reach every worker, the worse of the two), and a
-        worker's exit, the leader's included, leaves them in place.
+        worker's exit, or the checker's, leaves them in place.
         """
         for name, result in snapshot.results.items():
             self.check_status.labels(name).set(SEVERITY[result.status])

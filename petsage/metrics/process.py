@@ -75,11 +75,24 @@ def scan_children(parent: int) -> Iterator[int]:
                 yield int(entry)
 
 
+# What the command line of the instance's checker process holds (started with exec
+# by petsage.serving.supervisor).
+CHECKER_COMMAND = b"petsage.serving.checker"
+
+
+def role_of(pid: int) -> str:
+    """A child of the master: its ``checker`` process, or a ``worker``."""
+    with contextlib.suppress(OSError), open(f"{PROC}/{pid}/cmdline", "rb") as command:
+        if CHECKER_COMMAND in command.read():
+            return "checker"
+    return "worker"
+
+
 def instance_processes(master: int | None) -> list[tuple[str, int]]:
     """(role, pid) of every process of the instance; this process alone without one."""
     if master is None:
         return [("process", os.getpid())]
-    return [("master", master), *(("worker", pid) for pid in children_of(master))]
+    return [("master", master), *((role_of(pid), pid) for pid in children_of(master))]
 
 
 class InstanceProcessCollector(Collector):
@@ -87,8 +100,8 @@ class InstanceProcessCollector(Collector):
 
     prometheus_client's ProcessCollector reads one process; its families are merged
     here, each sample labelled with its process's ``pid`` and ``role`` (``master``,
-    ``worker``, or ``process`` outside gunicorn). A process that exits meanwhile is
-    left out.
+    ``worker``, ``checker``, or ``process`` outside gunicorn). A process that exits
+    meanwhile is left out.
     """
 
     def __init__(self, master: Callable[[], int | None] = under_gunicorn) -> None:

@@ -226,6 +226,22 @@ def install() -> None:
 
 
 @contextlib.contextmanager
+def values_in_memory() -> Iterator[None]:
+    """Metrics made inside keep their values in this process's memory, in no file.
+
+    For a process that builds the application only for what it registers (the
+    instance's checker, petsage.serving.checker): its request and build metrics
+    would be files of a process that answers no request, and scrapes would sum them.
+    """
+    chosen = values.ValueClass
+    values.ValueClass = values.MutexValue
+    try:
+        yield
+    finally:
+        values.ValueClass = chosen
+
+
+@contextlib.contextmanager
 def directory_lock(directory: str, exclusive: bool, timeout: float) -> Iterator[None]:
     """Hold a shared (scrape) or exclusive (fold) lock on ``directory`` itself.
 

@@ -1,4 +1,4 @@
-"""PetSage inside gunicorn: drain on SIGTERM, start checks at boot, quiet probe logs.
+"""PetSage inside gunicorn: drain on SIGTERM, the checker process, quiet probe logs.
 
 ``gunicorn.conf.py`` wires these in; nothing here runs outside gunicorn.
 """
@@ -36,6 +36,7 @@ from petsage.serving.management_socket import (
     overlaps,
 )
 from petsage.serving.probe_listener import start_probe_listener
+from petsage.serving.supervisor import PAUSE, CheckerSupervisor
 from petsage.serving.watched import watch_own_machinery
 
 logger = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def assign_health_slot(arbiter: Any, worker: Any, memory: InstanceMemory) -> Non
 
 
 def release_health_slot(worker: Any, memory: InstanceMemory) -> None:
-    """Empty an exited worker's slot, so that another leads at once if it led."""
+    """Empty an exited worker's slot, for the next worker forked."""
     slot = getattr(worker, "petsage_slot", None)
     if slot is not None:
         memory.clear_slot(slot)
@@ -227,8 +228,7 @@ class DrainLog:
     process of its own, and a drain file comes and goes with no PetSage process
     involved: neither can write to the instance's log. The master notices them. It is
     one per instance (every worker seeing the change would log it once per worker),
-    it stays for the instance's life (the health leader changes, so a change one
-    leader saw might be logged again by the next, or by none), it wakes at least once
+    it stays for the instance's life (workers come and go), it wakes at least once
     a second whatever the workers do, and its log is the instance's, where SIGTERM's
     drain line goes. A change is logged within a pass of gunicorn's loop; a drain
     begun and cancelled within one pass leaves no line. The shutdown drain is not
@@ -300,13 +300,14 @@ class DrainLog:
 
 class InstanceKeeper:
     """What the master does about once a second, beside gunicorn's own loop: put
-    back what vanished of the instance's directory, replace a worker whose health
+    back what vanished of the instance's directory, keep the instance's checker
+    process running (petsage.serving.supervisor), replace a worker whose health
     thread has been silent for REPLACE_AFTER leases, and log the drains operators
     begin and cancel (DrainLog).
 
-    That worker fails its own liveness from one lease on, and another worker runs
-    the checks; the master stops it gracefully (SIGTERM: requests in flight are
-    answered), and kills it if it has not exited a graceful timeout later.
+    That worker fails its own liveness from one lease on; the master stops it
+    gracefully (SIGTERM: requests in flight are answered), and kills it if it has
+    not exited a graceful timeout later.
 
     Silence is what the master itself saw: how long a worker's heartbeat has not
     changed while the master was running. A pause of the whole instance (a frozen
@@ -317,7 +318,7 @@ class InstanceKeeper:
 
     # A pass of gunicorn's loop comes at least once a second; a longer gap means the
     # master did not run.
-    PAUSE = 2.0
+    PAUSE = PAUSE
 
     def __init__(self, arbiter: Any, instance: OwnInstance) -> None:
         self.arbiter = arbiter
@@ -331,9 +332,16 @@ class InstanceKeeper:
         self.drain_log = DrainLog(
             arbiter.log, instance.memory, instance.record.drain_file
         )
+        self.checker = CheckerSupervisor(
+            arbiter, instance.memory, forget_worker_metrics
+        )
 
     def install(self) -> None:
-        """Run after each pass of gunicorn's loop (it wakes at least once a second)."""
+        """Start the checker process; run after each pass of gunicorn's loop (it
+        wakes at least once a second); stop the checker on a reload (for one of the
+        new code) and when the master stops (``reload_checker``, ``stop_checker``)."""
+        self.arbiter.petsage_keeper = self
+        self.checker.start()
         murder_workers = self.arbiter.murder_workers
 
         def murder_then_keep() -> None:
@@ -343,10 +351,12 @@ class InstanceKeeper:
         self.arbiter.murder_workers = murder_then_keep
 
     def keep(self) -> None:
-        """One pass: log drains, repair the directory, replace wedged workers."""
+        """One pass: log drains, repair the directory, keep the checker running,
+        replace wedged workers."""
         try:
             self.drain_log.note_changes()
             self.instance.repair()
+            self.checker.keep()
             self.replace_wedged_workers()
         except Exception:
             self.arbiter.log.exception("Instance upkeep failed")
@@ -392,6 +402,21 @@ class InstanceKeeper:
                 self.replacing[pid] = now
                 self.last_replaced = now
                 arbiter.kill_worker(pid, signal.SIGTERM)
+
+
+def reload_checker(arbiter: Any) -> None:
+    """On a reload: start a checker of the reloaded code (the current one publishes
+    until it has run a cycle)."""
+    keeper: InstanceKeeper | None = getattr(arbiter, "petsage_keeper", None)
+    if keeper is not None:
+        keeper.checker.reload()
+
+
+def stop_checker(arbiter: Any) -> None:
+    """As the master stops: stop the checker process."""
+    keeper: InstanceKeeper | None = getattr(arbiter, "petsage_keeper", None)
+    if keeper is not None:
+        keeper.checker.stop()
 
 
 def address_text(address: tuple[str, int] | str) -> str:
@@ -468,9 +493,9 @@ def start_worker_services(
     worker: Any, management_bind: str, instance: OwnInstance
 ) -> None:
     """Answer probes from the instance's shared snapshot and drain state (loaded
-    now, before the worker serves; the worker runs the checks while it leads),
-    watch PetSage's own locks and threads in it (petsage.serving.watched), and
-    open the probe listener when ``management_bind`` is set.
+    now, before the worker serves; the checker process publishes it), watch
+    PetSage's own locks and threads in it (petsage.serving.watched), and open the
+    probe listener when ``management_bind`` is set.
 
     Another application served with this config (a benchmark baseline) has no health
     state, and is left alone.
@@ -480,10 +505,7 @@ def start_worker_services(
         health = health_of(app)
         health.drain.marker = instance.record.drain_file or None
         health.share(
-            instance.memory,
-            getattr(worker, "petsage_slot", None),
-            serving=lambda: bool(worker.alive),
-            master=worker.ppid,
+            instance.memory, getattr(worker, "petsage_slot", None), worker.ppid
         )
         if health.machinery is not None:
             watch_own_machinery(health.machinery)
@@ -493,18 +515,6 @@ def start_worker_services(
             worker.management_listener = start_probe_listener(
                 management_bind, app.extensions[PROBE_APP], worker.cfg
             )
-
-
-def hand_over_health(worker: Any) -> None:
-    """On a worker's way out, before its interpreter winds down: hand the
-    instance's checks on if it runs them, and give up its slot.
-
-    Called whatever made it leave (``max_requests``, a reload, a scale-down, a stop,
-    a failed boot); a worker that never loaded PetSage has nothing to hand over.
-    """
-    app = getattr(worker, "wsgi", None)
-    if isinstance(app, Flask) and EXTENSION in app.extensions:
-        health_of(app).leave()
 
 
 class ProbeQuietLogger(Logger):  # type: ignore[misc]

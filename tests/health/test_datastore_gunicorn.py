@@ -1,7 +1,7 @@
 """PostgreSQL and Redis dependencies of a real gunicorn instance, against real servers.
 
 What the servers see (at most one PetSage connection per dependency per instance,
-however many workers, cycles, leader changes, reloads and restarts; a new PostgreSQL
+however many workers, cycles, checker restarts, reloads and restarts; a new PostgreSQL
 login at each cycle) and each fault of a datastore, as the instance's probes and
 health document show it. The servers: tests/support/datastores.py.
 """
@@ -26,7 +26,7 @@ from tests.support.datastores import (
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 from tests.support.instances import AUTH, TOKEN, readiness
-from tests.support.processes import children, wait_until
+from tests.support.processes import checkers, children, wait_until
 from tests.support.snapshots import first_cycle_begun_after, next_cycle, published
 
 pytestmark = pytest.mark.slow  # real servers and gunicorn: not in the fast tier
@@ -257,7 +257,7 @@ def test_health_shows_both_datastores_to_the_token_holder(
     assert "checks" not in public
 
 
-def test_at_most_one_connection_per_instance_across_a_leader_kill_and_a_reload(
+def test_at_most_one_connection_per_instance_across_a_checker_kill_and_a_reload(
     start_gunicorn: GunicornFactory, postgres: PostgresServer, redis: RedisServer
 ) -> None:
     server = start_gunicorn(
@@ -270,24 +270,24 @@ def test_at_most_one_connection_per_instance_across_a_leader_kill_and_a_reload(
         counts = {"cycles": len(settle(redis))}
         document = published(server)
         assert document is not None
-        os.kill(document["leader"], signal.SIGKILL)
+        os.kill(document["checker"], signal.SIGKILL)
         wait_for(
-            lambda: (published(server) or {}).get("leader") != document["leader"],
+            lambda: (published(server) or {}).get("checker") != document["checker"],
             BOUND,
-            "another leader publishing",
+            "another checker publishing",
         )
         cycles_later(server, 10)
-        counts["leader killed"] = len(settle(redis))
+        counts["checker killed"] = len(settle(redis))
         before = children(server.process.pid)
         server.process.send_signal(signal.SIGHUP)
         wait_for(
             lambda: (
                 not children(server.process.pid) & before
-                and (published(server) or {}).get("leader")
-                in children(server.process.pid)
+                and (published(server) or {}).get("checker")
+                in checkers(server.process.pid)
             ),
             BOUND,
-            "every worker replaced, a new one leading",
+            "every worker replaced, a checker publishing",
         )
         cycles_later(server, 10)
         counts["reloaded"] = len(settle(redis))

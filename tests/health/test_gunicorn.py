@@ -4,7 +4,6 @@ tests/instance/test_health.py shows how the workers of one instance share it.
 """
 
 import ast
-import os
 import re
 import signal
 import statistics
@@ -24,11 +23,10 @@ from tests.support.instances import (
     readiness_once_draining,
     wait_for_status,
 )
-from tests.support.listeners import http_reply, refusing, serving
+from tests.support.listeners import http_reply, serving
 from tests.support.load import SMOKE_TEST, ClientLoad
 from tests.support.logs import messages_at
 from tests.support.processes import wait_until
-from tests.support.snapshots import published
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
@@ -146,44 +144,6 @@ def test_a_hung_dependency_never_delays_a_probe(
             f"max {max(latencies) * 1000:.1f} ms"
         )
         assert hung == 1, "the check returned during the probes"
-
-
-def test_a_failing_dependency_is_logged_once_per_instance_across_leaders(
-    start_gunicorn: GunicornFactory,
-) -> None:
-    with refusing() as port:
-        server = start_gunicorn(
-            {
-                "PETSAGE_CRITICAL_DEPENDENCIES": f"db=tcp://127.0.0.1:{port}",
-                "PETSAGE_CHECK_PERIOD": "0.1",
-            }
-        )
-        wait_for_status(server, "/readyz/startup", 200)
-        time.sleep(1.0)  # several more failing cycles
-        leader = leader_of(server)
-        os.kill(leader, signal.SIGTERM)  # another worker carries on
-        deadline = time.monotonic() + 10
-        while leader_of(server) == leader and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.5)  # several failing cycles under the new leader
-        server.stop()
-    lines = server.log().splitlines()
-    failures = [
-        line
-        for line in lines
-        if "health check db failed: ConnectionRefusedError" in line
-    ]
-    leaders = [line for line in lines if "now runs the instance's health" in line]
-    assert len(leaders) >= 2
-    assert len(failures) == 1  # PETSAGE_WORKERS=2, and two leaders
-
-
-def leader_of(server: GunicornServer) -> int:
-    """The pid of the worker that runs ``server``'s checks, as it published."""
-    document = published(server)
-    assert document is not None
-    leader: int = document["leader"]
-    return leader
 
 
 SHUTTING_DOWN_IN = re.compile(

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from petsage.health.checks import process_uptime_check
 from petsage.health.machinery import WEDGED_AFTER
-from petsage.health.shared import LEASE_MARGIN, REPLACE_AFTER
+from petsage.health.shared import LEASE, REPLACE_AFTER
 from tests.support.apps.wedging import WEDGED_LOCK
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, http_request
@@ -29,8 +28,6 @@ pytestmark = pytest.mark.slow  # real gunicorn: not in the fast tier
 APP = "tests.support.apps.wedging:app"
 WORKERS, THREADS = 2, 2
 GRACEFUL = 3
-# A worker's lease with the built-in checks: the longest check timeout plus margin.
-LEASE = process_uptime_check(0.0).timeout + LEASE_MARGIN
 # The documented bound: the lock out of reach for WEDGED_AFTER, the heartbeat silent
 # for REPLACE_AFTER leases, a pass of the master's loop (1 s), the graceful timeout.
 REPLACED_WITHIN = WEDGED_AFTER + REPLACE_AFTER * LEASE + 1 + GRACEFUL

@@ -1,5 +1,6 @@
-"""Leadership changes on purpose never make a serving instance stale, against real
-gunicorn (petsage/health/shared.py).
+"""Workers leaving on purpose never make a serving instance stale, against real
+gunicorn (petsage/health/shared.py): the checker process publishes whatever the
+workers do.
 
 Workers leave by the dozen while ``wrk`` loads the smoke test: recycled by
 ``--max-requests 5`` and added and removed by SIGTTIN and SIGTTOU, or all replaced by
@@ -118,7 +119,7 @@ def record_watch(
         f"{name} {poller.failed(port)} failed and {poller.lost(port)} lost"
         for name, port in ports.items()
     )
-    leaders = len({document["leader"] for document in watch.cycles.seen})
+    checkers = len({document["checker"] for document in watch.cycles.seen})
     reasons = "; ".join(f"{count} x {why}" for why, count in poller.reasons.items())
     fault_record(
         fault=fault,
@@ -130,7 +131,7 @@ def record_watch(
         failed=poller.failed(),
         lost=poller.lost(),
         recovery=f"none needed: {by_port}{f' ({reasons})' if reasons else ''};"
-        f" {len(watch.cycles.seen)} cycles by {leaders} leaders, at most"
+        f" {len(watch.cycles.seen)} cycles by {checkers} checkers, at most"
         f" {watch.cycles.longest_gap:.1f} s apart",
     )
     print(f"\nlongest gap between cycles: {watch.cycles.longest_gap:.2f} s")
@@ -226,7 +227,7 @@ def test_reloads_a_second_apart_never_make_the_instance_stale(
         watch,
     )
     # Nothing failed but, on an overloaded host, the slow check itself: a true
-    # verdict, in the record with its reason, and not the lease's doing.
+    # verdict, in the record with its reason.
     own_verdict = f"catalog failed: timed out after {CHECK_TIMEOUT} s"
     assert watch.poller.polls and set(watch.poller.reasons) <= {own_verdict}
     assert watch.wrk.result()[0].non_2xx == 0

@@ -38,7 +38,13 @@ from tests.support.instances import (
     readiness,
 )
 from tests.support.load import ClientLoad
-from tests.support.processes import answers, children, free_ports, wait_until
+from tests.support.processes import (
+    answers,
+    children,
+    free_ports,
+    wait_for_workers_of,
+    wait_until,
+)
 from tests.support.proxies import CLIENT_TIMEOUT, DRAIN_DELAY, haproxy, needs_haproxy
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
@@ -514,12 +520,15 @@ def test_a_daemon_keeps_its_metrics_directory_over_a_reload(tmp_path: Path) -> N
             60,
             "the reload's workers",
         )
+        # Each has loaded the application (and made its metrics files), on a busy
+        # host seconds after its fork, while the reload's checker loads it too.
+        workers = wait_for_workers_of(daemon, port, 2)
         for _ in range(20):
             assert answers(port, "/api/v1/smoke-test") == 200
         # The reload's workers count their requests where the instance's scrapes
         # read them.
         metrics = Path(records[0].metrics_directory)
-        for worker in children(daemon):
+        for worker in workers:
             assert list(metrics.glob(f"*_{worker}.db")), f"worker {worker}'s metrics"
     finally:
         os.kill(daemon, signal.SIGTERM)

@@ -1,5 +1,5 @@
 """Health belongs to the instance: one check runner per gunicorn master, and one
-snapshot every worker answers from, across reloads, respawns and a dead leader.
+snapshot every worker answers from, across reloads, respawns and a dead checker.
 
 Each test starts a real gunicorn on 127.0.0.1 and counts what a real dependency (a
 local TCP or HTTP listener) sees, or what /readyz answers from whichever worker the
@@ -11,25 +11,24 @@ import json
 import os
 import signal
 import time
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from petsage.health.refresher import JITTER, CheckRefresher, CheckResult, Snapshot
+from petsage.health.refresher import JITTER, CheckResult, Snapshot
 from petsage.health.shared import (
     SHORT_OUTPUT,
-    InstanceHealth,
     Published,
     decode,
     encode,
+    publish,
 )
 from petsage.instance.memory import SNAPSHOT_CAPACITY, InstanceMemory
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 from tests.support.instances import AUTH, LIVENESS, TOKEN, readiness
 from tests.support.listeners import answering, refusing, serving
-from tests.support.processes import children, wait_until
+from tests.support.processes import checkers, children, wait_until
 from tests.support.snapshots import first_cycle_begun_after, published
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
@@ -208,107 +207,6 @@ def why_unready(server: GunicornServer) -> str:
     return output
 
 
-@pytest.mark.fault
-def test_another_worker_takes_over_the_checks_when_the_leader_is_killed(
-    start_gunicorn: GunicornFactory, fault_record: FaultRecorder
-) -> None:
-    period, watched = 0.5, 3.0
-    with serving(b"") as dependency:
-        server = start_gunicorn(tcp_dependency(dependency.port, period, workers=3))
-        workers_ready(server, 3)
-        document = published(server)
-        assert document is not None
-        leader = document["leader"]
-        assert leader in children(server.process.pid)
-        hits_before = dependency.accepted
-        killed_leaders_next_cycle = document["next_cycle_at"]
-        os.kill(leader, signal.SIGKILL)
-        killed_at = time.monotonic()
-        answers: list[int | None] = []
-
-        def taken_over() -> bool:
-            answers.append(readiness(server.port))
-            return published_by_another(server, {leader}) is not None
-
-        takeover = wait_until(taken_over, LIVENESS, "another worker publishing")
-        first = published_by_another(server, {leader})
-        answers += poll_readiness(server.port, watched, every=0.05)
-        hits = dependency.accepted - hits_before
-        elapsed = time.monotonic() - killed_at
-        document = published(server)
-    assert first is not None and document is not None
-    fault_record(
-        fault="the worker running the instance's checks killed",
-        injected="SIGKILL to the leader of 3 workers (check period 0.5 s)",
-        load="1 client polling /readyz every 50 ms, new connection per request",
-        recovery=f"{takeover:.2f} s to a new leader's first published cycle",
-        **poll_counts(answers),
-    )
-    print(
-        f"\nleader {leader} killed: worker {document['leader']} published"
-        f" {takeover:.2f} s later; {hits} checks in {elapsed:.1f} s"
-    )
-    assert document["leader"] in children(server.process.pid)
-    # The new leader ran the cycle that was due, not one sooner: the cadence holds.
-    assert first["completed_at"] >= killed_leaders_next_cycle, "a cycle came early"
-    # From the kill on, through the takeover: every answer the instance's.
-    assert answers == [200] * len(answers)
-    assert hits <= elapsed / (period * (1 - JITTER)) + 2
-
-
-def published_by_another(
-    server: GunicornServer, earlier: set[int]
-) -> dict[str, Any] | None:
-    """The published snapshot, if a worker not among ``earlier`` leaders wrote it."""
-    document = published(server)
-    if document is None or document["leader"] in earlier:
-        return None
-    return document
-
-
-def first_delays_of_leaders(server: GunicornServer, leaders: int) -> dict[int, float]:
-    """The delay each of ``leaders`` successive leaders drew after its first cycle.
-
-    Each leader ends (SIGTERM, as ``max_requests`` ends a worker) once its first
-    cycle is seen, and the next worker to lead carries on.
-    """
-    first = published(server)
-    assert first is not None
-    earlier = {first["leader"]}
-    os.kill(first["leader"], signal.SIGTERM)
-    delays: dict[int, float] = {}
-    while len(delays) < leaders:
-        wait_until(
-            lambda: published_by_another(server, earlier) is not None,
-            10,
-            "the next leader's first cycle",
-        )
-        document = published_by_another(server, earlier)
-        assert document is not None
-        leader = document["leader"]
-        delays[leader] = document["next_cycle_at"] - document["completed_at"]
-        earlier.add(leader)
-        os.kill(leader, signal.SIGTERM)
-    return delays
-
-
-def test_with_preload_each_worker_draws_its_own_jitter(
-    start_gunicorn: GunicornFactory,
-) -> None:
-    period = 0.5
-    server = start_gunicorn(
-        {"PETSAGE_WORKERS": "3", "PETSAGE_CHECK_PERIOD": str(period)},
-        args=["--preload"],
-    )
-    workers_ready(server, 3)
-    delays = first_delays_of_leaders(server, 3)
-    print(f"\n--preload: first delay drawn by each leader: {delays}")
-    for delay in delays.values():
-        assert period * (1 - JITTER) <= delay <= period * (1 + JITTER)
-    # One generator copied into every worker by the fork draws the same sequence.
-    assert len(set(delays.values())) == len(delays)
-
-
 def check_status(server: GunicornServer) -> dict[str, float]:
     """``petsage_health_check_status`` by check, as a scrape of the instance reads."""
     text = server.request("GET", "/metrics").body.decode()
@@ -321,7 +219,7 @@ def check_status(server: GunicornServer) -> dict[str, float]:
 
 
 @pytest.mark.fault
-def test_check_metrics_outlive_the_worker_that_ran_the_checks(
+def test_check_metrics_outlive_the_checker_that_ran_the_checks(
     start_gunicorn: GunicornFactory, fault_record: FaultRecorder
 ) -> None:
     period = 5.0
@@ -338,7 +236,7 @@ def test_check_metrics_outlive_the_worker_that_ran_the_checks(
         earlier = published(server)
         assert earlier is not None
         # Right after a cycle, so that the next (half a period after a failure) is
-        # seconds away while the leader's own gauges are gone.
+        # seconds away while the checker is gone.
         wait_until(
             lambda: (
                 (published(server) or earlier)["completed_at"]
@@ -347,23 +245,23 @@ def test_check_metrics_outlive_the_worker_that_ran_the_checks(
             period,
             "the next cycle",
         )
-        leader = earlier["leader"]
-        os.kill(leader, signal.SIGKILL)
-        wait_until(lambda: leader not in children(pid), 5, "the leader reaped")
-        time.sleep(0.2)  # the master drops a dead worker's live gauges as it reaps
+        checker = earlier["checker"]
+        os.kill(checker, signal.SIGKILL)
+        wait_until(lambda: checker not in checkers(pid), 5, "the checker reaped")
+        time.sleep(0.2)  # the master folds a dead checker's metrics as it notices
         status = check_status(server)
         after = published(server)
     assert after is not None
     fault_record(
-        fault="the worker running the instance's checks killed, metrics scraped",
-        injected="SIGKILL to the leader of 3 workers between two cycles (db failing)",
-        load="1 scrape of /metrics right after the master reaped the leader",
+        fault="the checker process killed, metrics scraped",
+        injected="SIGKILL to the checker of 3 workers between two cycles (db failing)",
+        load="1 scrape of /metrics right after the checker was reaped",
         sent=1,
         failed=0 if status.get("db") == 2.0 else 1,
         lost=0,
         recovery="none needed: the other workers' gauges hold the instance's status",
     )
-    assert after["leader"] == leader, "no new cycle yet: the followers answered"
+    assert after["checker"] == checker, "no new cycle yet: the workers answered"
     assert status == {"uptime": 0.0, "db": 2.0}
 
 
@@ -380,8 +278,8 @@ class TestSnapshotWithoutGunicorn:
         [
             b"",
             b"[]",
-            b'{"leader": 1}',
-            b'{"leader":1,"completed_at":1,"next_cycle_at":null,"results":{"db":'
+            b'{"checker": 1}',
+            b'{"checker":1,"completed_at":1,"next_cycle_at":null,"results":{"db":'
             b'{"status":"fine","value":null,"unit":null,"output":"","time":"t",'
             b'"duration_ms":1,"consecutive_failures":0}}}',
         ],
@@ -395,12 +293,8 @@ class TestSnapshotWithoutGunicorn:
     ) -> None:
         memory = InstanceMemory.create("petsage-1-2-3")
         long = CheckResult("fail", None, None, "x" * SNAPSHOT_CAPACITY, "t", 1.5, 3)
-        slot = memory.assign_slot(set())
-        assert slot is not None
-        refresher = CheckRefresher([], period=10)
-        instance = InstanceHealth(memory, slot, refresher, lambda snapshot: None)
-        instance.tick()  # it claims the lease: the only worker
-        instance.publish(Snapshot({"db": long}, time.monotonic()))
+        published = Published(Snapshot({"db": long}, time.monotonic()), 7, None)
+        assert publish(memory, published)
         found = memory.read_snapshot()
         assert found is not None
         shared = decode(found[2]).snapshot.results["db"]

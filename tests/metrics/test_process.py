@@ -17,7 +17,7 @@ from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory
 from tests.support.management import Instance
 from tests.support.monitoring import run_tool
-from tests.support.processes import children
+from tests.support.processes import checkers, children
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
@@ -84,7 +84,11 @@ def test_metrics_describe_the_master_and_every_worker(
     wait_for(lambda: len(children(master)) == 2, "both workers running")
     workers = children(master)
     samples = scrape(instance)
-    expected = {("master", master), *(("worker", pid) for pid in workers)}
+    expected = {
+        ("master", master),
+        *(("worker", pid) for pid in workers),
+        *(("checker", pid) for pid in checkers(master)),
+    }
     for name in PROCESS_SERIES:
         assert set(processes(samples, name)) == expected, name
     memory = processes(samples, "process_resident_memory_bytes")

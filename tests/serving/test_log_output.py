@@ -19,13 +19,14 @@ from petsage.serving.log_output import LogOutput, output_to
 from petsage.serving.logs import STDERR, STDOUT, logging_config
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
-from tests.support.instances import LIVENESS
+from tests.support.instances import LIVENESS, readiness
 from tests.support.load import ClientLoad
 from tests.support.logs import LogPipe
 from tests.support.management import get
 from tests.support.metrics_files import samples
 from tests.support.ports import free_ports
 from tests.support.processes import wait_until
+from tests.support.snapshots import first_cycle_begun_after
 
 FULL = os.environ.get("PETSAGE_FAULT_FULL") == "1"
 # The quick form sends as many requests and probes as the issue's run did; the full
@@ -34,6 +35,7 @@ REQUESTS = 400
 PROBES = 48  # 24 of /livez and 24 of /readyz on each port
 UNREAD_SECONDS = 60.0 if FULL else 0.0
 BUFFER_LINES = 50
+CHECK_PERIOD = 2
 LOGGERS = ("petsage", "gunicorn.error", "gunicorn.access", "")
 
 
@@ -158,7 +160,8 @@ class UnreadLog:
 @pytest.fixture
 def unread_log(start_gunicorn: GunicornFactory) -> Iterator[UnreadLog]:
     """The instance, logging at DEBUG (gunicorn's error log then has lines for every
-    request too), each process holding BUFFER_LINES lines; stopped while read."""
+    request too, its checker one a cycle), each process holding BUFFER_LINES lines,
+    checks every CHECK_PERIOD s; ready on both ports; stopped while read."""
     pipe = LogPipe()
     port, management_port = free_ports(2)
     try:
@@ -167,9 +170,16 @@ def unread_log(start_gunicorn: GunicornFactory) -> Iterator[UnreadLog]:
                 "PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{management_port}",
                 "PETSAGE_LOG_BUFFER_LINES": str(BUFFER_LINES),
                 "PETSAGE_LOG_LEVEL": "DEBUG",
+                "PETSAGE_CHECK_PERIOD": str(CHECK_PERIOD),
             },
             args=["-b", f"127.0.0.1:{port}"],
             output=pipe.write_end,
+        )
+        # Its log is the pipe's: wait for the checker's first cycle here.
+        wait_until(
+            lambda: readiness(port) == readiness(management_port) == 200,
+            LIVENESS,
+            "ready on both ports",
         )
         yield UnreadLog(server, management_port, pipe)
         pipe.resume()
@@ -211,10 +221,14 @@ def test_a_log_nobody_reads_costs_lines_never_requests_or_probes(
     unread_log: UnreadLog, fault_record: FaultRecorder
 ) -> None:
     unread_log.pipe.stall()
+    stalled = time.monotonic()
     loads = load_both_ports(unread_log)
+    # The checker logs a line a cycle, to the same unread pipe, and publishes on.
+    first_cycle_begun_after(unread_log.server, stalled)
     failed, sent = [len(load.failed) for load in loads], [load.sent for load in loads]
     assert failed == [0, 0, 0], (
-        f"failed {failed} of {sent}: smoke test, public probes, management probes"
+        f"failed {failed} of {sent}: smoke test, public probes, management probes:"
+        f" {[load.failed for load in loads]}"
     )
     during = unread_log.dropped_metric()  # still unread
     unread_log.pipe.resume()

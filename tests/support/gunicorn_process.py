@@ -23,6 +23,9 @@ LISTENING = re.compile(r"Listening at: [^ ]*?http://127\.0\.0\.1:(\d+)")
 # then shadows the standard library's `http` package.
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 START_TIMEOUT = 20.0
+# The master's lines as its checker process starts and runs its first cycle.
+CHECKER_STARTED = "Health checker started"
+CHECKER_CYCLED = "ran its first cycle"
 STOP_TIMEOUT = 40.0
 
 
@@ -132,6 +135,8 @@ class GunicornServer:
             else:
                 raise ValueError("gunicorn writing to another output needs -b")
             server._wait_for_an_answer()
+            if output is None:
+                server._wait_for_the_first_cycle()
         except BaseException:
             # Not handed to a fixture yet: nobody else would stop it.
             server.stop()
@@ -149,6 +154,16 @@ class GunicornServer:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     raise
                 time.sleep(0.05)
+
+    def _wait_for_the_first_cycle(self) -> None:
+        """With a checker process (petsage.serving.supervisor), wait until it has run
+        its first cycle, so that /readyz answers from the instance's results rather
+        than ``startup: starting``. An application without health starts none."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while CHECKER_STARTED in self.log() and CHECKER_CYCLED not in self.log():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError("the checker ran no first cycle:\n" + self.log())
+            time.sleep(0.05)
 
     def _wait_for_port(self, given: int | None) -> int:
         deadline = time.monotonic() + START_TIMEOUT

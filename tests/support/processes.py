@@ -12,9 +12,31 @@ from pathlib import Path
 from tests.support.gunicorn_process import GunicornServer
 from tests.support.ports import free_ports as free_ports
 
+# What the command line of an instance's checker process holds.
+CHECKER_MODULE = b"petsage.serving.checker"
+
+
+def is_checker(pid: int) -> bool:
+    """Whether ``pid`` is an instance's checker process (or one of its runners)."""
+    try:
+        return CHECKER_MODULE in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
 
 def children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid``: a gunicorn master's workers."""
+    """A gunicorn master's workers: the processes whose parent is ``pid``, but for
+    its checker process (``checkers``)."""
+    return {child for child in all_children(pid) if not is_checker(child)}
+
+
+def checkers(pid: int) -> set[int]:
+    """A gunicorn master's checker processes (one, two while a reload hands over)."""
+    return {child for child in all_children(pid) if is_checker(child)}
+
+
+def all_children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``."""
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -97,27 +119,33 @@ def wait_for_workers(server: GunicornServer, count: int = 2) -> list[int]:
     gunicorn reports it listens when its first worker boots; a test that measures how
     the workers share connections must not start before the last one accepts them.
     """
-    master = server.process.pid
+    return wait_for_workers_of(server.process.pid, server.port, count)
+
+
+def wait_for_workers_of(
+    master: int, port: int, count: int = 2, timeout: float = 90.0
+) -> list[int]:
+    """The pids of ``master``'s ``count`` workers, serving on ``port``, once each
+    has answered a request (``wait_for_workers``, for a master the test did not
+    start, such as a daemon's). ``timeout`` is only a bound against a hang: booting
+    workers on a loaded host takes its time."""
     answered: set[int] = set()
 
     def all_answered() -> bool:
         workers = children(master)
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
             connection.request("GET", "/livez")
             response = connection.getresponse()
             response.read()
-            answered.update(
-                pid for pid in workers if served_by(pid, connection, server.port)
-            )
+            answered.update(pid for pid in workers if served_by(pid, connection, port))
         except (OSError, http.client.HTTPException):
             pass
         finally:
             connection.close()
         return len(workers) == count and workers <= answered
 
-    # Only a bound against a hang: booting workers on a loaded host takes its time.
-    wait_until(all_answered, 90, f"{count} workers answering")
+    wait_until(all_answered, timeout, f"{count} workers answering")
     return sorted(children(master))
 
 

@@ -99,7 +99,3 @@ class Publications:
         """Wait until ``count`` more cycles than now have been published."""
         published = len(self.seen)
         wait_until(lambda: len(self.seen) >= published + count, LIVENESS, what)
-
-    def by_others(self, pid: int, after: int) -> list[dict[str, Any]]:
-        """Cycles published by workers other than ``pid`` after the first ``after``."""
-        return [seen for seen in self.seen[after:] if seen["leader"] != pid]

@@ -6,11 +6,13 @@ The PostgreSQL check logs in over a new connection at each run and closes it bef
 the run ends, since what refuses new logins (a stopped postmaster, a changed
 password, every connection slot taken) leaves an established session answering. The
 Redis check keeps one connection, opened at its first run, reused by every later run
-and replaced after a failure, and sends AUTH at each run. Checks run in one process of
-the instance (the leader, ``petsage.health.shared``), one run of a check at a time (a
-run still hanging is not started again), so the server sees at most one PetSage
-connection per dependency per instance: a leader that ends takes its connection with
-it (the kernel closes the socket), and the next leader opens its own.
+and replaced after a failure, and sends AUTH at each run. Each check runs in a runner
+process of its own, under the instance's one checker process
+(``petsage.health.runners``), one run at a time (a runner still in a run is not asked
+again), so the server sees at most one PetSage connection per dependency per
+instance, two while a reload's new checker runs its first cycle beside the old one:
+a runner that ends takes its connection with it (the kernel closes the socket), and
+the next opens its own.
 
 The drivers (psycopg 3, redis-py) are the package's ``postgresql`` and ``redis``
 extras, imported only by a check that needs one (SQLite's, the standard library's

@@ -32,9 +32,10 @@ import time
 from collections.abc import Sequence
 
 import gunicorn.util
+from flask import Flask
 
 from petsage.config import leave_warnings_to_the_master, load_settings
-from petsage.health import health_of
+from petsage.health import EXTENSION, health_of
 from petsage.health.checks import Check
 from petsage.health.refresher import CheckRefresher, Snapshot, log_transitions
 from petsage.health.runners import ProcessRun, Runner
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 RUNNER_EXITED = 70
 # What the checker tells its master, a line each, and what the master tells it.
 BEAT, READY, RUNNERS, PUBLISH = b"beat", b"ready", b"runners", b"publish"
+# Said instead, once, by a checker whose application is not PetSage's (a benchmark
+# baseline served with PetSage's gunicorn settings): it has no checks to run.
+NO_CHECKS = b"no-checks"
 
 
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
@@ -67,13 +71,16 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_checks(arguments: argparse.Namespace) -> tuple[list[Check], float]:
+def load_checks(arguments: argparse.Namespace) -> tuple[list[Check], float] | None:
     """The checks the application registers, and its check period, loaded as a
-    gunicorn worker loads the application."""
+    gunicorn worker loads the application; None for an application that is not
+    PetSage's (no health state), which the workers leave alone too."""
     os.chdir(arguments.chdir)
     for path in [*reversed(arguments.pythonpath), arguments.chdir]:
         sys.path.insert(0, path)
     app = gunicorn.util.import_app(arguments.app)
+    if not isinstance(app, Flask) or EXTENSION not in app.extensions:
+        return None
     health = health_of(app)
     return list(health.checks), health.refresher.period
 
@@ -221,7 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # drop, as the master's is. Its runners, forked from it, make none either
     # unless a check records a metric.
     with values_in_memory():
-        checks, period = load_checks(arguments)
+        loaded = load_checks(arguments)
+    if loaded is None:
+        os.write(arguments.status_fd, NO_CHECKS + b"\n")
+        return 0
+    checks, period = loaded
     dropped_log_lines.cache_clear()
     checker = Checker(
         checks,

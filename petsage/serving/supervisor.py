@@ -19,6 +19,9 @@ once a second, petsage.serving.server's InstanceKeeper):
   stopped, and once it is gone the new one is told to publish. So only one checker
   publishes at a time, and reloads a second apart leave the last checker that ran a
   cycle publishing instead of none;
+- an application that is not PetSage's (a benchmark baseline served with these
+  settings) has no checks: its checker says so and exits, and none is started again
+  until a reload;
 - the master stopping stops it (``on_exit``); the master dying kills it (the kernel
   sends it SIGTERM, petsage.serving.checker).
 
@@ -35,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from petsage.instance.memory import InstanceMemory
-from petsage.serving.checker import PUBLISH, READY, RUNNERS
+from petsage.serving.checker import NO_CHECKS, PUBLISH, READY, RUNNERS
 
 # How long a running checker may stay silent before it is killed.
 SILENT_AFTER = 5.0
@@ -93,6 +96,8 @@ class CheckerProcess:
         self.ready = False
         self.gone = False
         self.runners: list[int] = []
+        # It found no PetSage health in the application: nothing to check.
+        self.no_checks = False
         self.killed = False
         self.stop_asked: float | None = None
 
@@ -117,6 +122,8 @@ class CheckerProcess:
                 self.ready = True
             elif words[0] == RUNNERS:
                 self.runners = [int(word) for word in words[1:]]
+            elif words[0] == NO_CHECKS:
+                self.no_checks = True
 
     def end(self) -> None:
         """The checker is gone (its pipe ended: no process of it holds it)."""
@@ -178,6 +185,8 @@ class CheckerSupervisor:
         self.failures = 0
         self.next_start = 0.0
         self.stopped = False
+        # The application is not PetSage's: no checker until a reload.
+        self.idle = False
         # When the master last ran a pass, and last resumed after a pause.
         self.last_pass = time.monotonic()
         self.resumed = float("-inf")
@@ -196,6 +205,7 @@ class CheckerSupervisor:
         has run its first cycle."""
         if self.stopped:
             return
+        self.idle = False
         if self.successor is not None:
             self._kill(self.successor, "replaced by another reload")
             self.successor = None
@@ -207,7 +217,7 @@ class CheckerSupervisor:
     def keep(self) -> None:
         """One pass: hear the checkers, replace one that is gone or silent, hand
         over to a reload's checker once it is ready."""
-        if self.stopped:
+        if self.stopped or self.idle:
             return
         now = time.monotonic()
         if now - self.last_pass > PAUSE:
@@ -225,6 +235,13 @@ class CheckerSupervisor:
             self._ended(successor)
             self.successor = None
         current = self.current
+        if current is not None and current.gone and current.no_checks:
+            self.forget(current.pid)
+            self.log.info(
+                "The application has no PetSage health checks: no health checker"
+            )
+            self.current, self.idle = None, True
+            return
         if current is not None and current.gone:
             self._ended(current)
             self.current = current = None

@@ -208,3 +208,29 @@ def test_no_checker_process_holds_a_listening_socket(
     assert socket_inodes(server.process.pid) & listening  # the master's
     for pid in processes:
         assert not socket_inodes(pid) & listening, pid
+
+
+def test_an_application_that_is_not_petsages_gets_no_checker(
+    start_gunicorn: GunicornFactory, tmp_path: Path
+) -> None:
+    """PetSage's settings serving another application (a benchmark baseline): its
+    checker finds no health state, says so once and is not started again."""
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as output:
+        server = start_gunicorn(
+            {},
+            "bench.apps.bare_wsgi:app",
+            ["-b", f"127.0.0.1:{port}"],
+            None,
+            output.fileno(),
+        )
+    idle = "The application has no PetSage health checks: no health checker"
+    wait_until(lambda: idle in log.read_text(), LIVENESS, "the master's idle line")
+    # Requests the workers serve meanwhile: the master's loop passes many times.
+    for _ in range(20):
+        assert get(port, "/livez").status == 200
+    text = log.read_text()
+    assert text.count("Health checker started") == 1, text
+    assert "Health checker (pid" not in text, text
+    assert checkers(server.process.pid) == set()

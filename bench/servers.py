@@ -29,6 +29,8 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 0.005
 
+#: The module PetSage's health checker runs as (a child of the gunicorn master).
+CHECKER = "petsage.serving.checker"
 PETSAGE_PATHS = (SMOKE_TEST_PATH, "/livez", "/readyz", "/health")
 
 
@@ -288,6 +290,7 @@ class Server:
         try:
             server.startup_s = server._wait_for_first_200()
             server._wait_for_workers()
+            server._wait_for_checks()
             yield server
         finally:
             server.stop()
@@ -342,6 +345,41 @@ class Server:
             f" {self.workers} workers:\n" + self.log_tail()
         )
 
+    def _checker_processes(self) -> list[psutil.Process]:
+        """PetSage's health checker and its runners (petsage.serving.checker)."""
+        found = []
+        for process in self._tree()[1:]:
+            try:
+                if CHECKER in " ".join(process.cmdline()):
+                    found.append(process)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    def _wait_for_checks(self) -> None:
+        """Wait until the server's processes are those it measures with: under
+        PetSage's gunicorn settings the master starts a health checker, which forks
+        a runner per check and publishes a first cycle (``/readyz`` 200), or, for an
+        application that is not PetSage's, finds no checks and exits. A process
+        that comes or goes during a run would read as a worker replaced."""
+        if self.candidate.server != "gunicorn":
+            return
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self._checker_processes():
+                return
+            try:
+                status, _ = get(self.measured_port, "/readyz", timeout=1.0)
+            except OSError:
+                status = 0
+            if status == 200 and len(self._checker_processes()) > 1:
+                return
+            time.sleep(POLL_INTERVAL_S)
+        raise RuntimeError(
+            f"{self.candidate.label}: its health checker did not settle within"
+            f" {START_TIMEOUT_S:.0f} s:\n" + self.log_tail(10)
+        )
+
     def _tree(self) -> list[psutil.Process]:
         master = psutil.Process(self.process.pid)
         return [master, *master.children(recursive=True)]
@@ -356,8 +394,9 @@ class Server:
         for child in children:
             try:
                 # multiprocessing's resource tracker, which uvicorn's spawned workers
-                # may start, serves no requests.
-                if "resource_tracker" not in " ".join(child.cmdline()):
+                # may start, and PetSage's health checker serve no requests.
+                command = " ".join(child.cmdline())
+                if "resource_tracker" not in command and CHECKER not in command:
                     workers.append(child)
             except psutil.NoSuchProcess:
                 continue

@@ -69,11 +69,12 @@ API_TOKEN_SCHEME = {
     " Reads are public. It is never the health token.",
 }
 API_TOKEN_REQUIRED: list[dict[str, list[str]]] = [{API_TOKEN_SCHEME_NAME: []}]
+# What a refused write is told: messages, not secrets.
 NO_API_TOKEN = (
-    "Writes are off: this instance has no API token (PETSAGE_API_TOKEN is not set)."
+    "Writes are off: this instance has no API token (PETSAGE_API_TOKEN is not set)."  # nosec B105
 )
 WRONG_API_TOKEN = (
-    "This write needs the API token, sent as `Authorization: Bearer <token>`."
+    "This write needs the API token, sent as `Authorization: Bearer <token>`."  # nosec B105
 )
 CHALLENGE = WWWAuthenticate("bearer", {"realm": "petsage"})
 

@@ -97,6 +97,10 @@ def test_sigterm_to_one_instance_leaves_the_other_ready(
     first, second = free_ports(2)
     draining = start_gunicorn(DRAINING, args=["-b", f"127.0.0.1:{first}"])
     start_gunicorn(DRAINING, args=["-b", f"127.0.0.1:{second}"])
+    # A worker answers before the instance's first check cycle is published: the
+    # test asserts that the second stays ready, so it must be ready first.
+    for port in (first, second):
+        wait_until(partial(ready, port), 10, "both instances ready")
     with ClientLoad(second, threads=2) as load:
         draining.process.send_signal(signal.SIGTERM)
         wait_until(lambda: readiness(first) == 503, 2, "the first instance draining")

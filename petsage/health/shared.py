@@ -56,7 +56,8 @@ LEASE = 4.0
 # The master replaces a worker whose health thread has been silent this many leases.
 REPLACE_AFTER = 3
 # How long the master may take to find its checker gone or silent and have a new
-# one started and publishing (beside that checker's first cycle): a pass of its loop,
+# one started and publishing (beside that checker's first cycle), or to hand over
+# to a reload's checker: a pass of its loop,
 # the silence that gets a checker killed (petsage.serving.supervisor), and a new
 # interpreter loading the application on a busy host.
 CHECKER_RESTART = 15.0

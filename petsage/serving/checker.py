@@ -10,10 +10,14 @@ features registered, forks a runner per check before it starts any thread
 (petsage.health.runners), and judges them from its main loop: a check that has not
 answered within its timeout is reported so, whatever it does in its runner.
 
-Only one checker publishes at a time: the one the master tells to (``--publish``,
-or ``publish`` on its pipe once the checker before it is gone). A checker started
-by a reload runs its cycles without publishing or logging until then, and says
-``ready`` after its first one, for the master to stop the old checker.
+Only one checker runs checks at a time, so a dependency sees one connection per
+instance: the one the master tells to (``--publish``, or ``publish`` on its pipe
+once the checker before it is gone). A checker started by a reload loads the
+application, forks its runners and says ``loaded``, then runs nothing until told to
+publish. The master then tells the old checker to ``finish``: it ends the cycle it
+is in, if any, publishes it and exits, and the new one takes over the published
+results and the cycle they said was due. A checker says ``ready`` after the first
+cycle it publishes.
 
 It dies with its master (the kernel sends it SIGTERM), and its runners with it.
 A runner that dies fails its check, naming how; the checker publishes that cycle
@@ -37,7 +41,7 @@ from flask import Flask
 from petsage.config import leave_warnings_to_the_master, load_settings
 from petsage.health import EXTENSION, health_of
 from petsage.health.checks import Check
-from petsage.health.refresher import CheckRefresher, Snapshot, log_transitions
+from petsage.health.refresher import CheckRefresher, Snapshot
 from petsage.health.runners import ProcessRun, Runner
 from petsage.health.shared import TICK, Published, publish, read_published
 from petsage.instance.memory import InstanceMemory
@@ -51,7 +55,8 @@ logger = logging.getLogger(__name__)
 # The exit status of a checker whose runner died; never gunicorn's own 3 or 4.
 RUNNER_EXITED = 70
 # What the checker tells its master, a line each, and what the master tells it.
-BEAT, READY, RUNNERS, PUBLISH = b"beat", b"ready", b"runners", b"publish"
+BEAT, LOADED, READY, RUNNERS = b"beat", b"loaded", b"ready", b"runners"
+PUBLISH, FINISH = b"publish", b"finish"
 # Said instead, once, by a checker whose application is not PetSage's (a benchmark
 # baseline served with PetSage's gunicorn settings): it has no checks to run.
 NO_CHECKS = b"no-checks"
@@ -110,7 +115,9 @@ class Checker:
             judges += [runner.requests, runner.answers]
             self.runners[check.name] = runner
         self.refresher = CheckRefresher(checks, period, self.start_run)
-        self.refresher.logging = publishing
+        # The longest a cycle takes: the master waits that long for a checker told
+        # to finish before it kills it.
+        self.longest = max((check.timeout for check in checks), default=0.0)
         self.cycles = 0
         self.stopping = False
         self.beaten = 0.0
@@ -138,34 +145,44 @@ class Checker:
             self.tell(BEAT)
 
     def run(self) -> int:
-        """Run cycles until the master is gone or a runner died; the exit status."""
+        """Run cycles until the master is gone, it tells this checker to finish, or
+        a runner died; the exit status."""
         self.tell(RUNNERS, *(str(r.pid).encode() for r in self.runners.values()))
-        self.carry_on()
+        self.tell(LOADED, f"{self.longest:g}".encode())
+        if self.publishing:
+            self.carry_on()
+        # A reload's checker runs nothing until the one before it is gone.
+        while not self.publishing and not self.stopping:
+            self.beat()
+            self.hear(TICK)
         while not self.stopping:
             self.beat()
             due = self.refresher.next_cycle_at
             now = time.monotonic()
             if due is not None and now < due:
+                # Told to finish while waiting: no cycle is in progress to end.
                 self.hear(min(TICK, due - now))
                 continue
-            if not self.publishing:
-                self.carry_on()
             snapshot = self.refresher.run_cycle()
             self.cycles += 1
-            if self.publishing:
-                self.publish(snapshot)
+            self.publish(snapshot)
             if self.cycles == 1:
                 self.tell(READY)
             if any(runner.dead for runner in self.runners.values()):
                 return RUNNER_EXITED
         return 0
 
-    def carry_on(self) -> None:
+    def carry_on(self, keep_schedule: bool = False) -> None:
         """Take the instance's last published results as this checker's own last
-        cycle: consecutive failures go on, and changes logged are not logged again."""
+        cycle: consecutive failures go on, and changes logged are not logged again.
+        With ``keep_schedule`` (taking over from a checker that finished), the next
+        cycle is the one they said was due, not one at once."""
         published = read_published(self.memory)
-        if published is not None:
-            self.refresher.snapshot = published.snapshot
+        if published is None:
+            return
+        self.refresher.snapshot = published.snapshot
+        if keep_schedule:
+            self.refresher.next_cycle_at = published.next_cycle_at
 
     def hear(self, wait: float) -> None:
         """Wait up to ``wait`` seconds for the master's word."""
@@ -177,23 +194,14 @@ class Checker:
             words = b""
         if not words:
             self.stopping = True  # the master is gone
-        elif PUBLISH in words and not self.publishing:
-            self.start_publishing()
-
-    def start_publishing(self) -> None:
-        """The checker before this one is gone: publish from now on, this checker's
-        latest cycle at once, logging what changed since the last one published."""
-        self.publishing = True
-        self.refresher.logging = True
-        latest = self.refresher.snapshot
-        published = read_published(self.memory)
-        if latest is None or (
-            published is not None
-            and published.snapshot.completed_at >= latest.completed_at
-        ):
             return
-        log_transitions(published.snapshot if published else None, latest)
-        self.publish(latest)
+        for word in words.split():
+            if word == PUBLISH and not self.publishing:
+                # The checker before this one is gone: carry on from its results.
+                self.publishing = True
+                self.carry_on(keep_schedule=True)
+            elif word == FINISH:
+                self.stopping = True
 
     def publish(self, snapshot: Snapshot) -> None:
         """Share a cycle with every worker."""

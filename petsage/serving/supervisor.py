@@ -15,10 +15,14 @@ once a second, petsage.serving.server's InstanceKeeper):
   ``docker pause``), which stopped the master too, it counts from the resume, so a
   checker that gets a CPU after the master is not killed for the pause;
 - a reload (SIGHUP: new code) starts a new checker beside the old one, which keeps
-  publishing until the new one has run its first cycle; then the old one is
-  stopped, and once it is gone the new one is told to publish. So only one checker
-  publishes at a time, and reloads a second apart leave the last checker that ran a
-  cycle publishing instead of none;
+  publishing while the new one loads the application and forks its runners. Once
+  it has, the old one is told to finish: it ends the cycle it is in, publishes it
+  and exits (killed if it takes longer than its longest check timeout and
+  STOP_TIMEOUT), and once it is gone the new one is told to publish, from the cycle
+  the old one said was due. So only one checker runs checks at a time (a dependency
+  sees one connection per instance), and reloads a second apart leave the old
+  checker publishing instead of none: a new reload replaces a checker still
+  loading, and waits for a hand-over under way to end;
 - an application that is not PetSage's (a benchmark baseline served with these
   settings) has no checks: its checker says so and exits, and none is started again
   until a reload;
@@ -38,7 +42,14 @@ from collections.abc import Callable
 from typing import Any
 
 from petsage.instance.memory import InstanceMemory
-from petsage.serving.checker import NO_CHECKS, PUBLISH, READY, RUNNERS
+from petsage.serving.checker import (
+    FINISH,
+    LOADED,
+    NO_CHECKS,
+    PUBLISH,
+    READY,
+    RUNNERS,
+)
 
 # How long a running checker may stay silent before it is killed.
 SILENT_AFTER = 5.0
@@ -50,10 +61,10 @@ PAUSE = 2.0
 START_TIMEOUT = 60.0
 # The longest pause before starting a checker again after one died unready.
 MAX_BACKOFF = 30.0
-# How long a checker told to stop may take before it is killed.
+# How long a checker told to stop may take before it is killed (beyond its longest
+# check timeout, when it was told to finish its cycle).
 STOP_TIMEOUT = 5.0
-# The master's line once a checker has run its first cycle (published, unless a
-# reload's checker waits for the one before it to go).
+# The master's line once a checker has published its first cycle.
 FIRST_CYCLE = "Health checker (pid %d) ran its first cycle"
 
 
@@ -93,6 +104,11 @@ class CheckerProcess:
         self.publishing = publish
         self.started = time.monotonic()
         self.heard: float | None = None
+        # It loaded the application and forked its runners (it can take over).
+        self.loaded = False
+        # The longest of its checks' timeouts: the longest a cycle of it takes.
+        self.longest = 0.0
+        # It published its first cycle.
         self.ready = False
         self.gone = False
         self.runners: list[int] = []
@@ -120,6 +136,9 @@ class CheckerProcess:
             self.heard = now
             if words[0] == READY:
                 self.ready = True
+            elif words[0] == LOADED:
+                self.loaded = True
+                self.longest = float(words[1])
             elif words[0] == RUNNERS:
                 self.runners = [int(word) for word in words[1:]]
             elif words[0] == NO_CHECKS:
@@ -143,8 +162,17 @@ class CheckerProcess:
     def tell_to_publish(self) -> None:
         """Let the checker publish: the one before it is gone."""
         self.publishing = True
+        self.order(PUBLISH)
+
+    def tell_to_finish(self, now: float) -> None:
+        """Have the checker end the cycle it is in, publish it and exit."""
+        self.stop_asked = now
+        self.order(FINISH)
+
+    def order(self, word: bytes) -> None:
+        """One word on the checker's orders pipe (it reads it between cycles)."""
         with contextlib.suppress(OSError):
-            os.write(self.orders, PUBLISH + b"\n")
+            os.write(self.orders, word + b"\n")
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the checker, if it still runs."""
@@ -187,6 +215,9 @@ class CheckerSupervisor:
         self.stopped = False
         # The application is not PetSage's: no checker until a reload.
         self.idle = False
+        # A reload came while a hand-over was under way: its checker starts once
+        # the hand-over ends.
+        self.reload_pending = False
         # When the master last ran a pass, and last resumed after a pause.
         self.last_pass = time.monotonic()
         self.resumed = float("-inf")
@@ -202,10 +233,17 @@ class CheckerSupervisor:
 
     def reload(self) -> None:
         """Start a checker of the reloaded code; the current one publishes until it
-        has run its first cycle."""
+        has loaded, then finishes its cycle and hands over."""
         if self.stopped:
             return
         self.idle = False
+        current = self.current
+        if self.successor is not None and current is not None:
+            if current.stop_asked is not None and not current.gone:
+                # The current checker is finishing for this successor: let the
+                # hand-over end, then start the reload's checker.
+                self.reload_pending = True
+                return
         if self.successor is not None:
             self._kill(self.successor, "replaced by another reload")
             self.successor = None
@@ -249,13 +287,16 @@ class CheckerSupervisor:
             if self.successor is not None:
                 self.current, self.successor = self.successor, None
                 self.current.tell_to_publish()
+                if self.reload_pending:
+                    self.reload_pending = False
+                    self.successor = self._spawn(publish=False)
             elif now >= self.next_start:
                 self.current = self._spawn(publish=True)
+                self.reload_pending = False
             return
         successor = self.successor
-        if successor is not None and successor.ready and current.stop_asked is None:
-            current.stop_asked = now
-            current.signal(signal.SIGTERM)
+        if successor is not None and successor.loaded and current.stop_asked is None:
+            current.tell_to_finish(now)
 
     def _watch(self, checker: CheckerProcess, now: float) -> None:
         """Kill a checker that is silent, or that ignores being stopped."""
@@ -265,7 +306,10 @@ class CheckerSupervisor:
         silent = checker.silent_for(now, self.resumed)
         if silent > bound:
             self._kill(checker, f"silent for {silent:.0f} s")
-        elif checker.stop_asked is not None and now - checker.stop_asked > STOP_TIMEOUT:
+        elif (
+            checker.stop_asked is not None
+            and now - checker.stop_asked > checker.longest + STOP_TIMEOUT
+        ):
             self._kill(checker, "it did not stop")
 
     def _kill(self, checker: CheckerProcess, why: str) -> None:

@@ -12,10 +12,18 @@ as a strict kubelet polls it (every 0.25 s, 1 s timeout), at PETSAGE_CHECK_PERIO
 
 import os
 import signal
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.support.apps.exclusive_check import (
+    EXCLUSIVE_LOCK_VARIABLE,
+    OVERLAP,
+    RUN,
+    RUN_SECONDS,
+)
 from tests.support.apps.gil_check import CRITICAL_VARIABLE, HOLD_SECONDS
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
@@ -28,12 +36,17 @@ pytestmark = pytest.mark.slow  # real processes: not in the fast tier
 
 # Polls of each port: 10 s, longer than the check holds the GIL.
 POLLS = 40
+# SIGHUPs a second apart, as a deploy tool retrying a reload might send them.
+RELOADS = 10
 WARNS = "[!]gil warn: timed out after 2 s"
 FAILS = "gil failed: timed out after 2 s"
 
 
 def start_instance(
-    start_gunicorn: GunicornFactory, app: str | None = None, critical: bool = False
+    start_gunicorn: GunicornFactory,
+    app: str | None = None,
+    critical: bool = False,
+    env: dict[str, str] | None = None,
 ) -> tuple[GunicornServer, list[int]]:
     """3 workers checking every 2 s with a management listener, once /readyz has
     answered on both ports; the instance and its two ports."""
@@ -45,6 +58,7 @@ def start_instance(
             "PETSAGE_MANAGEMENT_BIND": f"127.0.0.1:{management}",
             "PETSAGE_HEALTH_TOKEN": TOKEN,
             CRITICAL_VARIABLE: "1" if critical else "0",
+            **(env or {}),
         },
         app=app,
     )
@@ -183,6 +197,53 @@ def test_the_checker_killed_is_replaced_and_readiness_never_goes_stale(
     )
     assert poller.statuses == [200] * len(poller.polls), poller.reasons
     assert checkers(server.process.pid) - {checker}
+
+
+def exclusive_runs(lock: Path) -> Counter[str]:
+    """What the exclusive check's runs noted: ``run`` and ``overlap`` counts."""
+    runs = Path(f"{lock}.runs")
+    return Counter(runs.read_text().split()) if runs.exists() else Counter()
+
+
+@pytest.mark.fault
+def test_reloads_a_second_apart_never_run_a_check_twice_at_once(
+    start_gunicorn: GunicornFactory, fault_record: FaultRecorder, tmp_path: Path
+) -> None:
+    """A reload's checker runs no check until the old one has finished its cycle and
+    exited: a dependency never sees two of the instance's connections, and readiness
+    never goes stale over the hand-overs."""
+    lock = tmp_path / "exclusive.lock"
+    server, ports = start_instance(
+        start_gunicorn,
+        "tests.support.apps.exclusive_check:app",
+        env={EXCLUSIVE_LOCK_VARIABLE: str(lock)},
+    )
+    wait_ready(ports)
+    with ReadinessPoller(ports, timeout=1.0, token=TOKEN) as poller:
+        for _ in range(RELOADS):
+            server.process.send_signal(signal.SIGHUP)
+            time.sleep(1.0)  # the fault's cadence, not a wait for anything
+        reloaded = exclusive_runs(lock)[RUN]
+        # Cycles of the last reload's checker (and workers' answers from them).
+        wait_until(
+            lambda: exclusive_runs(lock)[RUN] >= reloaded + 3,
+            LIVENESS,
+            "three cycles after the last reload",
+        )
+    noted = exclusive_runs(lock)
+    fault_record(
+        fault="reloads a second apart with a check that must run alone",
+        injected=f"{RELOADS} SIGHUPs 1 s apart; a critical check holding a host-wide"
+        f" lock {RUN_SECONDS:g} s per run, 3 workers, check period 2 s",
+        load="/readyz?verbose on both ports every 0.25 s, 1 s timeout",
+        sent=len(poller.polls),
+        failed=poller.failed(),
+        lost=poller.lost(),
+        recovery=f"none needed: {noted[RUN]} runs, {noted[OVERLAP]} of them beside"
+        " another",
+    )
+    assert noted[OVERLAP] == 0, noted
+    assert poller.statuses == [200] * len(poller.polls), poller.reasons
 
 
 def listening_inodes() -> set[int]:

@@ -10,9 +10,10 @@ and replaced after a failure, and sends AUTH at each run. Each check runs in a r
 process of its own, under the instance's one checker process
 (``petsage.health.runners``), one run at a time (a runner still in a run is not asked
 again), so the server sees at most one PetSage connection per dependency per
-instance, two while a reload's new checker runs its first cycle beside the old one:
-a runner that ends takes its connection with it (the kernel closes the socket), and
-the next opens its own.
+instance, across reloads too (a reload's new checker runs no check until the old one
+has finished its cycle and exited, petsage.serving.supervisor): a runner that ends
+takes its connection with it (the kernel closes the socket), and the next opens its
+own.
 
 The drivers (psycopg 3, redis-py) are the package's ``postgresql`` and ``redis``
 extras, imported only by a check that needs one (SQLite's, the standard library's

@@ -238,12 +238,16 @@ class CheckerSupervisor:
             return
         self.idle = False
         current = self.current
-        if self.successor is not None and current is not None:
-            if current.stop_asked is not None and not current.gone:
-                # The current checker is finishing for this successor: let the
-                # hand-over end, then start the reload's checker.
-                self.reload_pending = True
-                return
+        if (
+            self.successor is not None
+            and current is not None
+            and current.stop_asked is not None
+            and not current.gone
+        ):
+            # The current checker is finishing for this successor: let the
+            # hand-over end, then start the reload's checker.
+            self.reload_pending = True
+            return
         if self.successor is not None:
             self._kill(self.successor, "replaced by another reload")
             self.successor = None

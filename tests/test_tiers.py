@@ -14,7 +14,7 @@ REAL_GUNICORN_SMOKE = "tests/serving/test_gunicorn.py::test_get_smoke_test_over_
 
 
 def collected(*options: str) -> list[str]:
-    """The ids pytest collects with ``options``, in one process."""
+    """The ids pytest collects with ``options``, in one process (none: exit 5)."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0", *options],
         cwd=REPO_ROOT,
@@ -23,7 +23,7 @@ def collected(*options: str) -> list[str]:
         timeout=300,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode in (0, 5), result.stdout + result.stderr
     return [line for line in result.stdout.splitlines() if "::" in line]
 
 
@@ -38,4 +38,17 @@ def test_the_fast_tier_holds_every_module_and_one_real_gunicorn_smoke() -> None:
         "tests/health/test_endpoints.py",
         "tests/config/test_config.py",
         "tests/openapi/test_openapi.py",
+    }
+
+
+def test_the_feature_pipelines_tier_adds_the_slow_tests_that_walk_the_routes() -> None:
+    """``routes`` marks slow tests only (the fast tier has the rest already); the
+    pipeline's ``-m "not slow or routes"`` then holds schemathesis on both listeners
+    and the security and method rules on real gunicorns."""
+    assert collected("-m", "routes and not slow") == []
+    walked = {test.split("::")[0] for test in collected("-m", "routes")}
+    assert walked >= {
+        "tests/openapi/test_listeners.py",
+        "tests/openapi/test_security.py",
+        "tests/app/test_methods.py",
     }

@@ -73,6 +73,7 @@ def test_the_walk_takes_in_every_operation_of_both_documents(app: Flask) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.routes
 @pytest.mark.parametrize(
     "public_metrics", [False, True], ids=["defaults", "public metrics"]
 )

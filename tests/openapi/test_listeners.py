@@ -18,7 +18,9 @@ import pytest
 from tests.support.gunicorn_process import GunicornFactory
 from tests.support.management import Instance
 
-pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+# Real processes: not in the fast tier. Every operation of the documents: the
+# feature pipeline runs it with new features.
+pytestmark = [pytest.mark.slow, pytest.mark.routes]
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 # Settings without the PETSAGE_ prefix, by the configuration's name.

@@ -19,7 +19,9 @@ from tests.support.gunicorn_process import GunicornFactory, HttpResult
 from tests.support.management import Instance
 from tests.support.route_checks import operations, path_samples
 
-pytestmark = pytest.mark.slow  # real processes: not in the fast tier
+# Real processes: not in the fast tier. Every operation of the URL map: the
+# feature pipeline runs it with new features.
+pytestmark = [pytest.mark.slow, pytest.mark.routes]
 
 TOKEN = "security-token"
 SCHEME = "healthToken"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from petsage.instance.directory import InstanceRecord, running_instances
+from petsage.instance.memory import InstanceMemory
 from tests.support.fault_record import FaultRecorder
 from tests.support.gunicorn_process import GunicornFactory, GunicornServer
 from tests.support.instances import instance_name, readiness
@@ -72,14 +73,30 @@ def new_master(server: GunicornServer, state: dict[str, str]) -> InstanceRecord:
     return listening()[0]
 
 
+def first_cycle_published(record: InstanceRecord) -> bool:
+    """Whether the instance ``record`` names has published its first check cycle,
+    which its workers answer /readyz from."""
+    memory = InstanceMemory.attach(record.pid, record.memory_fd, record.name)
+    return memory.read_snapshot() is not None
+
+
 @pytest.mark.fault
 def test_stopping_the_old_master_never_fails_the_shared_port(
     upgraded: tuple[GunicornServer, dict[str, str]], fault_record: FaultRecorder
 ) -> None:
     server, state = upgraded
     new = new_master(server, state)
-    # The new master's workers boot: both instances serve the port.
-    time.sleep(1.0)
+    # Both instances serve the port once each has published its first check cycle
+    # (a new master's workers answer 503 until then, and on a busy host that takes
+    # longer than its workers take to boot).
+    for record in running_instances(state["PETSAGE_STATE_DIR"]):
+        wait_until(
+            partial(first_cycle_published, record), 30, f"pid {record.pid} ready"
+        )
+    assert {r.pid for r in running_instances(state["PETSAGE_STATE_DIR"])} >= {
+        server.process.pid,
+        new.pid,
+    }
     answers: list[int | None] = []
     stop = threading.Event()
 

@@ -6,6 +6,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import RequestEntityTooLarge, default_exceptions
+from werkzeug.wsgi import LimitedStream
 
 from petsage.errors import PROBLEM_MEDIA_TYPE, problem_response
 
@@ -68,6 +69,12 @@ class SecurityHeaders:
             environ["wsgi.input"] = CappedBody(
                 environ["wsgi.input"], self.max_body_bytes
             )
+        elif length != "0":
+            # gunicorn marks its input terminated, so werkzeug reads it as it comes:
+            # a client gone before the length it gave would hand the view a cut
+            # body as whole (half a form written). Read as exactly that many bytes,
+            # a body that ends early is a 400 (werkzeug's ClientDisconnected).
+            environ["wsgi.input"] = LimitedStream(environ["wsgi.input"], int(length))
         return self.app(environ, start_with_headers)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import socket
 
 import pytest
 from flask import Flask, abort
@@ -275,3 +276,43 @@ def test_gunicorn_answers_each_body_as_the_test_client_does(
         server.request("POST", f"{INPUTS}/json", headers, body=b'{"age": 3}').status
         == 200
     )
+
+
+def body_cut_short(port: int, path: str, media_type: str, sent: bytes) -> bytes:
+    """The answer to a POST whose Content-Length promises 100 bytes more than
+    ``sent``, the client then ending its side (a connection cut mid-body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {media_type}\r\n"
+            f"Content-Length: {len(sent) + 100}\r\n\r\n".encode()
+            + sent
+        )
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("location", "media_type", "sent"),
+    [
+        ("json", "application/json", b'{"age": 3}'),
+        ("form", "application/x-www-form-urlencoded", b"age=3"),
+    ],
+)
+def test_a_body_shorter_than_its_content_length_is_never_read_as_whole(
+    start_gunicorn: GunicornFactory, location: str, media_type: str, sent: bytes
+) -> None:
+    """A client gone before the length it gave: the view must not take what came as
+    the whole body (a write of half a form), whatever gunicorn hands on."""
+    server = start_gunicorn({}, RESOURCE_APP)
+    answer = body_cut_short(server.port, f"{INPUTS}/{location}", media_type, sent)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert f"Content-Type: {PROBLEM_MEDIA_TYPE}".encode() in head, answer
+    assert json.loads(body)["status"] == 400
+    headers = {"Content-Type": "application/json"}
+    whole = server.request("POST", f"{INPUTS}/json", headers, body=b'{"age": 3}')
+    assert whole.status == 200

@@ -1,11 +1,15 @@
 """Security headers on every response, and gunicorn's own errors as problem JSON."""
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.exceptions import RequestEntityTooLarge, default_exceptions
+from werkzeug.exceptions import (
+    ClientDisconnected,
+    RequestEntityTooLarge,
+    default_exceptions,
+)
 from werkzeug.wsgi import LimitedStream
 
 from petsage.errors import PROBLEM_MEDIA_TYPE, problem_response
@@ -83,7 +87,10 @@ class CappedBody:
     bytes raises ``RequestEntityTooLarge``, which Flask answers with a 413 problem.
 
     Flask's own cap (MAX_CONTENT_LENGTH) would cut such a body off at the limit
-    without a word, and the view would read a truncated body.
+    without a word, and the view would read a truncated body. A body whose chunks
+    stop coming before the last one (the client gone) is werkzeug's
+    ``ClientDisconnected``, a 400: gunicorn's reader raises its own errors there
+    (``NoMoreData``, a bad chunk), which Flask would answer 500.
     """
 
     def __init__(self, stream: Any, limit: int) -> None:
@@ -100,12 +107,20 @@ class CappedBody:
         """Up to ``size`` bytes (all of them, up to the limit, when negative)."""
         if size is None or size < 0:
             return b"".join(iter(lambda: self.read(CHUNK_BYTES), b""))
-        return self._counted(self.stream.read(min(size, self.left + 1)))
+        return self._counted(self._whole(self.stream.read, min(size, self.left + 1)))
 
     def readline(self, size: int | None = -1) -> bytes:
         """A line, never reading past the limit."""
         bound = self.left + 1 if size is None or size < 0 else min(size, self.left + 1)
-        return self._counted(self.stream.readline(bound))
+        return self._counted(self._whole(self.stream.readline, bound))
+
+    @staticmethod
+    def _whole(read: Callable[[int], bytes], size: int) -> bytes:
+        """``read(size)``; the body broken off or malformed is the client's error."""
+        try:
+            return read(size)
+        except Exception as error:  # gunicorn's NoMoreData, ChunkMissingTerminator...
+            raise ClientDisconnected() from error
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")

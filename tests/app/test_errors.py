@@ -278,14 +278,23 @@ def test_gunicorn_answers_each_body_as_the_test_client_does(
     )
 
 
-def body_cut_short(port: int, path: str, media_type: str, sent: bytes) -> bytes:
-    """The answer to a POST whose Content-Length promises 100 bytes more than
-    ``sent``, the client then ending its side (a connection cut mid-body)."""
+def body_cut_short(
+    port: int, path: str, media_type: str, sent: bytes, chunked: bool
+) -> bytes:
+    """The answer to a POST whose body is cut off after ``sent`` (a connection lost
+    mid-body, the client ending its side): its Content-Length promised 100 bytes
+    more, or its chunks never came to the last one."""
+    framing = (
+        "Transfer-Encoding: chunked"
+        if chunked
+        else f"Content-Length: {len(sent) + 100}"
+    )
+    body = f"{len(sent):x}\r\n".encode() + sent + b"\r\n" if chunked else sent
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {media_type}\r\n"
-            f"Content-Length: {len(sent) + 100}\r\n\r\n".encode()
-            + sent
+            f"{framing}\r\n\r\n".encode()
+            + body
         )
         sock.shutdown(socket.SHUT_WR)
         answer = b""
@@ -295,6 +304,7 @@ def body_cut_short(port: int, path: str, media_type: str, sent: bytes) -> bytes:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize(
     ("location", "media_type", "sent"),
     [
@@ -302,13 +312,19 @@ def body_cut_short(port: int, path: str, media_type: str, sent: bytes) -> bytes:
         ("form", "application/x-www-form-urlencoded", b"age=3"),
     ],
 )
-def test_a_body_shorter_than_its_content_length_is_never_read_as_whole(
-    start_gunicorn: GunicornFactory, location: str, media_type: str, sent: bytes
+def test_a_body_cut_off_is_a_400_and_never_read_as_whole(
+    start_gunicorn: GunicornFactory,
+    location: str,
+    media_type: str,
+    sent: bytes,
+    chunked: bool,
 ) -> None:
-    """A client gone before the length it gave: the view must not take what came as
-    the whole body (a write of half a form), whatever gunicorn hands on."""
+    """A client gone mid-body: the view must not take what came as the whole body
+    (a write of half a form), whatever gunicorn hands on, and the answer is the
+    client's error, never a 500."""
     server = start_gunicorn({}, RESOURCE_APP)
-    answer = body_cut_short(server.port, f"{INPUTS}/{location}", media_type, sent)
+    path = f"{INPUTS}/{location}"
+    answer = body_cut_short(server.port, path, media_type, sent, chunked)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 "), answer
     assert f"Content-Type: {PROBLEM_MEDIA_TYPE}".encode() in head, answer

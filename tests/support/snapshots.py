@@ -7,6 +7,8 @@ import json
 import threading
 from typing import Any
 
+from petsage.app import create_app
+from petsage.health import health_of
 from petsage.instance.directory import InstanceRecord
 from petsage.instance.memory import InstanceMemory
 from tests.support.gunicorn_process import GunicornServer
@@ -99,3 +101,11 @@ class Publications:
         """Wait until ``count`` more cycles than now have been published."""
         published = len(self.seen)
         wait_until(lambda: len(self.seen) >= published + count, LIVENESS, what)
+
+
+def checks_of_the_application() -> set[str]:
+    """The checks PetSage's application registers with no dependency configured,
+    built here as a worker builds it: the built-in ones and its features' (the
+    database's, once a feature keeps records). A test that configures dependencies
+    adds theirs: none of it lists what a new feature may bring."""
+    return {check.name for check in health_of(create_app()).checks}
